@@ -1,0 +1,88 @@
+"""
+Tests for configurator.py: config files, typed --key=value overrides, unknown keys, --help.
+    python -m pytest tests/test_configurator.py -v
+"""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = '''
+import os
+batch_size = 64 # examples per step
+learning_rate = 6e-4 # peak lr
+compile = True # use torch.compile
+device = 'cpu' # cpu or cuda
+betas = (0.9, 0.95)
+init_from = None # anything goes
+exec(open(os.path.join({root!r}, 'configurator.py')).read())
+print('RESULT', repr((batch_size, learning_rate, compile, device, betas, init_from)))
+'''
+
+
+def run(tmp_path, *args):
+    script = tmp_path / 'script.py'
+    script.write_text(SCRIPT.format(root=ROOT))
+    p = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=tmp_path)
+    return p.returncode, p.stdout, p.stderr
+
+
+def result(out):
+    line = [l for l in out.splitlines() if l.startswith('RESULT')][0]
+    return eval(line[len('RESULT '):])
+
+
+def test_defaults_and_overrides(tmp_path):
+    rc, out, err = run(tmp_path)
+    assert rc == 0, err
+    assert result(out) == (64, 6e-4, True, 'cpu', (0.9, 0.95), None)
+    rc, out, err = run(tmp_path, '--batch_size=8', '--learning_rate=1', '--compile=False',
+                       '--device=cuda', '--betas=[0.8,0.9]', '--init_from=3')
+    assert rc == 0, err
+    assert result(out) == (8, 1.0, False, 'cuda', (0.8, 0.9), 3)
+
+
+def test_config_file(tmp_path):
+    (tmp_path / 'cfg.py').write_text('batch_size = 16\nlearning_rate = 1e-3\n')
+    rc, out, err = run(tmp_path, 'cfg.py', '--batch_size=4')
+    assert rc == 0, err
+    assert result(out)[:2] == (4, 1e-3)  # later arguments win
+
+
+def test_type_mismatch_is_refused(tmp_path):
+    rc, out, err = run(tmp_path, '--batch_size=0.5')
+    assert rc != 0
+    assert 'batch_size' in err and 'int' in err and '0.5' in err
+    rc, out, err = run(tmp_path, '--compile=1')
+    assert rc != 0 and 'bool' in err
+
+
+def test_unknown_key_lists_close_matches(tmp_path):
+    rc, out, err = run(tmp_path, '--batch_sise=8')
+    assert rc != 0 and 'batch_sise' in err and 'batch_size' in err
+    (tmp_path / 'bad.py').write_text('learning_rte = 1e-3\n')
+    rc, out, err = run(tmp_path, 'bad.py')
+    assert rc != 0 and 'learning_rate' in err
+
+
+def test_missing_config_file_and_bad_syntax(tmp_path):
+    rc, out, err = run(tmp_path, 'nope.py')
+    assert rc != 0 and 'nope.py' in err
+    rc, out, err = run(tmp_path, '--batch_size')
+    assert rc != 0 and '--key=value' in err
+
+
+def test_help_lists_keys_with_comments(tmp_path):
+    rc, out, err = run(tmp_path, '--help')
+    assert rc == 0
+    assert 'batch_size' in out and 'examples per step' in out and 'RESULT' not in out
+
+
+def test_import_does_not_parse_argv(tmp_path):
+    # imported as a module, the script keeps its defaults whatever sys.argv holds
+    (tmp_path / 'mod.py').write_text(SCRIPT.format(root=ROOT))
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); sys.argv=['x','--batch_size=1']; import mod; print(mod.batch_size)"
+    p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith('64')
