@@ -22,6 +22,15 @@ if os.path.isdir(os.path.join(DATA, 'tiktoken_cache')):
     os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(DATA, 'tiktoken_cache'))
 
 
+# Triton kernels run on the CPU through Triton's interpreter; it must be switched on before triton is imported
+try:
+    import torch
+    if not torch.cuda.is_available():
+        os.environ.setdefault('TRITON_INTERPRET', '1')
+except ImportError:
+    pass
+
+
 @pytest.fixture(scope='session')
 def data_dir():
     """Path of the shared data folder; skips the test (saying why) when it is missing."""
