@@ -1,0 +1,584 @@
+"""
+model.py: a decoder-only Transformer language model written from torch primitives (CS336 assignment 1).
+
+Every building block is a few lines of torch: Linear, Embedding, RMSNorm, SwiGLU, rotary position embeddings,
+a stable softmax, scaled dot-product attention, causal multi-head self-attention, the pre-norm block and the
+full TransformerLM. Parameter names follow the course (`token_embeddings`, `layers.{i}.attn.q_proj`, `ffn.w1`,
+`ln_final`, `lm_head`) so that the course's reference weights load as they are.
+
+Notable features:
+- attention kernel switch: attn_impl='reference' (the readable path below), 'sdpa' (torch's fused kernel) or
+  'flash' (the project's own Triton FlashAttention-2 in flash_attn.py); the same weights give the same outputs.
+- the course's ablations as switches: norm='none', post_norm=True, pos_emb='nope', ffn='silu'; and the usual
+  extras: tie_embeddings, qk_norm, grouped-query attention (num_kv_heads < num_heads).
+- a static-shape KV cache and `generate` with temperature / top-p, end-of-text stop, batched prompts of different
+  lengths (left-padded), and on CUDA a CUDA graph for the decode step (no Python or launch overhead per token).
+- `cross_entropy` via log-sum-exp, parameter and FLOP counting for MFU and scaling laws.
+
+Run `python model.py` for a smoke test, or `python model.py --ckpt=out/ckpt.pt --prompt="Once upon a time"` to sample
+from a checkpoint written by train.py (train.py --mode=sample does the same with its config).
+"""
+import math
+import os
+from dataclasses import dataclass, asdict, fields
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# -----------------------------------------------------------------------------
+# Functions: softmax, attention, cross-entropy
+
+
+def softmax(x, dim=-1):
+    """Numerically stable softmax: subtracting the max leaves the result unchanged and keeps exp() <= 1."""
+    x = x - x.amax(dim=dim, keepdim=True)
+    e = torch.exp(x)
+    return e / e.sum(dim=dim, keepdim=True)
+
+
+def scaled_dot_product_attention(Q, K, V, mask=None):
+    """softmax(Q K^T / sqrt(d_k)) V over any leading batch dims (Vaswani et al. 2017, eq. 1).
+    Q (..., Tq, d_k), K (..., Tk, d_k), V (..., Tk, d_v), mask broadcastable to (..., Tq, Tk) with True = attend."""
+    d_k = Q.shape[-1]
+    scores = Q @ K.transpose(-2, -1) / math.sqrt(d_k)  # (..., Tq, Tk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float('-inf'))
+    return softmax(scores, dim=-1) @ V  # (..., Tq, d_v)
+
+
+def cross_entropy(logits, targets, ignore_index=-100):
+    """Mean of -log softmax(logits)[target] over any leading dims, via log-sum-exp:
+    -log p_y = log(sum_j exp(o_j)) - o_y = m + log(sum_j exp(o_j - m)) - o_y, with m = max_j o_j so exp never overflows.
+    Computed in float32 (bf16 logits would lose the small differences). Targets equal to ignore_index do not count."""
+    logits = logits.float()
+    m = logits.amax(dim=-1, keepdim=True)
+    lse = m.squeeze(-1) + torch.log(torch.exp(logits - m).sum(dim=-1))  # (...,)
+    keep = targets != ignore_index
+    target_logit = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (...,)
+    loss = (lse - target_logit) * keep
+    return loss.sum() / keep.sum().clamp(min=1)
+
+
+# -----------------------------------------------------------------------------
+# Modules, bottom-up
+
+
+class Linear(nn.Module):
+    """y = x W^T, no bias (as in LLaMA). W is stored (out, in) like torch's nn.Linear, initialised from a truncated
+    normal with variance 2/(in+out) (Glorot), cut at +-3 sigma."""
+
+    def __init__(self, in_features, out_features, device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        std = math.sqrt(2.0 / (in_features + out_features))
+        nn.init.trunc_normal_(self.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+
+    def forward(self, x):
+        return x @ self.weight.t()  # (..., in) -> (..., out)
+
+
+class Embedding(nn.Module):
+    """A lookup table (num_embeddings, embedding_dim), initialised from N(0, 1) truncated at +-3."""
+
+    def __init__(self, num_embeddings, embedding_dim, device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        nn.init.trunc_normal_(self.weight, mean=0.0, std=1.0, a=-3.0, b=3.0)
+
+    def forward(self, token_ids):
+        return self.weight[token_ids]  # (...,) -> (..., embedding_dim)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * g. Computed in float32 because the mean of
+    squares of bf16 activations loses precision; the result is cast back to the input dtype."""
+
+    def __init__(self, d_model, eps=1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+
+    def forward(self, x):
+        in_dtype = x.dtype
+        x = x.float()
+        rms = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (x * rms * self.weight.float()).to(in_dtype)
+
+
+def silu(x):
+    """SiLU / swish: x * sigmoid(x)."""
+    return x * torch.sigmoid(x)
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020): w2(silu(w1 x) * w3 x); w1, w3 (d_ff, d_model), w2 (d_model, d_ff)."""
+
+    def __init__(self, d_model, d_ff, device=None, dtype=None):
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, device, dtype)
+        self.w2 = Linear(d_ff, d_model, device, dtype)
+        self.w3 = Linear(d_model, d_ff, device, dtype)
+
+    def forward(self, x):
+        # one matmul for w1 and w3 together: a (.., 2*d_ff) product is faster than two (.., d_ff) ones
+        h1, h3 = (x @ torch.cat([self.w1.weight, self.w3.weight]).t()).chunk(2, dim=-1)  # 2 x (..., d_ff)
+        return self.w2(silu(h1) * h3)
+
+
+class SiLUFFN(nn.Module):
+    """The ablation's plain FFN: w2(silu(w1 x)), usually with d_ff = 4 d_model to match SwiGLU's parameter count."""
+
+    def __init__(self, d_model, d_ff, device=None, dtype=None):
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, device, dtype)
+        self.w2 = Linear(d_ff, d_model, device, dtype)
+
+    def forward(self, x):
+        return self.w2(silu(self.w1(x)))
+
+
+class RotaryPositionalEmbedding(nn.Module):
+    """RoPE (Su et al. 2021): rotate each ADJACENT pair (x[2j], x[2j+1]) of a query/key vector at position i by the
+    angle i * theta^(-2j/d_k). The cos/sin tables (max_seq_len, d_k/2) are a non-persistent buffer: recomputed,
+    never saved in checkpoints. `token_positions` may have any batch shape that broadcasts against x[..., 0]."""
+
+    def __init__(self, theta, d_k, max_seq_len, device=None):
+        super().__init__()
+        assert d_k % 2 == 0, f"RoPE needs an even head dimension, got d_k={d_k}"
+        inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float32) / d_k)  # (d_k/2,)
+        angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float32), inv_freq)  # (T, d_k/2)
+        self.register_buffer('cos_cached', angles.cos(), persistent=False)
+        self.register_buffer('sin_cached', angles.sin(), persistent=False)
+
+    def forward(self, x, token_positions):
+        cos = self.cos_cached[token_positions]  # (..., T, d_k/2)
+        sin = self.sin_cached[token_positions]
+        x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # even and odd entries, each (..., T, d_k/2)
+        # (x1 + i x2) * (cos + i sin): the 2-D rotation of each pair
+        out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (..., T, d_k/2, 2)
+        return out.flatten(-2).to(x.dtype)
+
+
+class CausalMultiHeadSelfAttention(nn.Module):
+    """Causal multi-head self-attention. Heads are laid out "(heads d_k)" along the rows of q/k/v_proj.
+    With num_kv_heads < num_heads (grouped-query attention, Ainslie et al. 2023), groups of query heads share
+    one key/value head, which shrinks k_proj, v_proj and the KV cache."""
+
+    def __init__(self, cfg, device=None, dtype=None):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = cfg.num_heads, cfg.num_kv_heads
+        self.d_k = cfg.d_model // cfg.num_heads
+        self.attn_impl = cfg.attn_impl
+        self.q_proj = Linear(cfg.d_model, cfg.num_heads * self.d_k, device, dtype)
+        self.k_proj = Linear(cfg.d_model, cfg.num_kv_heads * self.d_k, device, dtype)
+        self.v_proj = Linear(cfg.d_model, cfg.num_kv_heads * self.d_k, device, dtype)
+        self.output_proj = Linear(cfg.num_heads * self.d_k, cfg.d_model, device, dtype)
+        # QK-norm (Dehghani et al. 2023): RMSNorm over each head's q and k keeps attention logits bounded
+        self.q_norm = RMSNorm(self.d_k, device=device, dtype=dtype) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.d_k, device=device, dtype=dtype) if cfg.qk_norm else None
+
+    def forward(self, x, rope=None, token_positions=None, kv_cache=None, layer_idx=0, mask=None):
+        B, T, C = x.shape
+        nh, nkv, hs = self.num_heads, self.num_kv_heads, self.d_k
+        # one matmul for q, k and v: the concatenated weight is (nh+2 nkv) hs rows
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        q, k, v = (x @ w.t()).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:  # positions rotate queries and keys, never values
+            q, k = rope(q, token_positions), rope(k, token_positions)
+
+        if kv_cache is not None:
+            # decoding: write this step's keys/values into the cache, attend over the whole (static-size) cache;
+            # `mask` (B, 1, T, T_max) hides empty slots, left padding and the future
+            k, v = kv_cache.update(layer_idx, k, v)  # (B, nkv, T_max, hs)
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        if nkv != nh:  # GQA: each key/value head serves nh/nkv query heads
+            k = k.repeat_interleave(nh // nkv, dim=1)
+            v = v.repeat_interleave(nh // nkv, dim=1)
+
+        if mask is not None:  # the cache path (or any explicit mask)
+            if self.attn_impl == 'reference':
+                y = scaled_dot_product_attention(q, k, v, mask)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif self.attn_impl == 'reference':
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # True = attend
+            y = scaled_dot_product_attention(q, k, v, causal)
+        elif self.attn_impl == 'sdpa':
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # FlashAttention-2 / cuDNN inside
+        elif self.attn_impl == 'flash':
+            from flash_attn import flash_attention  # the project's Triton kernel (flash_attn.py), imported lazily
+            y = flash_attention(q, k, v, is_causal=True)
+        else:
+            raise ValueError(f"attn_impl must be 'reference', 'sdpa' or 'flash', got {self.attn_impl!r}")
+        y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, C): heads side by side again
+        return self.output_proj(y)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block (Xiong et al. 2020): y = x + attn(ln1(x)); out = y + ffn(ln2(y)).
+    Ablations: post_norm=True gives the original Transformer's y = ln1(x + attn(x)); out = ln2(y + ffn(y));
+    norm='none' removes both norms."""
+
+    def __init__(self, cfg, device=None, dtype=None):
+        super().__init__()
+        self.post_norm = cfg.post_norm
+        self.attn = CausalMultiHeadSelfAttention(cfg, device, dtype)
+        ffn_cls = {'swiglu': SwiGLU, 'silu': SiLUFFN}[cfg.ffn]
+        self.ffn = ffn_cls(cfg.d_model, cfg.d_ff, device, dtype)
+        norm = (lambda: RMSNorm(cfg.d_model, device=device, dtype=dtype)) if cfg.norm == 'rmsnorm' else nn.Identity
+        self.ln1, self.ln2 = norm(), norm()
+
+    def forward(self, x, **attn_kwargs):
+        if self.post_norm:
+            x = self.ln1(x + self.attn(x, **attn_kwargs))
+            return self.ln2(x + self.ffn(x))
+        x = x + self.attn(self.ln1(x), **attn_kwargs)
+        return x + self.ffn(self.ln2(x))
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 10000
+    context_length: int = 256
+    d_model: int = 512
+    num_layers: int = 4
+    num_heads: int = 16
+    d_ff: Optional[int] = None  # None: SwiGLU 8/3 d_model rounded to a multiple of 64 (512 -> 1344); silu: 4 d_model
+    rope_theta: float = 10000.0
+    attn_impl: str = 'sdpa'  # 'reference' | 'sdpa' | 'flash'
+    norm: str = 'rmsnorm'  # 'rmsnorm' | 'none' (ablation)
+    post_norm: bool = False  # ablation: norm after the residual add
+    pos_emb: str = 'rope'  # 'rope' | 'nope' (ablation: no positional information at all)
+    ffn: str = 'swiglu'  # 'swiglu' | 'silu' (ablation)
+    tie_embeddings: bool = False  # lm_head shares token_embeddings' weight
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys
+    num_kv_heads: Optional[int] = None  # None = num_heads; fewer = grouped-query attention
+
+    def __post_init__(self):
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model if self.ffn == 'silu' else 64 * round(8 * self.d_model / 3 / 64)
+        if self.num_kv_heads is None:
+            self.num_kv_heads = self.num_heads
+        choices = {'attn_impl': ('reference', 'sdpa', 'flash'), 'norm': ('rmsnorm', 'none'),
+                   'pos_emb': ('rope', 'nope'), 'ffn': ('swiglu', 'silu')}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"ModelConfig.{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of sequences, preallocated at full size so that every decode
+    step has the same tensor shapes (which is what lets the step be compiled or captured in a CUDA graph).
+
+    k, v: (num_layers, B, num_kv_heads, max_seq_len, head_dim). `pos` (a 0-d tensor on the device, so that a
+    captured graph can advance it) is the slot the next token goes to; `pad` (B,) is the number of left-padding
+    slots of each row (prompts of different lengths are right-aligned, so all rows write the same slot)."""
+
+    def __init__(self, num_layers, batch_size, num_kv_heads, max_seq_len, head_dim, device=None, dtype=None):
+        shape = (num_layers, batch_size, num_kv_heads, max_seq_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.pad = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.max_seq_len = max_seq_len
+
+    def reset(self, pad=None):
+        self.pos.zero_()
+        self.pad.copy_(pad if pad is not None else torch.zeros_like(self.pad))
+
+    def get_pos(self):
+        return int(self.pos)  # NOTE: a CPU-GPU sync point
+
+    def positions_and_mask(self, T):
+        """For T new tokens: their rotary positions (B, T) and the attention mask (B, 1, T, max_seq_len)."""
+        slots = torch.arange(self.max_seq_len, device=self.pos.device)  # (S,)
+        q_slots = self.pos + torch.arange(T, device=self.pos.device)  # (T,)
+        seen = slots[None, None, :] <= q_slots[None, :, None]  # causal: (1, T, S)
+        real = slots[None, None, :] >= self.pad[:, None, None]  # not left padding: (B, 1, S)
+        # a padding query attends to itself only: never a fully masked row (softmax of all -inf is NaN, and a NaN
+        # value, even with weight 0, would poison the real rows)
+        own = slots[None, None, :] == q_slots[None, :, None]
+        mask = (seen & real) | own  # (B, T, S)
+        positions = (q_slots[None, :] - self.pad[:, None]).clamp(min=0)  # (B, T): RoPE counts from each prompt's start
+        return positions, mask.unsqueeze(1)
+
+    def update(self, layer_idx, k, v):
+        """Write k, v (B, nkv, T, hs) at slots pos..pos+T-1 of one layer; return that layer's full cache."""
+        T = k.shape[2]
+        idx = self.pos + torch.arange(T, device=k.device)
+        self.k[layer_idx].index_copy_(2, idx, k.to(self.k.dtype))
+        self.v[layer_idx].index_copy_(2, idx, v.to(self.v.dtype))
+        return self.k[layer_idx], self.v[layer_idx]
+
+    def advance(self, T):
+        self.pos.add_(T)
+
+
+class TransformerLM(nn.Module):
+    """token_embeddings -> num_layers x TransformerBlock -> ln_final -> lm_head, returning logits (no softmax)."""
+
+    def __init__(self, vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=None,
+                 rope_theta=10000.0, device=None, dtype=None, **options):
+        super().__init__()
+        cfg = ModelConfig(vocab_size=vocab_size, context_length=context_length, d_model=d_model,
+                          num_layers=num_layers, num_heads=num_heads, d_ff=d_ff, rope_theta=rope_theta, **options)
+        self.config = cfg
+        self.token_embeddings = Embedding(cfg.vocab_size, cfg.d_model, device, dtype)
+        self.layers = nn.ModuleList([TransformerBlock(cfg, device, dtype) for _ in range(cfg.num_layers)])
+        self.ln_final = RMSNorm(cfg.d_model, device=device, dtype=dtype) if cfg.norm == 'rmsnorm' else nn.Identity()
+        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, device, dtype)
+        if cfg.tie_embeddings:
+            # one matrix for both ends. N(0,1) (the embedding init) would give logits of std ~sqrt(d_model),
+            # so the shared matrix keeps lm_head's small Glorot init instead
+            self.token_embeddings.weight = self.lm_head.weight
+        self.rope = None
+        if cfg.pos_emb == 'rope':
+            self.rope = RotaryPositionalEmbedding(cfg.rope_theta, cfg.d_model // cfg.num_heads, cfg.context_length,
+                                                  device)
+        self._graphs = {}  # CUDA graphs of the decode step, see _decode_step
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        """idx (B, T) token ids -> logits (B, T, vocab_size).
+        With targets (B, T): returns the mean cross-entropy loss instead, computed inside the same (compiled)
+        graph so that the large (B, T, V) logits are never upcast to float32 in memory.
+        With kv_cache: the tokens continue the cached sequences (see KVCache) and the cache advances by T."""
+        B, T = idx.shape
+        mask = None
+        if kv_cache is not None:
+            token_positions, mask = kv_cache.positions_and_mask(T)
+        else:
+            assert T <= self.config.context_length, \
+                f"Cannot forward a sequence of length {T}: context_length is only {self.config.context_length}"
+            token_positions = torch.arange(T, device=idx.device)  # (T,) broadcasts over the batch
+        if self.rope is not None and token_positions.dim() == 2:
+            token_positions = token_positions.unsqueeze(1)  # (B, 1, T): broadcast over heads
+        x = self.token_embeddings(idx)  # (B, T, C)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope=self.rope, token_positions=token_positions, kv_cache=kv_cache, layer_idx=i, mask=mask)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        logits = self.lm_head(self.ln_final(x))  # (B, T, V)
+        if targets is not None:
+            return cross_entropy(logits, targets)
+        return logits
+
+    # -------------------------------------------------------------------------
+    # Generation
+
+    @staticmethod
+    def _sample(logits, temperature, top_p, generator):
+        """Next token (B,) from logits (B, V): greedy when temperature == 0, else temperature + nucleus sampling
+        (Holtzman et al. 2019: keep the smallest set of tokens whose probability adds up to top_p)."""
+        if temperature == 0:
+            return logits.argmax(dim=-1)
+        probs = softmax(logits.float() / temperature, dim=-1)
+        if top_p < 1.0:
+            sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)
+            # drop a token when the tokens before it already cover top_p (the first token always stays)
+            drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter_(-1, sorted_idx, sorted_probs)
+        # argmax(p / E) with E ~ Exponential(1) is a sample from p (the "exponential race"); unlike
+        # torch.multinomial it needs no renormalisation and never syncs with the CPU
+        e = torch.empty_like(probs).exponential_(generator=generator)
+        return (probs / e).argmax(dim=-1)
+
+    def _decode_step(self, tok, cache, use_graph):
+        """One token per row: tok (B,) -> logits (B, V). On CUDA the step is captured once in a CUDA graph and
+        replayed: ~10 kernels per layer launch as one, which is what makes batch-1 decoding fast."""
+        if not use_graph:
+            return self(tok[:, None], kv_cache=cache)[:, -1]
+        key = id(cache)
+        if key not in self._graphs:
+            static_tok = tok[:, None].clone()
+            # warm up on a side stream (cuBLAS/SDPA pick their kernels), as torch.cuda.graph's docs ask; this warm-up
+            # is a real decode step, so its logits are returned
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                logits = self(static_tok, kv_cache=cache)[:, -1]
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):  # recorded, not run: the cache position does not move here
+                static_logits = self(static_tok, kv_cache=cache)[:, -1]
+            self._graphs[key] = (graph, static_tok, static_logits)
+            return logits
+        graph, static_tok, static_logits = self._graphs[key]
+        static_tok.copy_(tok[:, None])
+        graph.replay()
+        return static_logits
+
+    def _get_cache(self, B, max_seq_len, device, dtype):
+        """A KVCache per (batch, length, dtype), kept between calls together with its CUDA graph."""
+        key = ('cache', B, max_seq_len, device, dtype, self.lm_head.weight.data_ptr())
+        if key not in self._graphs:
+            cfg = self.config
+            if len(self._graphs) > 16:
+                self._graphs.clear()
+            self._graphs[key] = KVCache(cfg.num_layers, B, cfg.num_kv_heads, max_seq_len, cfg.d_model // cfg.num_heads,
+                                        device=device, dtype=dtype)
+        return self._graphs[key]
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0, eos_id=None, seed=None,
+                 use_cache=True, cuda_graph=True):
+        """Sample continuations of a batch of prompts (lists of token ids, any lengths) with a KV cache.
+        Returns the new tokens of each prompt (a list of lists); a row stops after it emits eos_id (which is kept).
+        temperature=0 is greedy. use_cache=False runs the reference: the whole sequence again for every token."""
+        if isinstance(prompts[0], int):
+            raise TypeError("prompts must be a list of token-id lists (a batch), e.g. [[1, 2, 3]]")
+        device = self.lm_head.weight.device
+        generator = torch.Generator(device=device)
+        if seed is not None:
+            generator.manual_seed(seed)
+        else:
+            generator.seed()
+        if not use_cache:
+            return [self._generate_naive(p, max_new_tokens, temperature, top_p, eos_id, generator) for p in prompts]
+
+        B, P = len(prompts), max(len(p) for p in prompts)
+        if min(len(p) for p in prompts) == 0:
+            raise ValueError("every prompt needs at least one token (start with the end-of-text id for none)")
+        S = P + max_new_tokens
+        if S > self.config.context_length:
+            raise ValueError(f"longest prompt ({P}) + max_new_tokens ({max_new_tokens}) = {S} exceeds the model's "
+                             f"context_length {self.config.context_length}; ask for fewer tokens or shorten prompts")
+        # right-align the prompts: row b has pad[b] dummy tokens on the left, which the mask hides
+        idx = torch.zeros(B, P, dtype=torch.long)
+        pad = torch.tensor([P - len(p) for p in prompts])
+        for b, p in enumerate(prompts):
+            idx[b, P - len(p):] = torch.tensor(p)
+        idx, pad = idx.to(device), pad.to(device)
+        dtype = torch.get_autocast_dtype('cuda') if torch.is_autocast_enabled('cuda') else self.lm_head.weight.dtype
+        cache = self._get_cache(B, S, device, dtype)
+        cache.reset(pad)
+        use_graph = cuda_graph and device.type == 'cuda'
+
+        out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        logits = self(idx, kv_cache=cache)[:, -1]  # prefill: the whole prompts at once, (B, V)
+        for t in range(max_new_tokens):
+            tok = self._sample(logits, temperature, top_p, generator)  # (B,)
+            if eos_id is not None:
+                tok = torch.where(done, eos_id, tok)
+                done |= tok == eos_id
+            out[:, t] = tok
+            if t == max_new_tokens - 1 or (eos_id is not None and t % 16 == 15 and bool(done.all())):  # sync
+                break
+            logits = self._decode_step(tok, cache, use_graph)
+        result = []
+        for row in out[:, :t + 1].tolist():
+            if eos_id is not None and eos_id in row:
+                row = row[:row.index(eos_id) + 1]
+            result.append(row)
+        return result
+
+    def _generate_naive(self, prompt, max_new_tokens, temperature, top_p, eos_id, generator):
+        """The reference for the cache: re-run the full (cropped) sequence for each new token, O(T^2) per token."""
+        device = self.lm_head.weight.device
+        idx = torch.tensor([prompt], dtype=torch.long, device=device)
+        new = []
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.config.context_length:])[:, -1]
+            tok = self._sample(logits, temperature, top_p, generator)
+            new.append(int(tok))
+            idx = torch.cat([idx, tok[:, None]], dim=1)
+            if eos_id is not None and new[-1] == eos_id:
+                break
+        return new
+
+    # -------------------------------------------------------------------------
+    # Checkpoints
+
+    @classmethod
+    def from_checkpoint(cls, path, map_location='cpu', **overrides):
+        """Load a model from a train.py checkpoint ({'model': state_dict, 'model_args': kwargs, ...}).
+        overrides change options that do not touch the weights, e.g. attn_impl='reference'."""
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"checkpoint {path} not found: train.py writes it to <out_dir>/ckpt.pt")
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        if 'model_args' not in ckpt or 'model' not in ckpt:
+            raise ValueError(f"{path} is not a train.py checkpoint (it needs 'model' and 'model_args' entries)")
+        model = cls(**{**ckpt['model_args'], **overrides})
+        model.load_state_dict(ckpt['model'])
+        return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model
+
+
+# -----------------------------------------------------------------------------
+# Counting parameters and FLOPs (for MFU and scaling laws)
+
+
+def count_parameters(model_or_config, exclude_embeddings=True):
+    """Number of parameters. exclude_embeddings drops the input embedding table (a lookup costs no FLOPs), which is
+    the count that goes into 6N FLOPs per token (like nanoGPT's, whose tied table is counted once as lm_head).
+    Accepts a TransformerLM or a ModelConfig (then counted analytically, without building the model)."""
+    if isinstance(model_or_config, nn.Module):
+        params = {id(p): p for p in model_or_config.parameters()}  # tied weights count once
+        n = sum(p.numel() for p in params.values())
+        cfg = model_or_config.config
+        if exclude_embeddings and not cfg.tie_embeddings:
+            n -= model_or_config.token_embeddings.weight.numel()
+        return n
+    cfg = model_or_config
+    d, hs = cfg.d_model, cfg.d_model // cfg.num_heads
+    attn = d * cfg.num_heads * hs * 2 + d * cfg.num_kv_heads * hs * 2 + (2 * hs if cfg.qk_norm else 0)
+    ffn = (3 if cfg.ffn == 'swiglu' else 2) * d * cfg.d_ff
+    norms = 2 * d if cfg.norm == 'rmsnorm' else 0
+    n = cfg.num_layers * (attn + ffn + norms) + (d if cfg.norm == 'rmsnorm' else 0) + cfg.vocab_size * d  # + lm_head
+    if not exclude_embeddings and not cfg.tie_embeddings:
+        n += cfg.vocab_size * d
+    return n
+
+
+def flops_per_token(model_or_config, context_length=None):
+    """Training FLOPs per token (forward + backward), PaLM appendix B / nanoGPT estimate_mfu:
+    6 N for the weight matmuls plus 12 L d T for attention scores and values (T = context length)."""
+    cfg = model_or_config.config if isinstance(model_or_config, nn.Module) else model_or_config
+    T = context_length or cfg.context_length
+    return 6 * count_parameters(model_or_config) + 12 * cfg.num_layers * cfg.d_model * T
+
+
+def estimate_mfu(model_or_config, tokens_per_s, peak_flops=989e12, context_length=None):
+    """Model FLOPs utilisation: achieved training FLOP/s over the device's peak (H100 SXM bf16 dense: 989 TFLOP/s)."""
+    return flops_per_token(model_or_config, context_length) * tokens_per_s / peak_flops
+
+
+def model_args_from(model):
+    """The kwargs that rebuild `model` (what train.py stores as checkpoint['model_args'])."""
+    return {f.name: getattr(model.config, f.name) for f in fields(ModelConfig)}
+
+
+if __name__ == '__main__':
+    import argparse
+    parser = argparse.ArgumentParser(description="smoke test, or sample from a train.py checkpoint")
+    parser.add_argument('--ckpt', default=None)
+    parser.add_argument('--prompt', default='')
+    parser.add_argument('--max_new_tokens', type=int, default=200)
+    parser.add_argument('--temperature', type=float, default=0.8)
+    parser.add_argument('--top_p', type=float, default=0.95)
+    args = parser.parse_args()
+    if args.ckpt is None:
+        model = TransformerLM(vocab_size=1000, context_length=64, d_model=64, num_layers=2, num_heads=4)
+        print(f"{count_parameters(model):,} parameters (excluding embeddings); {asdict(model.config)}")
+        print(model.generate([[1, 2, 3], [4]], max_new_tokens=8, temperature=0, seed=0))
+    else:
+        import json
+        from bpe import Tokenizer
+        ckpt = torch.load(args.ckpt, map_location='cpu', weights_only=False)
+        model = TransformerLM.from_checkpoint(args.ckpt).eval()
+        tok = Tokenizer.from_dir(ckpt['tokenizer_dir'])
+        ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
+        new = model.generate([ids], args.max_new_tokens, args.temperature, args.top_p, eos_id=tok.eot_id)[0]
+        print(args.prompt + tok.decode(new))

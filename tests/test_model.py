@@ -1,0 +1,223 @@
+"""
+Tests for model.py: each building block against a direct torch reference, the attention switch, the ablations,
+the KV cache against no-cache generation, checkpoints, and the counting helpers.
+
+    python -m pytest tests/test_model.py -v
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model as M
+
+
+def tiny(**kw):
+    args = dict(vocab_size=97, context_length=32, d_model=32, num_layers=2, num_heads=4, d_ff=64, rope_theta=10000.0)
+    args.update(kw)
+    torch.manual_seed(0)
+    return M.TransformerLM(**args)
+
+
+def test_linear_and_embedding_init():
+    torch.manual_seed(0)
+    lin = M.Linear(300, 500)
+    std = math.sqrt(2 / 800)
+    assert lin.weight.shape == (500, 300)
+    assert abs(lin.weight.std().item() - std * 0.88) < 0.01  # a normal cut at 3 sigma keeps ~0.986 of its std
+    assert lin.weight.abs().max() <= 3 * std + 1e-6
+    x = torch.randn(2, 3, 300)
+    torch.testing.assert_close(lin(x), F.linear(x, lin.weight))
+    emb = M.Embedding(1000, 64)
+    assert emb.weight.shape == (1000, 64) and emb.weight.abs().max() <= 3
+    ids = torch.randint(0, 1000, (4, 7))
+    torch.testing.assert_close(emb(ids), F.embedding(ids, emb.weight))
+
+
+def test_rmsnorm_matches_formula_and_keeps_dtype():
+    norm = M.RMSNorm(16)
+    norm.weight.data = torch.randn(16)
+    x = torch.randn(3, 5, 16)
+    ref = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    torch.testing.assert_close(norm(x), ref)
+    assert norm(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_swiglu_and_default_d_ff():
+    torch.manual_seed(0)
+    ffn = M.SwiGLU(16, 48)
+    x = torch.randn(2, 4, 16)
+    ref = F.linear(F.silu(F.linear(x, ffn.w1.weight)) * F.linear(x, ffn.w3.weight), ffn.w2.weight)
+    torch.testing.assert_close(ffn(x), ref)
+    assert M.ModelConfig(d_model=512).d_ff == 1344
+    assert M.ModelConfig(d_model=768).d_ff == 2048
+    assert M.ModelConfig(d_model=512, ffn='silu').d_ff == 2048
+
+
+def test_rope_matches_complex_rotation():
+    d_k, T, theta = 16, 12, 10000.0
+    rope = M.RotaryPositionalEmbedding(theta, d_k, max_seq_len=64)
+    x = torch.randn(2, 3, T, d_k)
+    pos = torch.randint(0, 64, (T,))
+    # adjacent pairs as complex numbers, multiplied by e^{i pos theta^(-2j/d)}
+    xc = torch.view_as_complex(x.reshape(2, 3, T, d_k // 2, 2).contiguous())
+    freqs = theta ** (-torch.arange(0, d_k, 2).float() / d_k)
+    rot = torch.polar(torch.ones(T, d_k // 2), pos[:, None].float() * freqs[None, :])
+    ref = torch.view_as_real(xc * rot).reshape(2, 3, T, d_k)
+    torch.testing.assert_close(rope(x, pos), ref, atol=1e-5, rtol=1e-5)
+    # batched positions of another shape broadcast too
+    pos_b = torch.randint(0, 64, (2, 1, T))
+    out = rope(x, pos_b)
+    torch.testing.assert_close(out[1], rope(x[1], pos_b[1, 0]))
+    assert 'cos_cached' not in rope.state_dict()
+
+
+def test_softmax_and_attention_match_torch():
+    x = torch.randn(4, 10) * 1000  # large values: must not overflow
+    torch.testing.assert_close(M.softmax(x, dim=-1), torch.softmax(x, dim=-1))
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 6)
+    mask = torch.rand(5, 7) > 0.3
+    mask[:, 0] = True
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(M.scaled_dot_product_attention(q, k, v, mask), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_entropy_stable_and_matches_torch():
+    logits = torch.randn(3, 5, 11) * 1000
+    targets = torch.randint(0, 11, (3, 5))
+    ref = F.cross_entropy(logits.view(-1, 11), targets.view(-1))
+    out = M.cross_entropy(logits, targets)
+    assert torch.isfinite(out)
+    torch.testing.assert_close(out, ref)
+    targets[0] = -100
+    torch.testing.assert_close(M.cross_entropy(logits, targets), F.cross_entropy(logits.view(-1, 11), targets.view(-1)))
+
+
+def test_parameter_names_follow_the_course():
+    names = set(tiny().state_dict())
+    for n in ['token_embeddings.weight', 'layers.0.attn.q_proj.weight', 'layers.0.attn.k_proj.weight',
+              'layers.0.attn.v_proj.weight', 'layers.0.attn.output_proj.weight', 'layers.0.ln1.weight',
+              'layers.0.ln2.weight', 'layers.1.ffn.w1.weight', 'layers.1.ffn.w2.weight', 'layers.1.ffn.w3.weight',
+              'ln_final.weight', 'lm_head.weight']:
+        assert n in names, n
+
+
+def test_attention_impls_agree():
+    model = tiny(attn_impl='reference')
+    x = torch.randint(0, 97, (2, 20))
+    ref = model(x)
+    assert ref.shape == (2, 20, 97)
+    for impl in ['sdpa']:
+        other = tiny(attn_impl=impl)
+        other.load_state_dict(model.state_dict())
+        torch.testing.assert_close(other(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_is_causal():
+    model = tiny()
+    x = torch.randint(0, 97, (1, 16))
+    y = x.clone()
+    y[0, 10:] = (y[0, 10:] + 1) % 97
+    torch.testing.assert_close(model(x)[:, :10], model(y)[:, :10])
+
+
+@pytest.mark.parametrize('opts', [dict(norm='none'), dict(post_norm=True), dict(pos_emb='nope'),
+                                  dict(ffn='silu', d_ff=None), dict(tie_embeddings=True), dict(qk_norm=True),
+                                  dict(num_kv_heads=2)])
+def test_ablations_and_options_run_and_learn(opts):
+    model = tiny(**opts)
+    x = torch.randint(0, 97, (4, 16))
+    loss = model(x[:, :-1], targets=x[:, 1:])
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters())
+    if opts.get('tie_embeddings'):
+        assert model.lm_head.weight is model.token_embeddings.weight
+    if opts.get('num_kv_heads'):
+        assert model.layers[0].attn.k_proj.weight.shape == (16, 32)
+    assert M.count_parameters(model) == M.count_parameters(model.config)
+
+
+def test_nope_has_no_position_information():
+    model = tiny(pos_emb='nope', num_layers=1)
+    # without positions, in one layer, the last token's output depends only on the set of tokens, not their order
+    # (deeper layers see earlier positions' causal prefixes, which do depend on order)
+    x = torch.tensor([[5, 6, 7, 8]])
+    y = torch.tensor([[7, 5, 6, 8]])
+    torch.testing.assert_close(model(x)[:, -1], model(y)[:, -1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('opts', [dict(attn_impl='reference'), dict(attn_impl='sdpa', num_kv_heads=2, qk_norm=True)])
+def test_kv_cache_generation_equals_no_cache_greedy(opts):
+    model = tiny(**opts).eval()
+    prompts = [[1, 2, 3, 4, 5, 6], [7], [9, 10, 11]]  # different lengths in one batch
+    cached = model.generate(prompts, max_new_tokens=12, temperature=0)
+    naive = model.generate(prompts, max_new_tokens=12, temperature=0, use_cache=False)
+    assert cached == naive
+    assert [len(r) for r in cached] == [12, 12, 12]
+    # a second call reuses the preallocated cache and gives the same answer
+    assert model.generate(prompts, max_new_tokens=12, temperature=0) == cached
+    # one prompt alone gives the same as inside the batch: the padding is invisible
+    assert model.generate([prompts[1]], max_new_tokens=12, temperature=0)[0] == cached[1]
+
+
+def test_cached_logits_match_full_forward():
+    model = tiny().eval()
+    x = torch.randint(0, 97, (2, 12))
+    full = model(x)
+    cache = M.KVCache(2, 2, 4, 16, 8)
+    with torch.no_grad():
+        first = model(x[:, :5], kv_cache=cache)
+        steps = [model(x[:, t:t + 1], kv_cache=cache) for t in range(5, 12)]
+    torch.testing.assert_close(torch.cat([first] + steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.get_pos() == 12
+
+
+def test_sampling_eos_seed_top_p():
+    model = tiny().eval()
+    a = model.generate([[1, 2]], max_new_tokens=10, temperature=1.0, top_p=0.9, seed=123)
+    b = model.generate([[1, 2]], max_new_tokens=10, temperature=1.0, top_p=0.9, seed=123)
+    assert a == b
+    greedy = model.generate([[1, 2]], max_new_tokens=10, temperature=0)[0]
+    eos = greedy[3]
+    stopped = model.generate([[1, 2]], max_new_tokens=10, temperature=0, eos_id=eos)[0]
+    assert stopped == greedy[:greedy.index(eos) + 1]
+    # top_p tiny keeps only the most likely token: sampling becomes greedy
+    assert model.generate([[1, 2]], max_new_tokens=10, temperature=1.0, top_p=1e-6, seed=5)[0] == greedy
+    with pytest.raises(ValueError, match='context_length'):
+        model.generate([[1] * 30], max_new_tokens=10)
+
+
+def test_context_too_long_is_clear():
+    model = tiny()
+    with pytest.raises(AssertionError, match='context_length'):
+        model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = tiny(qk_norm=True)
+    path = tmp_path / 'ckpt.pt'
+    torch.save({'model': model.state_dict(), 'model_args': M.model_args_from(model)}, path)
+    loaded = M.TransformerLM.from_checkpoint(str(path))
+    x = torch.randint(0, 97, (2, 8))
+    torch.testing.assert_close(loaded(x), model(x))
+    torch.save({'model': model.state_dict(), 'model_args': {**M.model_args_from(model), 'd_model': 64}}, path)
+    with pytest.raises(RuntimeError):
+        M.TransformerLM.from_checkpoint(str(path))
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match='attn_impl'):
+        M.ModelConfig(attn_impl='fast')
+    with pytest.raises(ValueError, match='divisible'):
+        M.ModelConfig(d_model=100, num_heads=16)
+
+
+def test_flops_and_mfu_formula():
+    cfg = M.ModelConfig(vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344)
+    n = M.count_parameters(cfg)
+    # 4 layers x (4 d^2 attention + 3 d d_ff SwiGLU + 2 d norms) + final norm + lm_head
+    assert n == 4 * (4 * 512 * 512 + 3 * 512 * 1344 + 2 * 512) + 512 + 10000 * 512
+    assert M.flops_per_token(cfg) == 6 * n + 12 * 4 * 512 * 256
+    assert M.estimate_mfu(cfg, 1e6) == pytest.approx(M.flops_per_token(cfg) * 1e6 / 989e12)
