@@ -1,0 +1,214 @@
+"""
+Tests of sft.py: the course helpers on hand-computed cases, the r1_zero grader on tricky equal / not-equal answers,
+data loading errors, the synthetic task, the KV-cache engine against no-cache greedy decoding, stop strings,
+a tiny SFT run that learns, and DPO against a hand computation.
+
+    python -m pytest tests/test_sft.py -v
+"""
+import json
+import math
+
+import pytest
+import torch
+
+import sft
+
+
+class CharTok:
+    """A hand-checkable tokenizer for the helper tests: one token per character ('a' -> 0, 'b' -> 1, ...)."""
+    eot_id = 26
+
+    def encode(self, text):
+        return [ord(c) - ord('a') for c in text]
+
+    def decode(self, ids):
+        return ''.join(chr(i + ord('a')) for i in ids)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the course helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_tokenize_prompt_and_output_hand_case():
+    out = sft.tokenize_prompt_and_output(['ab', 'c'], ['cd', 'd'], CharTok())
+    # full = [[a b c d], [c d pad pad]] with pad = eot 26
+    assert out['input_ids'].tolist() == [[0, 1, 2], [2, 3, 26]]
+    assert out['labels'].tolist() == [[1, 2, 3], [3, 26, 26]]
+    # labels that are output tokens: row 0 -> c, d (positions 1, 2); row 1 -> d (position 0)
+    assert out['response_mask'].tolist() == [[False, True, True], [True, False, False]]
+    assert out['response_mask'].dtype == torch.bool
+
+
+def test_tokenize_prompt_and_output_bad_input():
+    with pytest.raises(ValueError, match='2 prompts but 1 outputs'):
+        sft.tokenize_prompt_and_output(['a', 'b'], ['c'], CharTok())
+
+
+def test_compute_entropy_hand_and_stable():
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]]])  # uniform over 4; almost one-hot
+    h = sft.compute_entropy(logits)
+    assert h.shape == (1, 2)
+    assert torch.allclose(h[0, 0], torch.tensor(math.log(4)), atol=1e-6)
+    assert h[0, 1].abs() < 1e-6
+    big = sft.compute_entropy(torch.tensor([[[1e4, -1e4, 0.0]]]))  # no inf/nan for extreme logits
+    assert torch.isfinite(big).all()
+    p = torch.softmax(torch.tensor([1.0, 2.0, 3.0]), 0)
+    assert torch.allclose(sft.compute_entropy(torch.tensor([[[1.0, 2.0, 3.0]]]))[0, 0], -(p * p.log()).sum())
+
+
+class LookupLM(torch.nn.Module):
+    """logits at position t depend only on token t (a bigram table): easy to compute by hand."""
+    def __init__(self, V=5):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.arange(V * V, dtype=torch.float).view(V, V) / 10)
+
+    def forward(self, idx):
+        return self.table[idx]
+
+
+def test_get_response_log_probs_hand_case():
+    m = LookupLM()
+    ids, labels = torch.tensor([[0, 1]]), torch.tensor([[1, 4]])
+    out = sft.get_response_log_probs(m, ids, labels, return_token_entropy=True)
+    for t, (i, l) in enumerate([(0, 1), (1, 4)]):
+        expect = torch.log_softmax(m.table[i], 0)[l]
+        assert torch.allclose(out['log_probs'][0, t], expect)
+    assert out['token_entropy'].shape == (1, 2)
+    assert 'token_entropy' not in sft.get_response_log_probs(m, ids, labels)
+
+
+def test_masked_normalize_hand_case():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    assert sft.masked_normalize(x, mask, 2.0).item() == (1 + 3 + 6) / 2
+    assert sft.masked_normalize(x, mask, 2.0, dim=1).tolist() == [2.0, 3.0]
+    assert sft.masked_normalize(x, mask, 1.0, dim=0).tolist() == [1.0, 0.0, 9.0]
+
+
+def test_sft_microbatch_train_step_accumulates():
+    lp = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False], [False, True, True]])
+    loss, meta = sft.sft_microbatch_train_step(lp, mask, gradient_accumulation_steps=4, normalize_constant=2.0)
+    # per sequence: -(sum)/2 -> 1.5 and 5.5; batch mean 3.5; / 4 accumulation steps
+    assert abs(loss.item() - 3.5 / 4) < 1e-6
+    g = -mask.float() / 2 / 2 / 4  # d loss / d lp = -mask / normalize_constant / B / steps
+    assert torch.allclose(lp.grad, g)
+    assert meta['n_response_tokens'].item() == 4
+    # a second and third call ADD to the gradient (never zero it)
+    sft.sft_microbatch_train_step(lp, mask, 4, 2.0)
+    sft.sft_microbatch_train_step(lp, mask, 4, 2.0)
+    assert torch.allclose(lp.grad, 3 * g)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the grader
+# ---------------------------------------------------------------------------------------------------------------
+
+EQUAL = [("18", "18"), ("18.0", "18"), ("18.00", "18"), ("$18", "18"), ("\\$18", "18"), ("18 dollars", "18"),
+         ("\\boxed{18}", "18"), ("1,000", "1000"), ("1000", "1,000"), ("1{,}000", "1000"), ("0.5", "\\frac{1}{2}"),
+         ("1/2", "\\frac12"), ("\\dfrac{1}{2}", "0.5"), ("x = 5", "5"), ("-3", "- 3"), ("18.", "18"),
+         ("50\\%", "50"), ("\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2"), ("(x+1)^2", "x^2+2x+1"), ("2\\frac{1}{2}", "5/2"),
+         ("18 \\text{ apples}", "18"), ("\\text{18 apples}", "18"), ("\\pi*3", "3\\pi"), ("(1, 2)", "(1,2)"),
+         ("Yes", "yes"), ("1,234,567.5", "1234567.5"), ("-\\frac{3}{4}", "-0.75"), ("90^\\circ", "90"),
+         ("\\left(1,2\\right)", "(1,2)"), ("0.1+0.2", "0.3"), ("  42  ", "42"), ("42 cm.", "42"),
+         ("2\\sqrt{2}", "\\sqrt{8}")]
+NOT_EQUAL = [("18", "-18"), ("18", "180"), ("0.5", "0.51"), ("1/3", "0.333"), ("", "0"), ("18 or 19", "18"),
+             ("1,2", "12"), ("2", "\\sqrt{2}"), ("x+1", "x-1"), ("\\frac{1}{2}", "2"), ("18", "18.5"), ("5x", "5"),
+             ("__import__('os').system('echo hi')", "0"), ("2**99999", "1"), ("1/0", "0"), ("\\boxed{18", "18"),
+             ("(1,2)", "(2,1)"), ("10^{1000}", "1"), ("1,0000", "10000")]
+
+
+@pytest.mark.parametrize('given,truth', EQUAL)
+def test_grade_equal(given, truth):
+    assert sft.grade_answer(given, truth)
+    assert sft.grade_answer(truth, given)  # symmetric
+
+
+@pytest.mark.parametrize('given,truth', NOT_EQUAL)
+def test_grade_not_equal(given, truth):
+    assert not sft.grade_answer(given, truth)
+
+
+R1 = [  # (response, ground truth, format, answer)
+    (" 2 + 2 = 4. </think> <answer> 4 </answer>", "4", 1, 1),
+    (" 2 + 2 = 4. </think> <answer> \\boxed{4} </answer>", "4", 1, 1),
+    (" think </think> <answer> 5 </answer>", "4", 1, 0),  # formatted but wrong
+    (" think </think><answer> 4 </answer>", "4", 0, 0),  # strict: one space between the tags
+    (" think </think> <answer> 4", "4", 0, 0),  # unterminated
+    (" <answer> 4 </answer>", "4", 0, 0),  # no </think>
+    (" t </think> <answer> \\boxed{4 </answer>", "4", 1, 0),  # unbalanced \boxed
+    (" t </think> <answer> 1,000 </answer>", 1000, 1, 1),  # int ground truth
+    (" t </think> <answer> 7 </answer>", ["6", "7"], 1, 1),  # any of several ground truths
+    (" t </think> <answer> 4 </answer> more text", "4", 1, 1),  # text after </answer> is ignored
+    (" t </think> <answer> </answer>", "0", 1, 0),  # empty answer
+]
+
+
+@pytest.mark.parametrize('response,truth,fmt,ans', R1)
+def test_r1_zero_reward(response, truth, fmt, ans):
+    r = sft.r1_zero_reward_fn(response, truth)
+    assert (r['format_reward'], r['answer_reward'], r['reward']) == (fmt, ans, ans)
+
+
+def test_question_only_reward():
+    assert sft.question_only_reward_fn("so the answer is \\boxed{12}. Then 13", "12")['reward'] == 1
+    assert sft.question_only_reward_fn("we get 1,200 in total", "1200")['reward'] == 1
+    assert sft.question_only_reward_fn("no idea", "3") == {'format_reward': 0.0, 'answer_reward': 0.0, 'reward': 0.0}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_read_jsonl_reports_line_numbers(tmp_path):
+    p = tmp_path / 'bad.jsonl'
+    p.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "a", "response": \n')
+    with pytest.raises(ValueError, match=r'bad.jsonl:3: invalid JSON'):
+        sft.read_jsonl(str(p))
+    p.write_text('{"prompt": "a", "response": "b"}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r':2: expected a JSON object'):
+        sft.read_jsonl(str(p))
+    p.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(ValueError, match=r":2: missing key\(s\) \['response'\]"):
+        sft.load_sft_examples(str(p))
+    p.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": "  "}\n')
+    with pytest.raises(ValueError, match=r':2: empty response'):
+        sft.load_sft_examples(str(p))
+
+
+def test_load_sft_examples_first_n_and_filter(tmp_path):
+    p = tmp_path / 'd.jsonl'
+    recs = [{'prompt': 'q', 'response': sft.r1_response('t', a), 'ground_truth': '3'} for a in ['3', '4', '3']]
+    sft.write_jsonl(str(p), recs)
+    assert len(sft.load_sft_examples(str(p))) == 3
+    assert len(sft.load_sft_examples(str(p), n=2)) == 2
+    assert len(sft.load_sft_examples(str(p), filter_correct=True)) == 2
+
+
+def test_gsm8k_and_prompt(data_dir):
+    test = sft.load_gsm8k('test', data_dir)
+    assert len(test) == 1319
+    assert test[0]['ground_truth'] == '18' and '<<' not in test[0]['solution']
+    tpl = sft.load_prompt_template('r1_zero')
+    prompt = sft.format_prompt(tpl, test[0]['question'])
+    assert prompt.endswith('Assistant: <think>') and test[0]['question'] in prompt
+    # every reference answer, put in the r1_zero format, is graded correct (the grader accepts GSM8K's numbers)
+    train = sft.load_gsm8k('train', data_dir)
+    assert all(sft.r1_zero_reward_fn(sft.r1_response(x['solution'], x['ground_truth']), x['ground_truth'])['reward']
+               for x in train[:500])
+
+
+def test_synthetic_task_deterministic_and_exact():
+    a_train, a_val = sft.make_synthetic_task(300, 50, seed=3)
+    b_train, b_val = sft.make_synthetic_task(300, 50, seed=3)
+    assert a_train == b_train and a_val == b_val
+    assert sft.make_synthetic_task(300, 50, seed=4)[1] != a_val
+    assert not {p['question'] for p in a_val} & {p['question'] for p in a_train}  # held out
+    for p in a_train + a_val:
+        # replay the trace's arithmetic: every 'a op b = c' must be right, and the last result is the answer
+        results = []
+        for a, op, b, c in __import__('re').findall(r'(\d+) ([-+*/]) (\d+) = (\d+)', p['trace']):
+            assert eval(f"{a} {op.replace('/', '//')} {b}") == int(c), p
+            results.append(c)
+        assert results[-1] == p['answer'] and 0 <= int(p['answer']) <= 999
+        assert sft.r1_zero_reward_fn(sft.r1_response(p['trace'], p['answer']), p['answer'])['reward'] == 1
