@@ -372,6 +372,7 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, offs_n, lo, hi, T, qk
 @triton.jit
 def _attn_bwd_dkdv(Q, K, V, DO, L, Delta, DK, DV,
                    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+                   sgkb, sgkh, sgkt, sgkd, sgvb, sgvh, sgvt, sgvd,
                    H, T, qk_scale, sm_scale,
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
     # grid: (number of key tiles, batch * heads); K and V tiles stay in registers while Q, dO stream past.
@@ -412,9 +413,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, L, Delta, DK, DV,
     dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, offs_n, tl.maximum(hi_diag, hi_full), T, T,
                              qk_scale, BLOCK_M, True, CAUSAL)
     dk = dk * sm_scale  # dK = dS^T Q / sqrt(d)
-    DK_ptr = tl.make_block_ptr(DK + off_b * skb + off_h * skh, shape=(T, HEAD_DIM), strides=(skt, skd),
+    # dK, dV have strides of their own (empty_like of a strided view may pick another layout)
+    DK_ptr = tl.make_block_ptr(DK + off_b * sgkb + off_h * sgkh, shape=(T, HEAD_DIM), strides=(sgkt, sgkd),
                                offsets=(k_start, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
-    DV_ptr = tl.make_block_ptr(DV + off_b * svb + off_h * svh, shape=(T, HEAD_DIM), strides=(svt, svd),
+    DV_ptr = tl.make_block_ptr(DV + off_b * sgvb + off_h * sgvh, shape=(T, HEAD_DIM), strides=(sgvt, sgvd),
                                offsets=(k_start, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
     tl.store(DK_ptr, dk.to(DK.dtype.element_ty), boundary_check=(0,))
     tl.store(DV_ptr, dv.to(DV.dtype.element_ty), boundary_check=(0,))
@@ -453,6 +455,7 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_ptr, V_ptr, offs_m, lo, hi, T, qk_sc
 @triton.jit
 def _attn_bwd_dq(Q, K, V, DO, L, Delta, DQ,
                  sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+                 sgqb, sgqh, sgqt, sgqd,
                  H, T, qk_scale, sm_scale,
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
     # grid: (number of query tiles, batch * heads), reversed like the forward (heaviest first under causal).
@@ -484,7 +487,7 @@ def _attn_bwd_dq(Q, K, V, DO, L, Delta, DQ,
     dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_ptr, V_ptr, offs_m, 0, lo_mask, T, qk_scale, BLOCK_N, False, CAUSAL)
     dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_ptr, V_ptr, offs_m, lo_mask, hi, T, qk_scale, BLOCK_N, True, CAUSAL)
     dq = dq * sm_scale  # dQ = dS K / sqrt(d)
-    DQ_ptr = tl.make_block_ptr(DQ + off_b * sqb + off_h * sqh, shape=(T, HEAD_DIM), strides=(sqt, sqd),
+    DQ_ptr = tl.make_block_ptr(DQ + off_b * sgqb + off_h * sgqh, shape=(T, HEAD_DIM), strides=(sgqt, sgqd),
                                offsets=(q_start, 0), block_shape=(BLOCK_M, HEAD_DIM), order=(1, 0))
     tl.store(DQ_ptr, dq.to(DQ.dtype.element_ty), boundary_check=(0,))
 
@@ -585,13 +588,13 @@ def _flash_bwd(q, k, v, o, L, do, is_causal, cfgs=None):
     BM, BN, nw, ns = cfgs['dkdv']
     _attn_bwd_dkdv[(triton.cdiv(T, BN), B * H)](q, k, v, do, L, delta, dk, dv,
                                                  *_strides(q), *_strides(k), *_strides(v), *_strides(do),
-                                                 H, T, LOG2E * sm_scale, sm_scale,
+                                                 *_strides(dk), *_strides(dv), H, T, LOG2E * sm_scale, sm_scale,
                                                  HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, CAUSAL=is_causal,
                                                  num_warps=nw, num_stages=ns)
     BM, BN, nw, ns = cfgs['dq']
     _attn_bwd_dq[(triton.cdiv(T, BM), B * H)](q, k, v, do, L, delta, dq,
                                                *_strides(q), *_strides(k), *_strides(v), *_strides(do),
-                                               H, T, LOG2E * sm_scale, sm_scale,
+                                               *_strides(dq), H, T, LOG2E * sm_scale, sm_scale,
                                                HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, CAUSAL=is_causal,
                                                num_warps=nw, num_stages=ns)
     return dq, dk, dv
