@@ -269,8 +269,8 @@ def minhash_signatures(texts, num_hashes, ngrams, seed, _params=None):
         blk = buf[:, :e - s]
         np.multiply(a, X[None, s:e], out=blk)  # (k, e-s), wraps mod 2^64
         np.add(blk, b, out=blk)
-        lo, hi = np.searchsorted(starts, [s, e], side='right')  # documents starting inside (s, e)
-        first = max(lo - 1, 0)  # the document that covers position s
+        first = np.searchsorted(starts, s, side='right') - 1  # the document that covers position s
+        hi = np.searchsorted(starts, e, side='left')  # ... up to the last one starting before e
         seg = np.maximum(starts[first:hi] - s, 0)  # segment starts within the block
         mins = np.minimum.reduceat(blk, seg, axis=1)  # (k, segments)
         rows = has[first:hi]
@@ -656,15 +656,16 @@ def _import_ray():
 
 
 def _ray_init(ray, address, workers):
-    """Connect to (or start) Ray once. Workers import this file, so its folder goes on their PYTHONPATH."""
-    if ray.is_initialized():
-        return
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = {'env_vars': {'PYTHONPATH': here + os.pathsep + os.environ.get('PYTHONPATH', '')}}
-    if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=False)
-    else:
-        ray.init(num_cpus=workers or None, runtime_env=env, log_to_driver=False, include_dashboard=False)
+    """Connect to (or start) Ray, unless the caller already did (ray.init in a test or a notebook)."""
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers or None, log_to_driver=False, include_dashboard=False)
+    # Ray workers may not have this file on their sys.path (another folder, another machine):
+    # ship our functions by value (with this module's globals) instead of by module reference.
+    if __name__ != '__main__':
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def _ray_remote(ray, fn, **opts):
@@ -1019,12 +1020,11 @@ def make_bench_corpus(n_docs, seed=0, words_per_doc=500, dup_fraction=0.3):
     import gzip
     path = os.path.join(_data_dir(), 'text', 'docs_en.txt.gz')
     with gzip.open(path, 'rt', encoding='utf-8') as f:
-        vocab = f.read(4_000_000).split()
+        vocab = [w for w in f.read(4_000_000).split() if len(w) <= 20]
     rng = np.random.default_rng(seed)
-    vocab = np.array(vocab)
     n_dup = int(n_docs * dup_fraction)
     n_base = n_docs - n_dup
-    base = [list(vocab[rng.integers(0, len(vocab), words_per_doc)]) for _ in range(n_base)]
+    base = [[vocab[i] for i in rng.integers(0, len(vocab), words_per_doc).tolist()] for _ in range(n_base)]
     texts, families = [' '.join(w) for w in base], list(range(n_base))
     for _ in range(n_dup):
         src = int(rng.integers(0, n_base))
@@ -1033,11 +1033,11 @@ def make_bench_corpus(n_docs, seed=0, words_per_doc=500, dup_fraction=0.3):
         for _ in range(int(rate * len(w))):
             op, pos = rng.integers(0, 3), int(rng.integers(0, len(w)))
             if op == 0:
-                w[pos] = str(vocab[rng.integers(0, len(vocab))])
+                w[pos] = vocab[rng.integers(0, len(vocab))]
             elif op == 1 and len(w) > 10:
                 del w[pos]
             else:
-                w.insert(pos, str(vocab[rng.integers(0, len(vocab))]))
+                w.insert(pos, vocab[rng.integers(0, len(vocab))])
         texts.append(' '.join(w))
         families.append(src)
     return texts, np.array(families)

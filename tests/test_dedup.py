@@ -1,0 +1,238 @@
+"""
+Tests for dedup.py (local engine): exact line dedup on the course fixture, MinHash dedup on the
+near-duplicate licenses, normalization, the LSH S-curve against simulation, determinism, JSONL,
+spill-to-disk, resume and bad input.
+
+    python -m pytest tests/test_dedup.py -v
+"""
+import os
+
+import numpy as np
+import pytest
+
+import dedup
+
+
+def _files(folder):
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder))
+
+
+def _write(path, data):
+    with open(path, 'wb') as f:
+        f.write(data if isinstance(data, bytes) else data.encode('utf-8'))
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def corpus(data_dir):
+    """400 documents of real words with planted near-duplicates, and the true duplicate pairs."""
+    texts, fam = dedup.make_bench_corpus(400, seed=1, words_per_doc=200)
+    return texts, fam, dedup.planted_truth(texts, fam, 5, 0.8)
+
+
+# ------------------------------------------------------------------------------ exact line dedup
+
+def test_exact_line_dedup_fixture(data_dir, tmp_path):
+    src = os.path.join(data_dir, 'a4', 'documents_with_line_duplicates')
+    expected = os.path.join(data_dir, 'a4', 'documents_line_deduplicated')
+    stats = dedup.exact_line_dedup(_files(src), tmp_path, num_workers=1)
+    assert sorted(os.listdir(tmp_path)) == sorted(os.listdir(expected))  # every input has an output, even empty
+    for name in os.listdir(expected):
+        with open(os.path.join(tmp_path, name), 'rb') as f, open(os.path.join(expected, name), 'rb') as g:
+            assert f.read() == g.read(), name
+    assert stats['files'] == 5 and stats['lines_removed'] == 6
+
+
+def test_exact_line_dedup_bad_input(tmp_path):
+    d = tmp_path / 'in'
+    d.mkdir()
+    files = [_write(d / 'a.txt', 'same\nonly a\n'), _write(d / 'b.txt', 'same'),  # no final newline: same line
+             _write(d / 'empty.txt', ''), _write(d / 'bin.dat', b'\x00\x01\xff\nsame\n'),
+             _write(d / 'latin1.txt', 'caf\xe9\n'.encode('latin-1'))]
+    stats = dedup.exact_line_dedup(files, tmp_path / 'out', num_workers=2)
+    out = {f: (tmp_path / 'out' / f).read_bytes() for f in os.listdir(tmp_path / 'out')}
+    assert out == {'a.txt': b'only a\n', 'b.txt': b'', 'empty.txt': b'', 'bin.dat': b'\x00\x01\xff\n',
+                   'latin1.txt': b'caf\xe9\n'}  # bytes in, the same bytes out
+    assert stats['lines_removed'] == 3
+
+
+# ------------------------------------------------------------------------------ normalization
+
+@pytest.mark.parametrize('text, expected', [
+    ('Héllo,  WORLD!', 'hello world'),                  # accents, case, punctuation, whitespace
+    ("don't\tstop -- the\n\nmusic...", 'dont stop the music'),
+    ('Ça va? naïve café, résumé', 'ca va naive cafe resume'),
+    ('e\u0301 (combining acute)', 'e combining acute'),  # already decomposed
+    ('a\u00a0b\u2003c \u2014 d \u201cq\u201d', 'a b c d q'),  # Unicode spaces, em dash, curly quotes
+    ('price: $5 + 3% = ~8 <ok>', 'price 5 3 8 ok'),     # ASCII symbols are removed too
+    ('', ''),
+])
+def test_normalize(text, expected):
+    assert dedup.normalize_text(text) == expected
+    # the fast byte path gives exactly the reference's words
+    assert dedup._normalized_bytes(text).split() == [w.encode() for w in dedup.normalize_words(text)]
+
+
+def test_ngram_hashes_match_reference():
+    texts = ['The quick brown fox jumps over the lazy dog again', 'tiny doc', '', 'Öl und Wasser, über alles!']
+    X, counts = dedup.batch_ngram_hashes(texts, 3)
+    assert counts.tolist() == [8, 1, 0, 3]
+    start = 0
+    for t, c in zip(texts, counts):  # batched == one document at a time
+        single, _ = dedup.batch_ngram_hashes([t], 3)
+        assert np.array_equal(X[start:start + c], single)
+        start += c
+    # n-gram order matters, word boundaries matter
+    a, b, c = (dedup.ngram_set(t, 2) for t in ('a b c', 'b a c', 'ab c'))
+    assert dedup.jaccard(a, b) == 0 and dedup.jaccard(a, c) == 0
+
+
+# ------------------------------------------------------------------------------ MinHash and LSH
+
+def _overlap_pairs(n_pairs, size, shared, rng):
+    """Pairs of documents of `size` distinct random words sharing `shared` of them (1-gram Jaccard known)."""
+    texts = []
+    for _ in range(n_pairs):
+        w = [f"w{x}" for x in rng.choice(10**9, 2 * size - shared, replace=False)]
+        texts += [' '.join(w[:size]), ' '.join(w[size - shared:])]
+    return texts, shared / (2 * size - shared)
+
+
+def test_signatures_match_naive_minhash():
+    rng = np.random.default_rng(5)
+    # documents that straddle the 8192-n-gram blocks, an empty one and a short one
+    texts = [' '.join(f"t{x}" for x in rng.integers(0, 10**6, n)) for n in (5000, 7000, 0, 3, 9000)]
+    sig = dedup.minhash_signatures(texts, 16, 2, seed=11)
+    a, b = dedup.hash_params(16, 11)
+    for t, s in zip(texts, sig):
+        X = dedup.ngram_set(t, 2) & np.uint64(0xFFFFFFFF)
+        if len(X) == 0:
+            assert (s == dedup.SIG_EMPTY).all()
+            continue
+        naive = ((a * X[None, :] + b) >> np.uint64(32)).min(axis=1)  # (16,) one hash function at a time
+        assert np.array_equal(s, naive.astype(np.uint32))
+
+
+def test_minhash_estimates_jaccard():
+    rng = np.random.default_rng(0)
+    texts, J = _overlap_pairs(50, 200, 150, rng)  # J = 0.6
+    sig = dedup.minhash_signatures(texts, 256, 1, seed=3)
+    est = (sig[0::2] == sig[1::2]).mean(axis=1)  # (50,) per-pair estimates
+    # mean over 50 pairs x 256 hashes: std ~ sqrt(J(1-J)/12800) = 0.0043
+    assert abs(est.mean() - J) < 0.02, (est.mean(), J)
+    assert abs(est.std() - np.sqrt(J * (1 - J) / 256)) < 0.015  # hashes behave independently
+
+
+@pytest.mark.parametrize('shared', [100, 150, 180])
+def test_lsh_probability_matches_simulation(shared):
+    rng = np.random.default_rng(shared)
+    bands, rows = 16, 4
+    texts, J = _overlap_pairs(400, 200, shared, rng)
+    sig = dedup.minhash_signatures(texts, bands * rows, 1, seed=7)
+    keys = dedup.band_keys(sig, bands)
+    hit = (keys[0::2] == keys[1::2]).any(axis=1).mean()
+    p = float(dedup.candidate_probability(J, bands, rows))
+    tol = 4 * np.sqrt(p * (1 - p) / 400) + 0.02
+    assert abs(hit - p) < tol, (J, hit, p)
+    # and the pipeline's pair finder sees exactly those candidates
+    pairs = {tuple(x) for x in dedup.lsh_pairs(sig, bands).tolist()}
+    assert sum((2 * i, 2 * i + 1) in pairs for i in range(400)) == round(hit * 400)
+
+
+def test_choose_bands_and_curve(capsys):
+    b, r = dedup.choose_bands(128, 0.8)
+    assert b * r == 128 and 0.5 < (1 / b) ** (1 / r) < 0.8  # inflection below the threshold: few misses
+    assert dedup.print_s_curve(128, 0.8) == (b, r)
+    assert '<- pick' in capsys.readouterr().out
+
+
+def test_bands_must_divide_hashes(tmp_path):
+    f = _write(tmp_path / 'a.txt', 'some text here')
+    with pytest.raises(ValueError, match='divisible by num_bands=7'):
+        dedup.minhash_dedup([f], 128, 7, 5, 0.8, tmp_path / 'out')
+    with pytest.raises(ValueError, match='divisible'):
+        dedup.minhash_near_duplicates(['a b c'], num_hashes=100, num_bands=3)
+
+
+def test_bucket_pairs_star_for_big_buckets():
+    key = np.array([5, 5, 5, 5, 9, 9, 1], dtype=np.uint64)
+    doc = np.array([3, 1, 2, 0, 7, 8, 4], dtype=np.int64)
+    assert dedup.bucket_pairs(key, doc, 10).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3], [7, 8]]
+    assert dedup.bucket_pairs(key, doc, 3).tolist() == [[0, 1], [0, 2], [0, 3], [7, 8]]  # star on doc 0
+
+
+def test_union_find_keeps_one_per_cluster():
+    pairs = np.array([[0, 1], [1, 2], [5, 6]])
+    prio = np.array([9, 1, 5, 0, 0, 3, 2], dtype=np.uint64)
+    removed, clusters = dedup.choose_removed(7, pairs, prio)
+    assert clusters == 2 and removed.tolist() == [0, 2, 5]  # keeps 1 (lowest priority) and 6
+
+
+# ------------------------------------------------------------------------------ near-dup detection
+
+def test_near_duplicates_recall_precision_determinism(corpus):
+    texts, fam, truth = corpus
+    drop = dedup.minhash_near_duplicates(texts, num_hashes=128, num_bands=32, ngrams=5, jaccard_threshold=0.8, seed=0)
+    # every true pair lost at least one member, and nothing outside the truth was dropped
+    assert all(i in drop or j in drop for i, j in truth)
+    in_truth = {d for p in truth for d in p}
+    assert drop <= in_truth
+    assert drop == dedup.minhash_near_duplicates(texts, 128, 32, 5, 0.8, seed=0)  # deterministic
+    other = dedup.minhash_near_duplicates(texts, 128, 32, 5, 0.8, seed=1)
+    assert len(other) == len(drop) and other != drop  # another seed keeps other members, same clusters
+
+
+def test_minhash_dedup_fixture(data_dir, tmp_path):
+    src = os.path.join(data_dir, 'a4', 'documents_with_fuzzy_duplicates')
+    stats = dedup.minhash_dedup(_files(src), 100, 10, 5, 0.8, tmp_path, seed=0)
+    out = sorted(os.listdir(tmp_path))
+    assert 'pytorch_license.txt' in out  # the distinct document is kept
+    assert len(out) == 2 and stats['docs_removed'] == 1 and stats['clusters'] == 1  # one MIT copy, no file
+    kept = [f for f in out if 'mit' in f][0]
+    with open(os.path.join(tmp_path, kept), 'rb') as f, open(os.path.join(src, kept), 'rb') as g:
+        assert f.read() == g.read()  # survivors are the original bytes, not the normalized text
+
+
+def test_minhash_dedup_bad_input(tmp_path):
+    d = tmp_path / 'in'
+    d.mkdir()
+    doc = ' '.join(f"word{i}" for i in range(60))
+    files = [_write(d / 'a.txt', doc), _write(d / 'b.txt', doc + ' extra'), _write(d / 'empty.txt', ''),
+             _write(d / 'punct.txt', '!!! ...'), _write(d / 'bin.dat', b'\x7fELF\x00\x00\x01' + doc.encode()),
+             _write(d / 'latin1.txt', ('caf\xe9 ' + doc).encode('latin-1'))]
+    s = dedup.minhash_dedup(files, 64, 16, 5, 0.8, tmp_path / 'out', num_workers=1)
+    assert (s['docs'], s['binary'], s['non_utf8'], s['empty']) == (5, 1, 1, 2)
+    out = sorted(os.listdir(tmp_path / 'out'))
+    assert 'bin.dat' not in out and 'empty.txt' in out and 'punct.txt' in out  # empty docs are kept
+    assert s['docs_removed'] == 2 and len(out) == 3  # a, b and latin1 are one cluster
+
+
+def test_jsonl_mode_and_spill_and_resume(tmp_path, corpus):
+    import json
+    texts, fam, truth = corpus
+    d = tmp_path / 'in'
+    d.mkdir()
+    files = []
+    for k in range(4):  # 4 JSONL files of 100 documents, plus one bad line
+        lines = [json.dumps({'id': i, 'text': texts[i]}) for i in range(k * 100, (k + 1) * 100)]
+        if k == 2:
+            lines.insert(5, '{not json')
+        files.append(_write(d / f"part{k}.jsonl", '\n'.join(lines) + '\n'))
+    args = (files, 128, 32, 5, 0.8)
+    ref = dedup.minhash_dedup(*args, tmp_path / 'mem', num_workers=2)
+    assert ref['bad_lines'] == 1 and ref['docs'] == 400
+    expect = dedup.minhash_near_duplicates(texts, 128, 32, 5, 0.8)
+    assert ref['docs_removed'] == len(expect)
+    kept = [json.loads(x)['id'] for f in sorted(os.listdir(tmp_path / 'mem')) for x in open(tmp_path / 'mem' / f)]
+    assert len(kept) == 400 - len(expect) and len(set(kept)) == len(kept)
+    # spill-to-disk LSH gives the same result
+    spill = dedup.minhash_dedup(*args, tmp_path / 'spill', num_workers=1, spill=True, num_partitions=5)
+    assert spill['removed_names'] == ref['removed_names'] and spill['candidate_pairs'] == ref['candidate_pairs']
+    # an interrupted run resumes from its saved shards
+    with pytest.raises(RuntimeError, match='interrupted'):
+        dedup.minhash_dedup(*args, tmp_path / 'resume', num_workers=1, _interrupt_after_shards=2)
+    again = dedup.minhash_dedup(*args, tmp_path / 'resume', num_workers=1)
+    assert again['resumed_shards'] == 2 and again['removed_names'] == ref['removed_names']
+    assert not os.path.exists(tmp_path / 'resume' / '.dedup_work')
+    for f in os.listdir(tmp_path / 'mem'):
+        assert (tmp_path / 'mem' / f).read_bytes() == (tmp_path / 'resume' / f).read_bytes()
