@@ -27,7 +27,7 @@ What this file teaches, top to bottom:
 Run:
   python flash_attn.py                      # check the Triton kernels against naive attention on this device
   python flash_attn.py --bench              # leaderboard + full sweep -> results/flash_attn_bench.md (+ .png)
-  python flash_attn.py --bench --sweep=small   # reduced sweep (d 64/128, bf16, seq 1k..16k)
+  python flash_attn.py --bench --sweep=small   # reduced sweep (d 64/128, seq 1k/16k; under a minute)
   python flash_attn.py --tune               # time candidate tile configs per head dim -> results/flash_attn_tune.md
   TRITON_INTERPRET=1 python flash_attn.py   # the Triton kernels on CPU through Triton's interpreter (slow)
 
@@ -49,7 +49,7 @@ import triton.language as tl
 # -----------------------------------------------------------------------------
 # benchmark / command-line settings (the library functions below ignore these)
 bench = False  # run the benchmark: leaderboard setting + course sweep, write results/flash_attn_bench.md and a PNG
-sweep = 'full'  # course sweep size: 'full' (seq 128..65536, d 16..128, bf16+fp32) | 'small' | 'none'
+sweep = 'full'  # course sweep: 'full' (seq 128..65536, d 16..128, bf16+fp32) | 'small' (seq 1k,16k; d 64,128) | 'none'
 tune = False  # time candidate tile configs per head dim and dtype, write results/flash_attn_tune.md
 tune_budget_s = 150.0  # wall-clock budget of --tune, seconds
 leaderboard_rep = 10000  # do_bench rep (ms) for the leaderboard setting (the course uses 10000)
@@ -740,6 +740,7 @@ def run_leaderboard(rep, warmup):
     impls = [
         ('flash_attn.py Triton, 3-D (16, 16384, 64)', lambda: (lambda q, k, v: FlashAttentionTriton.apply(q, k, v, True)), 3),
         ('flash_attn.py Triton, 4-D (1, 16, 16384, 64)', lambda: (lambda q, k, v: flash_attention(q, k, v, True)), 4),
+        ('flash_attn.py Triton, 3-D, eager (no torch.compile)', None, 3),
         ('SDPA cuDNN backend', lambda: _sdpa_backend_fn(SDPBackend.CUDNN_ATTENTION), 4),
         ('SDPA FlashAttention-2 backend', lambda: _sdpa_backend_fn(SDPBackend.FLASH_ATTENTION), 4),
         ('FlexAttention, causal block mask', flex, 4),
@@ -752,7 +753,10 @@ def run_leaderboard(rep, warmup):
         q, k, v = (q3, k3, v3) if ndim == 3 else (q4, k4, v4)
         t0 = time.time()
         try:
-            fn = torch.compile(make())
+            if make is None:  # the same Function without torch.compile, to see what compile adds or costs
+                fn = lambda q, k, v: FlashAttentionTriton.apply(q, k, v, True)
+            else:
+                fn = torch.compile(make())
             out = fn(q, k, v)  # compile + first run
             out_flat = out.detach().reshape(B, T, D).float()
             if ref is None:
@@ -776,7 +780,7 @@ def run_sweep(size, rep):
     if size == 'full':
         seqs, dims, dtypes = [2 ** i for i in range(7, 17)], [16, 32, 64, 128], [torch.bfloat16, torch.float32]
     else:
-        seqs, dims, dtypes = [1024, 4096, 16384], [64, 128], [torch.bfloat16]
+        seqs, dims, dtypes = [1024, 16384], [64, 128], [torch.bfloat16, torch.float32]
     results = []  # (dtype, D, T, impl, mode, ms or 'OOM' or None)
     try:
         from tqdm import tqdm
@@ -824,7 +828,7 @@ def _sweep_markdown(results):
                     if not got:
                         continue
                     fl = attn_flops(1, 1, T, D, True, mode)
-                    cell = {n: (_fmt_ms(x) if not isinstance(x, float) else f"{x:.3f} ({fl / x / 1e9:.0f})")
+                    cell = {n: (_fmt_ms(x) if not isinstance(x, float) else f"{x:.3f} ({fl / x / 1e9:.3g})")
                             for n, x in got.items()}
                     a, b = got.get('ours'), got.get('sdpa')
                     ratio = f"{b / a:.2f}x" if isinstance(a, float) and isinstance(b, float) else '-'
@@ -902,15 +906,21 @@ def run_bench():
     print(f"wrote {path}")
 
 
-def _tune_candidates(dtype, D):
-    big = dtype != torch.float32
-    fwd = [(bm, bn, w, s) for bm in (64, 128) for bn in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)
-           if bn <= bm and (big or bm * bn <= 64 * 64)]
-    dkdv = [(bm, bn, w, s) for bm in (16, 32, 64) for bn in (64, 128) for w in (4, 8) for s in (2, 3, 4, 5)
-            if bm < bn and (big or bn <= 64)]
-    dq = [(bm, bn, w, s) for bm in (64, 128) for bn in (16, 32, 64) for w in (4, 8) for s in (2, 3, 4, 5)
-          if bn < bm and (big or bm <= 64)]
-    return {'fwd': fwd, 'dkdv': dkdv, 'dq': dq}
+def _tune_candidates(dtype):
+    # (BLOCK_M, BLOCK_N, num_warps, num_stages), likeliest first: the tuner stops when its time budget is spent
+    if dtype == torch.float32:
+        return {'fwd': [(64, 64, 4, 3), (64, 32, 4, 3), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 3)],
+                'dkdv': [(32, 64, 4, 3), (16, 64, 4, 3), (32, 64, 8, 2), (32, 128, 8, 2), (16, 32, 4, 3)],
+                'dq': [(64, 32, 4, 3), (64, 16, 4, 3), (64, 32, 8, 2), (128, 32, 8, 2), (32, 32, 4, 3)]}
+    return {'fwd': [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 4), (128, 128, 4, 3),
+                    (128, 64, 8, 4), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 4),
+                    (128, 64, 4, 2), (128, 128, 4, 2)],
+            'dkdv': [(32, 128, 4, 3), (32, 128, 4, 4), (32, 128, 4, 5), (64, 128, 8, 3), (64, 128, 4, 3),
+                     (32, 128, 8, 3), (32, 64, 4, 3), (64, 128, 8, 2), (16, 128, 4, 4), (32, 64, 4, 5),
+                     (64, 64, 4, 3), (16, 64, 4, 4)],
+            'dq': [(128, 32, 4, 3), (128, 32, 4, 4), (128, 32, 4, 5), (128, 64, 8, 3), (128, 64, 4, 3),
+                   (128, 32, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2), (128, 16, 4, 4), (64, 64, 4, 3),
+                   (64, 32, 4, 5), (128, 64, 4, 2)]}
 
 
 def run_tune(budget_s):
@@ -919,24 +929,26 @@ def run_tune(budget_s):
     os.makedirs(out_dir, exist_ok=True)
     t_start = time.time()
     # the leaderboard shape first (it matters most), then the other head dims at a shorter sequence
-    cases = [(torch.bfloat16, 64, 16, 16384)] + [(torch.bfloat16, D, 16, 4096) for D in (16, 32, 128)] + \
-            [(torch.float32, D, 16, 4096) for D in (16, 32, 64, 128)]
+    # (dtype, d, batch*heads, T, share of the time budget)
+    cases = [(torch.bfloat16, 64, 16, 16384, 0.45), (torch.bfloat16, 128, 16, 4096, 0.15),
+             (torch.bfloat16, 16, 16, 4096, 0.05), (torch.bfloat16, 32, 16, 4096, 0.05)] + \
+            [(torch.float32, D, 16, 4096, 0.075) for D in (16, 32, 64, 128)]
     best_all, md = {}, ["# flash_attn.py tile tuning\n", f"Device {torch.cuda.get_device_name()}. "
                         "Command: `python flash_attn.py --tune`. Each kernel timed alone (do_bench median), causal.\n",
                         '| dtype | d | B*H x T | kernel | best (BLOCK_M, BLOCK_N, warps, stages) | ms | '
                         'default config ms | candidates tried |', '|---|---:|---:|---|---|---:|---:|---:|']
-    for dtype, D, BH, T in cases:
+    for dtype, D, BH, T, share in cases:
         key = ('32bit' if dtype == torch.float32 else '16bit', D)
         q, k, v = (torch.randn(BH, T, D, device='cuda', dtype=dtype) for _ in range(3))
         o, L = _flash_fwd(q, k, v, True)
         do = torch.randn_like(o)
         best_all[key] = dict(CONFIGS[key])
-        for kind, cands in _tune_candidates(dtype, D).items():
+        for kind, cands in _tune_candidates(dtype).items():
             default = CONFIGS[key][kind]
             cands = [default] + [c for c in cands if c != default]
-            timings = {}
+            timings, t_kind = {}, time.time()
             for c in cands:
-                if time.time() - t_start > budget_s and c != default:
+                if time.time() - t_kind > budget_s * share / 3 and c != default:
                     break
                 try:
                     if kind == 'fwd':
