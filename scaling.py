@@ -36,6 +36,9 @@ import os
 import sys
 import time
 
+# The fits here are tiny (5 parameters, ~100 points): BLAS threads only add overhead, and on a busy machine
+# they made each L-BFGS step ~20x slower. OpenBLAS reads this once, when scipy loads it just below.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 import numpy as np
 from scipy import optimize, special
 
@@ -174,8 +177,9 @@ def isoflop_optima(groups, method):
 
 def fit_power_law(C, Y):
     """Y = a * C^alpha by least squares on log10 Y = log10 a + alpha log10 C; returns (a, alpha)."""
-    x, y = np.log10(C), np.log10(Y)
-    (log_a, alpha), _ = optimize.curve_fit(lambda x, la, al: la + al * x, x, y, p0=(0.0, 0.5))
+    x, y = np.log10(np.asarray(C, dtype=float)), np.log10(np.asarray(Y, dtype=float))
+    res = optimize.least_squares(lambda p: p[0] + p[1] * x - y, x0=(0.0, 0.5), method='lm' if len(x) > 2 else 'trf')
+    log_a, alpha = res.x
     return 10 ** log_a, alpha
 
 
@@ -231,11 +235,11 @@ def _parametric_objective(theta, logN, logD, logL, delta):
     return loss, grad
 
 
-def fit_parametric(N, D, L, delta=1e-3, init=None):
+def fit_parametric(N, D, L, delta=1e-3, init=None, n_starts=16):
     """Fit L(N, D) = E + A/N^alpha + B/D^beta; returns dict(E, A, B, alpha, beta, objective).
 
-    L-BFGS from every point of a grid of initializations (Chinchilla's grid, made a little coarser), keeping the
-    best; with `init` (a previous theta) a single start is used (the bootstrap warm-starts from the fit)."""
+    L-BFGS from the best `n_starts` points of a grid of initializations (Chinchilla's grid, a little coarser),
+    keeping the best optimum; with `init` (a previous theta) a single start (the bootstrap warm-starts from the fit)."""
     logN, logD, logL = np.log(N), np.log(D), np.log(L)
     if init is not None:
         starts = [np.asarray(init, dtype=float)]
@@ -246,11 +250,11 @@ def fit_parametric(N, D, L, delta=1e-3, init=None):
         # rank the grid by its objective (cheap, vectorized below) and run L-BFGS from the best starts:
         # most starts fall into the same few basins, so this gives the same optimum at a fraction of the cost
         vals = np.array([_parametric_objective(t, logN, logD, logL, delta)[0] for t in grid])
-        starts = grid[np.argsort(vals)[:64]]
+        starts = grid[np.argsort(vals)[:n_starts]]
     best = None
     for t0 in starts:
         res = optimize.minimize(_parametric_objective, t0, args=(logN, logD, logL, delta), jac=True,
-                                method='L-BFGS-B', options=dict(maxiter=2000, gtol=1e-12, ftol=1e-15))
+                                method='L-BFGS-B', options=dict(maxiter=1000, gtol=1e-10, ftol=1e-13))
         if best is None or res.fun < best.fun:
             best = res
     a, b, e, alpha, beta = best.x
@@ -389,7 +393,7 @@ def plot_parametric(N, D, L, C, par, path, title, extra=None):
 # The whole analysis: fits, tables, plots
 
 def analyze(runs, out_dir='results', name='scaling', extrapolate=(1e23, 1e24), n_boot=1000, delta=1e-3,
-            seed=0, title=None, target=None, write=True):
+            seed=0, title=None, target=None, info=None, write=True):
     """Run methods 1-3 on `runs`, write <name>.md/.json/_*.png into out_dir; returns the summary dict.
     `target` (sweep mode) = dict(C, N_opt, D_opt, predicted, achieved) is drawn on the plots and tabulated."""
     runs = check_runs(runs)
@@ -417,6 +421,8 @@ def analyze(runs, out_dir='results', name='scaling', extrapolate=(1e23, 1e24), n
     summary = dict(n_runs=len(runs), budgets=list(groups), optima=opt_rows, power_laws=fits, parametric=par)
     if target is not None:
         summary['target'] = target
+    if info is not None:
+        summary['sweep'] = info
     if write:
         os.makedirs(out_dir, exist_ok=True)
         title = title or name
@@ -501,6 +507,11 @@ def report_markdown(s, name, title):
             ach = t.get('achieved')
             err = f"{100 * (t[key] - ach) / ach:+.2f}%" if ach else 'not trained'
             lines.append(f"| {label} | {t[key]:.4f} | {ach if ach is None else format(ach, '.4f')} | {err} |")
+    if s.get('sweep'):
+        w = s['sweep']
+        lines += ["", f"Sweep: {w['runs']} runs ({w['backend']} backend, preset {w['preset']}), "
+                  f"{w['flops_used']:.3g} FLOPs counted, {w['wall_s']:.0f} s wall-clock in all; recipe "
+                  f"`{json.dumps(w['recipe'])}`; runs in {os.path.basename(w['runs_file'])}."]
     lines += ["", f"Plots: {name}_isoflops.png, {name}_optimal.png, {name}_parametric.png. "
               f"Every number: {name}.json.", ""]
     return "\n".join(lines)
@@ -519,11 +530,371 @@ def print_summary(s):
 
 
 # =============================================================================
+# Part 2: sweeps with a FLOP budget (the local twin of the course's training API)
+# =============================================================================
+
+class BudgetExceeded(RuntimeError):
+    """A query would take the sweep past its total FLOP budget."""
+
+
+def non_embedding_params(d_model, num_layers):
+    """N = 12 * num_layers * d_model^2: 4 d^2 for Q, K, V, O and 8 d^2 for the MLP (SwiGLU with d_ff = 8/3 d)."""
+    return 12 * num_layers * d_model ** 2
+
+
+def model_shapes(head_dim=64, max_d_model=1024, min_layers=1, max_layers=24, min_heads=1, max_heads=64):
+    """Every (d_model, num_layers, num_heads) we may train: d_model a multiple of head_dim, heads = d_model/head_dim
+    clamped to [min_heads, max_heads] (the course API wants 2..16 heads, 2..24 layers, d_model 64..1024)."""
+    shapes = []
+    for d in range(head_dim, max_d_model + 1, head_dim):
+        h = max(min_heads, min(max_heads, d // head_dim))
+        if d % h:
+            continue
+        for n_layer in range(min_layers, max_layers + 1):
+            shapes.append(dict(d_model=d, num_layers=n_layer, num_heads=h, N=non_embedding_params(d, n_layer)))
+    return shapes
+
+
+def shape_for(n_target, shapes, aspect=64.0, exclude=()):
+    """The shape whose N is closest to n_target in log space, preferring d_model/num_layers near `aspect`
+    (Kaplan et al. 2020, fig. 5: loss depends weakly on shape over a wide range of aspect ratios)."""
+    def score(s):
+        return abs(math.log(s['N'] / n_target)) + 0.1 * abs(math.log(s['d_model'] / s['num_layers'] / aspect))
+    candidates = [s for s in shapes if (s['d_model'], s['num_layers']) not in exclude]
+    return min(candidates, key=score) if candidates else None
+
+
+class Sweep:
+    """query(config) -> run record, like the course's training API: results cached by config (free to ask again),
+    total FLOPs capped, every run appended to a JSON list in Part 1's format {parameters, compute_budget,
+    final_loss, ...}. `backend(query) -> dict(final_loss, parameters, tokens, ...)` does the actual work."""
+
+    def __init__(self, path, total_budget, backend, clock=time.time):
+        self.path, self.total_budget, self.backend, self.clock = path, float(total_budget), backend, clock
+        self.runs = []
+        if os.path.exists(path):
+            with open(path, encoding='utf-8') as f:
+                self.runs = json.load(f)
+            if self.runs:
+                check_runs(self.runs, path)
+        self.cache = {r['key']: r for r in self.runs if 'key' in r}
+
+    def key(self, query):
+        """Identical configs (and the same training recipe) are the same run."""
+        return json.dumps(dict(query, **getattr(self.backend, 'recipe', {})), sort_keys=True)
+
+    @property
+    def flops_used(self):
+        """FLOPs spent on counted runs (the course API's total_flops_used): each distinct config once."""
+        return sum(r['compute_budget'] for r in self.runs if r.get('counted', True))
+
+    def query(self, query, counted=True, role='sweep'):
+        """Run (or look up) one config. Returns (record, cost) where cost is 0 for a cached config."""
+        k = self.key(query)
+        if k in self.cache:
+            return self.cache[k], 0.0
+        C = float(query['train_flops'])
+        if counted and self.flops_used + C > self.total_budget * (1 + 1e-9):
+            raise BudgetExceeded(f"a run of {C:.3g} FLOPs would exceed the total budget: {self.flops_used:.3g} of "
+                                 f"{self.total_budget:.3g} FLOPs used; raise --total_budget or ask for less")
+        t0 = self.clock()
+        result = self.backend(query)
+        rec = dict(parameters=float(result['parameters']), compute_budget=C, final_loss=float(result['final_loss']),
+                   **{k2: v for k2, v in result.items() if k2 not in ('parameters', 'final_loss')},
+                   wall_s=round(self.clock() - t0, 2), config=query, role=role, counted=counted, key=k)
+        check_runs([rec], f"result of {query}")
+        self.runs.append(rec)
+        self.cache[k] = rec
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        _write_json(self.path, self.runs)
+        return rec, C
+
+
+class LocalBackend:
+    """Trains a query's config with train.py: train.train(dict(train.config, **overrides)) -> summary.
+    The token count follows from the budget: D = train_flops / (6 N), rounded to whole iterations; the cosine
+    schedule spans the whole run (Chinchilla: a schedule longer than the run overestimates the loss)."""
+
+    def __init__(self, recipe, train_fn=None):
+        self.recipe = dict(recipe)  # data_dir, context_length, warmup_frac, seed, device, overrides
+        self._train_fn = train_fn  # None: train.py's train(); tests pass a fake taking the overrides dict
+
+    def plan(self, query):
+        """(N, iters, tokens) of a query: what the run will really do."""
+        N = non_embedding_params(query['d_model'], query['num_layers'])
+        tokens_per_iter = query['batch_size'] * self.recipe['context_length']
+        iters = max(1, round(query['train_flops'] / (6 * N) / tokens_per_iter))
+        return N, iters, iters * tokens_per_iter
+
+    def overrides(self, query):
+        """train.py config keys for one run."""
+        N, iters, _ = self.plan(query)
+        d = query['d_model']
+        r = self.recipe
+        ov = dict(d_model=d, num_layers=query['num_layers'], num_heads=query['num_heads'],
+                  d_ff=64 * max(1, round(8 * d / 3 / 64)),  # SwiGLU 8/3 d_model, as model.py's default
+                  batch_size=query['batch_size'], learning_rate=query['learning_rate'],
+                  min_lr=query['learning_rate'] / 10, context_length=r['context_length'],
+                  max_iters=iters, warmup_iters=max(1, int(r['warmup_frac'] * iters)),
+                  data_dir=r['data_dir'], seed=r['seed'])
+        if r.get('device'):
+            ov['device'] = r['device']
+        ov.update(r.get('overrides', {}))
+        return ov
+
+    def __call__(self, query):
+        N, iters, tokens = self.plan(query)
+        print(f"--- train d_model={query['d_model']} num_layers={query['num_layers']} N={N:.3g} "
+              f"C={query['train_flops']:.3g}: {iters} iters, {tokens / 1e6:.2f}M tokens")
+        summary = (self._train_fn or _train_with_train_py)(self.overrides(query))
+        return dict(parameters=N, final_loss=summary['val_loss'], tokens=tokens, iters=iters,
+                    time_s=summary.get('time_s'), train_loss=summary.get('train_loss'))
+
+
+_OPTIONAL_TRAIN_KEYS = ('min_lr', 'seed', 'device', 'compile')  # passed only when train.py has them
+
+
+def _train_with_train_py(overrides):
+    """train.train(dict(train.config, **overrides)) -> summary; imported lazily (analyze mode needs no torch)."""
+    import train
+    missing = [k for k in overrides if k not in train.config and k not in _OPTIONAL_TRAIN_KEYS]
+    if missing:
+        raise KeyError(f"train.py has no config keys {missing}: rename them in scaling.py's LocalBackend.overrides "
+                       f"or drop them from --train_overrides")
+    return train.train(dict(train.config, **{k: v for k, v in overrides.items() if k in train.config}))
+
+
+class RemoteBackend:
+    """The CS336 A3 training API (not exercised in tests: no network here). GET {api_url}/loss with the config,
+    train_flops and api_key -> {'loss', 'total_flops_used'}; /total_flops_used and /previous_runs take api_key.
+    The server caps each student at 2e18 FLOPs and bills identical configs once; we check its limits first so
+    that a typo costs nothing."""
+    LIMITS = dict(d_model=(64, 1024), num_layers=(2, 24), num_heads=(2, 16), learning_rate=(1e-4, 1e-3))
+    BATCH_SIZES = (128, 256)
+    TRAIN_FLOPS = (1e13, 3e13, 6e13, 1e14, 3e14, 6e14, 1e15, 3e15, 6e15, 1e16, 3e16, 6e16, 1e17, 3e17, 6e17, 1e18)
+
+    def __init__(self, api_url, api_key, timeout=60):
+        if not api_key:
+            raise ValueError("the remote backend needs --api_key=<your key> (and --api_url if it moved)")
+        self.api_url, self.api_key, self.timeout = api_url.rstrip('/'), api_key, timeout
+        self.recipe = dict(api_url=self.api_url)
+
+    def _get(self, endpoint, **params):
+        import requests
+        r = requests.get(f"{self.api_url}/{endpoint}", params=dict(params, api_key=self.api_key), timeout=self.timeout)
+        if r.status_code != 200:
+            raise RuntimeError(f"{endpoint}: HTTP {r.status_code}: {r.text[:300]}")
+        return r.json()
+
+    def check(self, query):
+        for k, (lo, hi) in self.LIMITS.items():
+            if not lo <= query[k] <= hi:
+                raise ValueError(f"remote API: {k}={query[k]} outside [{lo}, {hi}]")
+        if query['batch_size'] not in self.BATCH_SIZES:
+            raise ValueError(f"remote API: batch_size must be one of {self.BATCH_SIZES}, got {query['batch_size']}")
+        if not any(math.isclose(query['train_flops'], f) for f in self.TRAIN_FLOPS):
+            raise ValueError(f"remote API: train_flops must be one of {self.TRAIN_FLOPS}")
+
+    def __call__(self, query):
+        self.check(query)
+        q = dict(query, train_flops=int(query['train_flops']))
+        out = self._get('loss', **q)
+        return dict(parameters=non_embedding_params(query['d_model'], query['num_layers']), final_loss=out['loss'],
+                    total_flops_used=out.get('total_flops_used'))
+
+    def total_flops_used(self):
+        return self._get('total_flops_used')
+
+    def previous_runs(self):
+        return self._get('previous_runs')
+
+
+# -----------------------------------------------------------------------------
+# The strategy: IsoFLOP grids from small to large budgets, each centred on the optimum predicted so far
+
+class TimeModel:
+    """Predicts a run's wall-clock from the runs done so far: seconds per token as a power law in N
+    (small models are launch-bound, big ones compute-bound), fitted in log space."""
+
+    def __init__(self):
+        self.points = []  # (N, tokens, wall_s)
+
+    def add(self, rec):
+        if rec.get('wall_s') and rec.get('tokens'):
+            self.points.append((rec['parameters'], rec['tokens'], rec['wall_s']))
+
+    def estimate(self, N, tokens):
+        if not self.points:
+            return 0.0  # nothing measured yet: let the first run go
+        n, t, w = (np.array(v, dtype=float) for v in zip(*self.points))
+        spt = np.log(w / t)
+        if len(np.unique(n)) < 2:
+            return float(np.exp(spt.mean()) * tokens)
+        slope, icpt = np.polyfit(np.log(n), spt, 1)
+        return float(np.exp(icpt + slope * np.log(N)) * tokens)
+
+
+def predict_optimum(runs, C):
+    """N_opt at budget C from the runs so far: a power law through the per-budget optima (parabola, else argmin);
+    with a single budget, scale its optimum by sqrt(C ratio) (the Chinchilla exponent ~0.5)."""
+    groups = group_by_budget(runs)
+    rows = isoflop_optima(groups, 'parabola')
+    if len(rows) == 1:
+        return rows[0]['N_opt'] * (C / rows[0]['C']) ** 0.5
+    a, alpha = fit_power_law(np.array([r['C'] for r in rows]), np.array([r['N_opt'] for r in rows]))
+    return a * C ** alpha
+
+
+def run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, tokens_per_param=20.0, aspect=64.0,
+              refine=2, time_limit_s=0.0, target_C=None, plan=None):
+    """Spend the budget: for each budget (smallest first) an IsoFLOP grid of `sizes` shapes spanning `spread`x in N
+    around the predicted optimum, then up to `refine` extra sizes beyond the edge when the minimum sits at an end.
+    With time_limit_s, runs predicted to overrun (keeping time for the target run) are skipped.
+    make_query(shape, C) -> query dict; plan(query) -> (N, iters, tokens). Returns the sweep's records."""
+    clock = sweep.clock
+    t_start = clock()
+    timer = TimeModel()
+    for r in sweep.runs:
+        timer.add(r)
+    done = []  # records of this sweep, role 'sweep'
+    stop = False
+
+    def time_left_for(query):
+        if not time_limit_s or plan is None:
+            return True
+        N, _, tokens = plan(query)
+        need = timer.estimate(N, tokens)
+        if target_C is not None and done:
+            n_t = predict_optimum(done, target_C)
+            need += timer.estimate(n_t, target_C / (6 * n_t))
+        left = time_limit_s - (clock() - t_start)
+        if need > left:
+            print(f"skip N={N:.3g} C={query['train_flops']:.3g}: needs ~{need:.0f}s (with the target run), {left:.0f}s left")
+            return False
+        return True
+
+    def try_run(shape, C):
+        nonlocal stop
+        q = make_query(shape, C)
+        if stop or not time_left_for(q):
+            return None
+        try:
+            rec, cost = sweep.query(q)
+        except BudgetExceeded as e:
+            print(f"budget: {e}")
+            stop = True
+            return None
+        timer.add(rec) if cost else None
+        print(f"C={C:.3g} N={rec['parameters']:.3g} loss {rec['final_loss']:.4f}"
+              f"{' (cached)' if not cost else ''}  [{sweep.flops_used:.3g}/{sweep.total_budget:.3g} FLOPs used]")
+        done.append(rec)
+        return rec
+
+    for i, C in enumerate(budgets):
+        n_c = math.sqrt(C / (6 * tokens_per_param)) if not done else predict_optimum(done, C)
+        used = set()
+        for n in n_c * spread ** np.linspace(-0.5, 0.5, sizes):
+            s = shape_for(n, shapes, aspect, exclude=used)
+            if s is None:
+                break
+            used.add((s['d_model'], s['num_layers']))
+            try_run(s, C)
+        # refine: a minimum at an end of the grid means the optimum lies outside it: extend that way
+        step = spread ** (1 / max(sizes - 1, 1))
+        for _ in range(refine):
+            mine = [r for r in done if r['compute_budget'] == C]
+            if len(mine) < 3:
+                break
+            N = np.array([r['parameters'] for r in mine])
+            L = np.array([r['final_loss'] for r in mine])
+            i_min = int(np.argmin(L))
+            if 0 < i_min < len(N) - 1 and parabola_fit(np.sort(N), L[np.argsort(N)]) is not None:
+                break
+            order = np.argsort(N)
+            n_new = N[order[0]] / step if L[order[0]] <= L[order[-1]] else N[order[-1]] * step
+            s = shape_for(n_new, shapes, aspect, exclude={(r['config']['d_model'], r['config']['num_layers'])
+                                                          for r in mine})
+            if s is None or try_run(s, C) is None:
+                break
+        if stop:
+            break
+    return done
+
+
+def predict_and_check(sweep, runs, target_C, make_query, shapes, aspect, delta, train_target=True, time_left=None,
+                      plan=None):
+    """Fit the sweep, pick the optimal shape for target_C, predict its loss, then (optionally) train it.
+    Primary predictor, chosen before any target run: the parametric fit L(N, D) at the trained N and D.
+    Secondary: the power law through the IsoFLOP minima (parabola vertices)."""
+    groups = group_by_budget(runs)
+    n_pred = predict_optimum(runs, target_C)
+    shape = shape_for(n_pred, shapes, aspect)
+    q = make_query(shape, target_C)
+    if plan is not None:
+        N, _, tokens = plan(q)
+    else:
+        N = non_embedding_params(shape['d_model'], shape['num_layers'])
+        tokens = target_C / (6 * N)
+    N_all = np.concatenate([g[0] for g in groups.values()])
+    L_all = np.concatenate([g[1] for g in groups.values()])
+    D_all = np.concatenate([g[2] for g in groups.values()])
+    par = fit_parametric(N_all, D_all, L_all, delta)
+    rows = isoflop_optima(groups, 'parabola')
+    a, gamma = fit_power_law(np.array([r['C'] for r in rows]), np.array([r['L_opt'] for r in rows]))
+    target = dict(C=float(target_C), ratio=float(target_C / max(groups)), N_pred=float(n_pred), N_opt=float(N),
+                  D_opt=float(tokens), shape=f"d_model={shape['d_model']} num_layers={shape['num_layers']} "
+                                             f"num_heads={shape['num_heads']}",
+                  predicted=float(parametric_loss(par, N, tokens)), predicted_minima=float(a * target_C ** gamma),
+                  achieved=None, query=q)
+    print(f"target C={target_C:.3g}: predicted N_opt={n_pred:.3g} -> {target['shape']} (N={N:.3g}, "
+          f"D={tokens:.3g}); predicted loss {target['predicted']:.4f} (parametric), "
+          f"{target['predicted_minima']:.4f} (IsoFLOP minima power law)")
+    if train_target and time_left is not None and plan is not None:
+        timer = TimeModel()
+        for r in runs:
+            timer.add(r)
+        need = timer.estimate(N, tokens)
+        if need > time_left:
+            print(f"target run skipped: needs ~{need:.0f}s, {time_left:.0f}s left")
+            train_target = False
+    if train_target:
+        rec, _ = sweep.query(q, counted=False, role='target')
+        target['achieved'] = rec['final_loss']
+        target['error'] = (target['predicted'] - rec['final_loss']) / rec['final_loss']
+        target['error_minima'] = (target['predicted_minima'] - rec['final_loss']) / rec['final_loss']
+        print(f"target achieved loss {rec['final_loss']:.4f}: prediction error {100 * target['error']:+.2f}% "
+              f"(parametric), {100 * target['error_minima']:+.2f}% (minima power law)")
+    return target
+
+
+PRESETS = {
+    # one H100, eager (no torch.compile per shape: it would cost more than the small runs), ~8 minutes in all
+    'gpu': dict(budgets=(6e13, 2e14, 6e14), total_budget=6e15, target_ratio=4.0, time_limit_s=480.0,
+                context_length=256, batch_size=128, learning_rate=2e-3, head_dim=64,
+                train_overrides={'compile': False}),
+    # a CPU: models of 10k-400k parameters on a small token file, a minute or two
+    'cpu': dict(budgets=(1e10, 3e10, 1e11), total_budget=1e12, target_ratio=3.0, time_limit_s=0.0,
+                context_length=64, batch_size=16, learning_rate=3e-3, head_dim=32,
+                train_overrides={'compile': False, 'device': 'cpu'}),
+}
+
+
+# =============================================================================
 # Main
 # =============================================================================
 
+def make_query_fn(batch_size, learning_rate):
+    """shape + budget -> the query sent to a backend (the course API's fields)."""
+    def make_query(shape, C):
+        return dict(d_model=shape['d_model'], num_layers=shape['num_layers'], num_heads=shape['num_heads'],
+                    batch_size=batch_size, learning_rate=learning_rate, train_flops=float(C))
+    return make_query
+
+
 if __name__ == '__main__':
     if mode == 'analyze':
+        # -----------------------------------------------------------------------------
+        # Part 1: fit the given runs
         path = input or os.path.join(DATA, 'a3', 'isoflops_curves.json')
         name = name or 'scaling'
         t0 = time.time()
@@ -531,9 +902,70 @@ if __name__ == '__main__':
             runs = load_runs(path)
         except (OSError, ValueError) as e:
             sys.exit(f"error: {e}")
+        targets = [r for r in runs if r.get('role') == 'target']
+        if targets:  # a sweep's file: its check runs are not part of the fit
+            print(f"leaving out {len(targets)} target run(s) of {path}")
+            runs = [r for r in runs if r.get('role') != 'target']
         summary = analyze(runs, out_dir, name, extrapolate_to, n_bootstrap, huber_delta, seed,
                           title=os.path.basename(path))
         print_summary(summary)
         print(f"wrote {out_dir}/{name}.md, .json and 3 plots in {time.time() - t0:.1f}s")
+
+    elif mode == 'sweep':
+        # -----------------------------------------------------------------------------
+        # Part 2: the preset fills every key not given on the command line
+        if preset != 'none':
+            if preset not in PRESETS:
+                sys.exit(f"error: unknown --preset={preset!r}; use one of {sorted(PRESETS)} or 'none'")
+            given = {a[2:].split('=', 1)[0] for a in sys.argv[1:] if a.startswith('--')}
+            for k, v in PRESETS[preset].items():
+                if k not in given:
+                    globals()[k] = v
+        name = name or 'scaling_sweep'
+        if not budgets:
+            sys.exit("error: no --budgets given (e.g. --budgets='(1e14,3e14,1e15)') and --preset=none")
+        budgets = sorted(float(c) for c in budgets)
+        target_C = target_budget or target_ratio * budgets[-1]
+        total_budget = total_budget or 2 * sizes_per_budget * sum(budgets)
+        sweep_path = sweep_json or os.path.join(out_dir, f"{name}_runs.json")
+        print(f"sweep: budgets {budgets}, {sizes_per_budget} sizes each, total budget {total_budget:.3g} FLOPs, "
+              f"target {target_C:.3g}, runs recorded in {sweep_path}")
+        if backend == 'local':
+            dpath = data_dir if os.path.isabs(data_dir) else os.path.join(ROOT, data_dir)
+            if not os.path.exists(os.path.join(dpath, 'train.bin')):
+                sys.exit(f"error: no token data at {dpath}/train.bin: run data/pycode/prepare.py (or data/docs/) "
+                         f"first, or point --data_dir at a folder with train.bin, val.bin and meta.json")
+            be = LocalBackend(dict(data_dir=dpath, context_length=context_length, warmup_frac=warmup_frac,
+                                   seed=seed, device=device, overrides=dict(train_overrides)))
+            shapes, plan = model_shapes(head_dim), be.plan
+        elif backend == 'remote':
+            be = RemoteBackend(api_url, api_key)
+            shapes, plan = model_shapes(64, 1024, 2, 24, 2, 16), None
+            print(f"remote API: {be.total_flops_used()} FLOPs used so far")
+            if target_C > RemoteBackend.TRAIN_FLOPS[-1]:
+                train_target = False  # the API trains at most 1e18 FLOPs: predict only
+        else:
+            sys.exit(f"error: unknown --backend={backend!r}; use 'local' or 'remote'")
+        make_query = make_query_fn(batch_size, learning_rate)
+        sweep = Sweep(sweep_path, total_budget, be)
+        t0 = time.time()
+
+        # IsoFLOP grids, small budgets first
+        done = run_sweep(sweep, budgets, make_query, shapes, sizes_per_budget, size_spread, tokens_per_param,
+                         aspect_ratio, time_limit_s=time_limit_s, target_C=target_C, plan=plan)
+        if len({r['compute_budget'] for r in done}) < 2:
+            sys.exit("error: fewer than 2 budgets finished: nothing to fit (raise --total_budget or --time_limit_s)")
+
+        # fit, predict the target, train it, compare
+        time_left = time_limit_s - (time.time() - t0) if time_limit_s else None
+        target = predict_and_check(sweep, done, target_C, make_query, shapes, aspect_ratio, huber_delta,
+                                   train_target, time_left, plan)
+        info = dict(backend=backend, preset=preset, runs=len(done), flops_used=sweep.flops_used,
+                    wall_s=round(time.time() - t0, 1), recipe=getattr(be, 'recipe', {}), runs_file=sweep_path)
+        summary = analyze(done, out_dir, name, (target_C,) + tuple(extrapolate_to), n_bootstrap, huber_delta,
+                          seed, title=f"sweep ({backend})", target=target, info=info)
+        print_summary(summary)
+        print(f"sweep done in {info['wall_s']:.0f}s: {len(done)} runs, {sweep.flops_used:.3g} FLOPs; "
+              f"wrote {out_dir}/{name}.md, .json and 3 plots")
     else:
         sys.exit(f"error: unknown --mode={mode!r}; use 'analyze' or 'sweep'")

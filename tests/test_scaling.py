@@ -117,3 +117,116 @@ def test_analyze_command_writes_tables_and_plots(tmp_path, data_dir):
     s = json.loads((tmp_path / 'scaling.json').read_text())
     assert set(s['power_laws']) == {'argmin', 'parabola'}
     assert 'N_opt' in (tmp_path / 'scaling.md').read_text()
+
+
+# -----------------------------------------------------------------------------
+# Part 2: the sweep's budget, cache and strategy, driven by a fake trainer with a known law
+
+FAKE = dict(E=1.8, A=60.0, B=900.0, alpha=0.32, beta=0.36)
+
+
+class FakeTrain:
+    """Stands in for train.train(overrides): loss from FAKE at the run's real N and tokens, plus a little noise."""
+
+    def __init__(self, noise=0.002, seed=0):
+        self.calls, self.noise, self.rng = [], noise, np.random.default_rng(seed)
+
+    def __call__(self, ov):
+        self.calls.append(ov)
+        N = scaling.non_embedding_params(ov['d_model'], ov['num_layers'])
+        D = ov['max_iters'] * ov['batch_size'] * ov['context_length']
+        assert ov['warmup_iters'] <= ov['max_iters'] and ov['d_model'] % ov['num_heads'] == 0
+        loss = scaling.parametric_loss(FAKE, N, D) * (1 + self.noise * self.rng.standard_normal())
+        return dict(val_loss=float(loss), train_loss=float(loss), iters=ov['max_iters'], tokens=D, time_s=0.01)
+
+
+def fake_backend(fake):
+    recipe = dict(data_dir='unused', context_length=64, warmup_frac=0.05, seed=0, device='cpu', overrides={})
+    return scaling.LocalBackend(recipe, train_fn=fake)
+
+
+QUERY = dict(d_model=128, num_layers=2, num_heads=2, batch_size=16, learning_rate=1e-3, train_flops=1e12)
+
+
+def test_cache_makes_repeats_free_and_survives_restart(tmp_path):
+    fake = FakeTrain()
+    path = str(tmp_path / 'runs.json')
+    sweep = scaling.Sweep(path, 1e13, fake_backend(fake))
+    rec, cost = sweep.query(QUERY)
+    assert cost == 1e12 and sweep.flops_used == 1e12 and len(fake.calls) == 1
+    again, cost = sweep.query(dict(QUERY))
+    assert cost == 0 and again is rec and len(fake.calls) == 1 and sweep.flops_used == 1e12
+    # the file is in Part 1's format, and a new session finds the run in its cache
+    runs = scaling.load_runs(path)
+    assert runs[0]['parameters'] == 12 * 2 * 128 ** 2 and runs[0]['compute_budget'] == 1e12
+    sweep2 = scaling.Sweep(path, 1e13, fake_backend(fake))
+    _, cost = sweep2.query(QUERY)
+    assert cost == 0 and len(fake.calls) == 1
+    # a different recipe (here: context length) is a different run
+    be = fake_backend(fake)
+    be.recipe['context_length'] = 32
+    _, cost = scaling.Sweep(path, 1e13, be).query(QUERY)
+    assert cost == 1e12 and len(fake.calls) == 2
+
+
+def test_budget_refuses_over_budget_runs(tmp_path):
+    fake = FakeTrain()
+    sweep = scaling.Sweep(str(tmp_path / 'runs.json'), 2.5e12, fake_backend(fake))
+    sweep.query(QUERY)
+    sweep.query(dict(QUERY, d_model=64))
+    with pytest.raises(scaling.BudgetExceeded, match='exceed the total budget'):
+        sweep.query(dict(QUERY, d_model=192))
+    assert len(fake.calls) == 2 and sweep.flops_used == 2e12 and len(sweep.runs) == 2
+    # a cached config is still free when the budget is spent; an uncounted (target) run is allowed
+    assert sweep.query(QUERY)[1] == 0
+    rec, _ = sweep.query(dict(QUERY, train_flops=5e12), counted=False, role='target')
+    assert rec['role'] == 'target' and sweep.flops_used == 2e12
+
+
+def test_sweep_strategy_predicts_target_loss(tmp_path):
+    fake = FakeTrain()
+    be = fake_backend(fake)
+    budgets = (3e12, 1e13, 3e13)
+    sweep = scaling.Sweep(str(tmp_path / 'runs.json'), 12 * sum(budgets), be)
+    shapes = scaling.model_shapes(head_dim=32)
+    make_query = scaling.make_query_fn(16, 3e-3)
+    done = scaling.run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, plan=be.plan)
+    assert len({r['compute_budget'] for r in done}) == 3 and len(done) >= 15
+    assert sweep.flops_used <= sweep.total_budget
+    # each budget's grid brackets its minimum (refinement extends a grid whose minimum sits at an end)
+    for C, (N, L, _) in scaling.group_by_budget(done).items():
+        assert 0 < int(np.argmin(L)) < len(N) - 1, (C, N, L)
+    target = scaling.predict_and_check(sweep, done, 1e14, make_query, shapes, 64.0, 1e-3, plan=be.plan)
+    assert abs(target['error']) < 0.02, target
+    true_n = scaling.parametric_frontier(FAKE, 1e14)[0]
+    assert 0.5 < target['N_pred'] / true_n < 2, (target['N_pred'], true_n)
+    assert sweep.runs[-1]['role'] == 'target' and sweep.flops_used <= sweep.total_budget
+    s = scaling.analyze(done, str(tmp_path), 'sw', (1e14,), n_boot=20, target=target,
+                        info=dict(backend='fake', preset='test', runs=len(done), flops_used=sweep.flops_used,
+                                  wall_s=0.0, recipe=be.recipe, runs_file='runs.json'))
+    md = (tmp_path / 'sw.md').read_text()
+    assert 'achieved loss' in md and (tmp_path / 'sw_optimal.png').exists()
+    assert s['target']['achieved'] == sweep.runs[-1]['final_loss']
+
+
+def test_time_guard_skips_runs_that_would_overrun(tmp_path):
+    now = [0.0]  # a fake clock: every trained token costs 10 us
+    fake = FakeTrain()
+
+    def slow_train(ov):
+        now[0] += 1e-5 * ov['max_iters'] * ov['batch_size'] * ov['context_length']
+        return fake(ov)
+    be = fake_backend(slow_train)
+    sweep = scaling.Sweep(str(tmp_path / 'runs.json'), 1e15, be, clock=lambda: now[0])
+    make_query = scaling.make_query_fn(16, 3e-3)
+    done = scaling.run_sweep(sweep, (3e12, 1e13), make_query, scaling.model_shapes(32), plan=be.plan,
+                             time_limit_s=1200.0, target_C=3e13)
+    n_c2 = sum(r['compute_budget'] == 1e13 for r in done)
+    assert len(done) >= 5 and n_c2 < 5, [(r['compute_budget'], r['wall_s']) for r in done]  # skipped, not overrun
+    # what is left is enough for the target run, as estimated from the measured runs
+    left = 1200.0 - now[0]
+    n_t = scaling.predict_optimum(done, 3e13)
+    timer = scaling.TimeModel()
+    for r in done:
+        timer.add(r)
+    assert 0 < timer.estimate(n_t, 3e13 / (6 * n_t)) <= left
