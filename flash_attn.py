@@ -66,6 +66,8 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
 LN2 = 0.6931471805599453  # ln(2): log(x) = log2(x) * ln(2)
 MASK_VALUE = -1.0e6  # added to masked scores; finite (not -inf) so that no row ever computes -inf - -inf = NaN
+# the same numbers as compile-time constants for the kernels (a @triton.jit function may only read constexpr globals)
+_LOG2E, _LN2, _MASK_VALUE = tl.constexpr(LOG2E), tl.constexpr(LN2), tl.constexpr(MASK_VALUE)
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)  # tl.arange needs a power of two, tl.dot needs >= 16
 
 
@@ -256,7 +258,7 @@ def _fwd_inner(acc, l_i, m_i, q, K_ptr, V_ptr, offs_m, lo, hi, T, qk_scale,
             keep = cols[None, :] < T  # keys past the end
             if CAUSAL:
                 keep = keep & (offs_m[:, None] >= cols[None, :])  # keys after the query
-            s = s * qk_scale + tl.where(keep, 0.0, MASK_VALUE)  # masked scores: add -1e6
+            s = s * qk_scale + tl.where(keep, 0.0, _MASK_VALUE)  # masked scores: add -1e6
         else:
             s = s * qk_scale
         m_new = tl.maximum(m_i, tl.max(s, 1))  # (BLOCK_M,) running max, base 2
@@ -308,7 +310,7 @@ def _attn_fwd(Q, K, V, O, L,
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_ptr, V_ptr, offs_m, lo_mask, hi, T, qk_scale,
                                BLOCK_N, True, CAUSAL)
     acc = acc / l_i[:, None]
-    lse = (m_i + tl.math.log2(l_i)) * LN2  # L = m + log(l), back from base 2 to natural log
+    lse = (m_i + tl.math.log2(l_i)) * _LN2  # L = m + log(l), back from base 2 to natural log
     tl.store(L + pid_bh.to(tl.int64) * T + offs_m, lse, mask=offs_m < T)
     O_ptr = tl.make_block_ptr(O + off_b * sob + off_h * soh, shape=(T, HEAD_DIM), strides=(sot, sod),
                               offsets=(q_start, 0), block_shape=(BLOCK_M, HEAD_DIM), order=(1, 0))
@@ -354,7 +356,7 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, offs_n, lo, hi, T, qk
             lse = tl.load(L + offs_m)
             delta = tl.load(Delta + offs_m)
         sT = tl.dot(k, tl.trans(q))  # (BLOCK_N, BLOCK_M) = (K Q^T), unscaled
-        pT = tl.math.exp2(sT * qk_scale - (lse * LOG2E)[None, :])  # P^T recomputed from L, base 2
+        pT = tl.math.exp2(sT * qk_scale - (lse * _LOG2E)[None, :])  # P^T recomputed from L, base 2
         if MASKED:
             keep = offs_m[None, :] < T
             if CAUSAL:
@@ -475,7 +477,7 @@ def _attn_bwd_dq(Q, K, V, DO, L, Delta, DQ,
     offs_m = q_start + tl.arange(0, BLOCK_M)
     q = tl.load(Q_ptr, boundary_check=(0,), padding_option='zero')
     do = tl.load(DO_ptr, boundary_check=(0,), padding_option='zero')
-    lse2 = tl.load(L + pid_bh.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0) * LOG2E  # base 2
+    lse2 = tl.load(L + pid_bh.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0) * _LOG2E  # base 2
     delta = tl.load(Delta + pid_bh.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     if CAUSAL:
@@ -771,6 +773,12 @@ def run_leaderboard(rep, warmup):
         torch.cuda.empty_cache()
         rows.append((name, ms, err))
         print(f"leaderboard {name:50s} {_fmt_ms(ms):>9} ms  (rel err of o vs fp32 naive {err:.1e}, {time.time() - t0:.0f}s)")
+    # where the time goes: our forward alone and backward alone (eager; kernels only, no torch.compile)
+    for mode in ('fwd', 'bwd'):
+        fn = lambda q, k, v: FlashAttentionTriton.apply(q, k, v, True)
+        ms = _time_pass(fn, q3, k3, v3, mode, max(rep // 10, 100), max(warmup // 10, 25))
+        rows.append((f"flash_attn.py Triton, {mode} only (eager)", ms, float('nan')))
+        print(f"leaderboard {rows[-1][0]:50s} {ms:9.3f} ms")
     return rows
 
 
@@ -799,6 +807,9 @@ def run_sweep(size, rep):
     for dt, D, T in tqdm(points, desc='sweep'):
         torch.manual_seed(seed)
         q, k, v = (torch.randn(1, 1, T, D, device='cuda', dtype=dt, requires_grad=True) for _ in range(3))
+        with torch.no_grad():  # every point is also a correctness check of ours against SDPA
+            a, b = flash_attention(q, k, v, True).float(), sdpa(q, k, v).float()
+            results.append((dt, D, T, 'ours', 'relerr', ((a - b).norm() / b.norm()).item()))
         for name, fn in impls.items():
             oom = False
             for mode in ('fwd', 'bwd', 'fwd+bwd'):
@@ -821,10 +832,12 @@ def _sweep_markdown(results):
     for dt in sorted({r[0] for r in results}, key=str):
         for mode in ('fwd', 'bwd', 'fwd+bwd'):
             lines += [f"\n### {str(dt).replace('torch.', '')}, {mode} (ms, and TFLOP/s in parentheses)\n",
-                      '| d | T | naive | SDPA | ours | ours / SDPA |', '|---:|---:|---:|---:|---:|---:|']
+                      '| d | T | naive | SDPA | ours | SDPA ms / ours ms | rel. err of o vs SDPA |',
+                      '|---:|---:|---:|---:|---:|---:|---:|']
             for D in sorted({r[1] for r in results}):
                 for T in sorted({r[2] for r in results}):
                     got = {r[3]: r[5] for r in results if r[0] == dt and r[1] == D and r[2] == T and r[4] == mode}
+                    err = [r[5] for r in results if r[0] == dt and r[1] == D and r[2] == T and r[4] == 'relerr']
                     if not got:
                         continue
                     fl = attn_flops(1, 1, T, D, True, mode)
@@ -832,7 +845,8 @@ def _sweep_markdown(results):
                             for n, x in got.items()}
                     a, b = got.get('ours'), got.get('sdpa')
                     ratio = f"{b / a:.2f}x" if isinstance(a, float) and isinstance(b, float) else '-'
-                    lines.append(f"| {D} | {T} | {cell.get('naive')} | {cell.get('sdpa')} | {cell.get('ours')} | {ratio} |")
+                    e = f"{err[0]:.1e}" if err else '-'
+                    lines.append(f"| {D} | {T} | {cell.get('naive')} | {cell.get('sdpa')} | {cell.get('ours')} | {ratio} | {e} |")
     return '\n'.join(lines)
 
 
@@ -890,6 +904,10 @@ def run_bench():
         rel = f"{ms / ours:.2f}x" if isinstance(ms, float) and ours else '-'
         md.append(f"| {name} | {_fmt_ms(ms)} | {tf} | {rel} |")
     md.append(f"\n(leaderboard took {t_lb:.0f} s; 'vs ours' > 1 means the reference is slower)\n")
+    md.append("Tile configs used (BLOCK_M, BLOCK_N, num_warps, num_stages):\n\n```\nCONFIGS = {\n" +
+              ''.join(f"    {k!r}: {v!r},\n" for k, v in CONFIGS.items()) + "}\n```\n")
+    path = os.path.join(out_dir, 'flash_attn_bench.md')
+    _write_atomic(path, '\n'.join(md) + '\n')  # the leaderboard now, the sweep added below
     if sweep != 'none':
         t0 = time.time()
         res = run_sweep(sweep, sweep_rep)
@@ -901,7 +919,6 @@ def run_bench():
                f"has no fp32); ours = `flash_attention` (fp32 uses TF32 products). OOM = out of memory. "
                f"Took {time.time() - t0:.0f} s. Plot: `flash_attn_sweep.png`.\n",
                _sweep_markdown(res)]
-    path = os.path.join(out_dir, 'flash_attn_bench.md')
     _write_atomic(path, '\n'.join(md) + '\n')
     print(f"wrote {path}")
 
@@ -968,6 +985,7 @@ def run_tune(budget_s):
             print(f"tune {key} {kind}: best {best} {timings[best]:.3f} ms (default {default} "
                   f"{timings.get(default, float('nan')):.3f} ms, {len(timings)} tried, {time.time() - t_start:.0f}s)")
     md.append("\n(dkdv / dq rows time the whole backward with the other kernel at its default config)\n")
+    CONFIGS.update(best_all)  # a --bench in the same run uses the winners
     md.append("\nCONFIGS = {\n" + ''.join(f"    {k!r}: {v!r},\n" for k, v in best_all.items()) + "}\n")
     path = os.path.join(out_dir, 'flash_attn_tune.md')
     _write_atomic(path, '\n'.join(md))
