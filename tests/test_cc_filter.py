@@ -1,0 +1,350 @@
+"""
+Tests for cc_filter.py: every stage on its own, then the pipeline (resume, bad input, token folder).
+
+    python -m pytest tests/test_cc_filter.py -v
+
+Inputs are small slices (whole gzip members) of the shared crawl in ../shared/data/a4, written to tmp_path.
+"""
+import gzip
+import hashlib
+import base64
+import io
+import json
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+import fasttext
+import tiktoken
+from fastwarc.warc import ArchiveIterator
+
+import cc_filter
+
+
+# -----------------------------------------------------------------------------
+# helpers: slices of the shared WARC/WET, and hand-made records
+
+def warc_slice(path, start, stop):
+    """Records [start, stop) of a gzipped WARC/WET (record 0 is warcinfo) as bytes: whole gzip members."""
+    data = open(path, 'rb').read()
+    pos = [r.stream_pos for r in ArchiveIterator(io.BytesIO(data), parse_http=False)] + [len(data)]
+    return data[pos[start]:pos[stop]]
+
+
+def wet_record(url, body, digest=True):
+    """One WARC conversion record (uncompressed bytes) with the given body bytes."""
+    headers = [b'WARC/1.0', b'WARC-Type: conversion', f'WARC-Target-URI: {url}'.encode(),
+               b'WARC-Date: 2024-01-01T00:00:00Z', b'WARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-000000000000>',
+               b'Content-Type: text/plain']
+    if digest:
+        headers.append(b'WARC-Block-Digest: sha1:' + base64.b32encode(hashlib.sha1(body).digest()))
+    headers.append(f'Content-Length: {len(body)}'.encode())
+    return b'\r\n'.join(headers) + b'\r\n\r\n' + body + b'\r\n\r\n'
+
+
+@pytest.fixture(scope='module')
+def wet_path(data_dir):
+    return os.path.join(data_dir, 'a4', 'docs_crawl.warc.wet.gz')
+
+
+@pytest.fixture(scope='module')
+def cfg(data_dir):
+    return dict(cc_filter.config, lid_model=os.path.join(data_dir, 'a4', 'lid.176.ftz'))
+
+
+# -----------------------------------------------------------------------------
+# 1-2) reading and extraction
+
+def test_extract_moby_exact(data_dir):
+    html = open(os.path.join(data_dir, 'a4', 'moby.html'), 'rb').read()
+    expected = open(os.path.join(data_dir, 'a4', 'moby_extracted.txt'), encoding='utf-8').read()
+    assert cc_filter.extract_text_from_html_bytes(html) == expected
+
+
+def test_decode_fallback_and_undecodable():
+    assert cc_filter.decode_bytes('café'.encode('utf-8')) == 'café'
+    # not UTF-8: Resiliparse's detector names a single-byte encoding that decodes it
+    text = cc_filter.decode_bytes('Le café est très bon, déjà prêt à être bu. '.encode('latin-1') * 5)
+    assert text is not None and 'caf' in text
+    assert cc_filter.decode_bytes(b'\x81\x8d\x8f\x90\x9d' * 20) is None  # no encoding decodes these
+    assert cc_filter.decode_bytes(b'\x00\x01\xff\xfe' * 30) is None  # binary
+
+
+def test_iter_records_warc_and_wet(data_dir, tmp_path):
+    warc = tmp_path / 'x.warc.gz'
+    warc.write_bytes(warc_slice(os.path.join(data_dir, 'a4', 'docs_crawl.warc.gz'), 0, 6))
+    recs = list(cc_filter.iter_records(str(warc)))
+    assert len(recs) == 5 and all(r[1] == 'html' and 'html' in r[3] and r[0].startswith('http') for r in recs)
+    # the same records uncompressed
+    plain = tmp_path / 'x.warc'
+    plain.write_bytes(gzip.decompress(warc.read_bytes()))
+    assert list(cc_filter.iter_records(str(plain))) == recs
+    wet = tmp_path / 'x.warc.wet.gz'
+    wet.write_bytes(warc_slice(os.path.join(data_dir, 'a4', 'docs_crawl.warc.wet.gz'), 0, 6))
+    assert [r[1] for r in cc_filter.iter_records(str(wet))] == ['text'] * 5
+
+
+# -----------------------------------------------------------------------------
+# 3) language ID
+
+def test_identify_language(cfg):
+    en = "The quick brown fox jumps over the lazy dog.\nThis sentence is written in plain English."
+    zh = "今天天气很好，我们一起去公园散步吧。\n这是一个用中文写的句子。"
+    lang, score = cc_filter.identify_language(en, cfg['lid_model'])
+    assert lang == 'en' and 0.5 < score <= 1.0
+    lang, score = cc_filter.identify_language(zh, cfg['lid_model'])
+    assert lang == 'zh' and 0.5 < score <= 1.0
+
+
+# -----------------------------------------------------------------------------
+# 4) PII
+
+def test_mask_emails():
+    assert cc_filter.mask_emails("Feel free to contact me at test@gmail.com if you have any questions.") == \
+        ("Feel free to contact me at |||EMAIL_ADDRESS||| if you have any questions.", 1)
+    assert cc_filter.mask_emails("The instructors are pl@fakedomain.ai and spl@fakedomain.ai") == \
+        ("The instructors are |||EMAIL_ADDRESS||| and |||EMAIL_ADDRESS|||", 2)
+    # an existing mask is neither altered nor counted; the sentence's final period stays outside the match
+    text = "Some datasets use |||EMAIL_ADDRESS||| for masked PII. Write to a.b-c@mail.example.org."
+    assert cc_filter.mask_emails(text) == \
+        ("Some datasets use |||EMAIL_ADDRESS||| for masked PII. Write to |||EMAIL_ADDRESS|||.", 1)
+    assert cc_filter.mask_emails("no address here, not even user@localhost") == \
+        ("no address here, not even user@localhost", 0)
+
+
+@pytest.mark.parametrize('number', ['2831823829', '(283)-182-3829', '(283) 182 3829', '283-182-3829',
+                                    '283.182.3829', '+1 283 182 3829'])
+def test_mask_phone_numbers(number):
+    text = f"Feel free to contact me at {number} if you have any questions."
+    assert cc_filter.mask_phone_numbers(text) == \
+        ("Feel free to contact me at |||PHONE_NUMBER||| if you have any questions.", 1)
+
+
+def test_mask_phone_edge_cases():
+    assert cc_filter.mask_phone_numbers("Call 283-182-3829.") == ("Call |||PHONE_NUMBER|||.", 1)
+    # 9 or 11+ digits are not US numbers; an existing mask is left alone
+    for text in ["id 28318238291234", "short 283-182-382 x", "|||PHONE_NUMBER||| already"]:
+        assert cc_filter.mask_phone_numbers(text) == (text, 0)
+
+
+def test_mask_ips():
+    assert cc_filter.mask_ips("You can access the server at 192.0.2.1.") == \
+        ("You can access the server at |||IP_ADDRESS|||.", 1)
+    assert cc_filter.mask_ips("hosts 10.0.0.1 and 255.255.255.255") == \
+        ("hosts |||IP_ADDRESS||| and |||IP_ADDRESS|||", 2)
+    for text in ["256.1.1.1 is not an address", "version 1.2.3.4.5", "|||IP_ADDRESS||| stays", "1.2.3"]:
+        assert cc_filter.mask_ips(text) == (text, 0)
+
+
+def test_mask_pii_all():
+    text, n = cc_filter.mask_pii("mail a@b.io, call (283) 182 3829, ssh 192.168.1.20. Done.")
+    assert text == "mail |||EMAIL_ADDRESS|||, call |||PHONE_NUMBER|||, ssh |||IP_ADDRESS|||. Done."
+    assert n == {'emails': 1, 'phones': 1, 'ips': 1}
+
+
+# -----------------------------------------------------------------------------
+# 5) harmful content: the Dolma models are not here; a tiny fastText model trained in the test stands in
+
+def _train_tiny(tmp_path, name, pos_label, neg_label, pos, neg):
+    examples = [(pos_label, t) for t in pos] + [(neg_label, t) for t in neg]
+    model_path = str(tmp_path / f'{name}.bin')
+    cc_filter.train_fasttext(examples * 20, model_path, epochs=50, lr=0.1, dim=50, bucket=20_000)
+    return model_path
+
+
+def test_harmful_classifiers(tmp_path):
+    bad = ["you are a disgusting stupid idiot", "shut up you worthless moron", "stupid idiot go away moron"]
+    good = ["thanks for fixing the article", "the citation needs a page number", "see the talk page for sources"]
+    nsfw = _train_tiny(tmp_path, 'nsfw', 'nsfw', 'non-nsfw', bad, good)
+    toxic = _train_tiny(tmp_path, 'toxic', 'toxic', 'non-toxic', bad, good)
+    label, score = cc_filter.classify_nsfw("what a stupid idiot\nmoron", nsfw)
+    assert label == 'nsfw' and 0.5 < score <= 1.0
+    assert cc_filter.classify_nsfw("please add a citation to the article", nsfw)[0] == 'non-nsfw'
+    assert cc_filter.classify_toxic_speech("worthless moron", toxic)[0] == 'toxic'
+    label, score = cc_filter.classify_toxic_speech("thanks for the sources", toxic)
+    assert label == 'non-toxic' and 0.0 <= score <= 1.0
+
+
+def test_harmful_model_missing_names_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match='dolma-artifacts.org.*nsfw'):
+        cc_filter.classify_nsfw("text", str(tmp_path / 'missing.bin'))
+    with pytest.raises(FileNotFoundError, match='dolma-artifacts.org.*hatespeech'):
+        cc_filter.classify_toxic_speech("text", str(tmp_path / 'missing.bin'))
+
+
+# -----------------------------------------------------------------------------
+# 6) Gopher rules, at their boundaries
+
+def test_gopher_boundaries():
+    word = 'word'  # 4 letters: mean length well inside [3, 10]
+    assert cc_filter.gopher_reason(' '.join([word] * 49)) == 'words'
+    assert cc_filter.gopher_quality_filter(' '.join([word] * 50))
+    assert cc_filter.gopher_quality_filter(' '.join([word] * 100_000))
+    assert cc_filter.gopher_reason(' '.join([word] * 100_001)) == 'words'
+    # mean word length: exactly 3 and exactly 10 pass, just outside fails
+    assert cc_filter.gopher_quality_filter(' '.join(['abc'] * 100))
+    assert cc_filter.gopher_reason(' '.join(['abc'] * 99 + ['ab'])) == 'word_length'
+    assert cc_filter.gopher_quality_filter(' '.join(['abcdefghij'] * 100))
+    assert cc_filter.gopher_reason(' '.join(['abcdefghij'] * 99 + ['abcdefghijk'])) == 'word_length'
+    # lines ending in an ellipsis: 30% passes, more fails ('...' and the one-character '…' both count)
+    line = ' '.join([word] * 10)
+    assert cc_filter.gopher_quality_filter('\n'.join([line + ' ...'] * 3 + [line] * 7))
+    assert cc_filter.gopher_reason('\n'.join([line + '...'] * 3 + [line + '\u2026'] + [line] * 6)) == 'ellipsis'
+    # words with a letter: 80% passes, 79% fails
+    assert cc_filter.gopher_quality_filter(' '.join(['word'] * 80 + ['1234'] * 20))
+    assert cc_filter.gopher_reason(' '.join(['word'] * 79 + ['1234'] * 21)) == 'alpha'
+
+
+# -----------------------------------------------------------------------------
+# 7) quality classifier
+
+def test_quality_classifier(data_dir, tmp_path):
+    pos = [t for _, t in cc_filter.load_quality_texts(os.path.join(data_dir, 'a4', 'high_quality_wiki_reference.txt'))]
+    assert len(pos) > 20
+    neg = ["Home | About | Contact | Login | Register | FAQ | Search", "Click here to download now! Free!",
+           "Previous | Next | Up | Top | Index | Modules", "Copyright 2022. All rights reserved. Privacy policy",
+           "Forum Index Memberlist Usergroups Register Profile Log in", "Buy cheap watches online best price"] * 4
+    model = str(tmp_path / 'quality.bin')
+    cc_filter.train_quality_classifier(pos[::2], neg[::2], model, epochs=20)
+    label, score = cc_filter.classify_quality(pos[1], model)
+    assert label == 'wiki' and 0.5 < score <= 1.0
+    assert cc_filter.classify_quality("Home | Login | Register | Search | FAQ", model)[0] == 'cc'
+    ev = cc_filter.evaluate_quality(model, pos[1::2], neg[1::2])
+    assert ev['n_pos'] == len(pos[1::2]) and ev['n_neg'] == len(neg[1::2])
+    assert ev['precision'] > 0.8 and ev['recall'] > 0.8 and 0 <= ev['f1'] <= 1
+
+
+# -----------------------------------------------------------------------------
+# 8-9) tokenization and the pipeline
+
+def test_tokenize_documents():
+    ids = cc_filter.tokenize_documents(["Hello world", "a <|endoftext|> b"])
+    enc = tiktoken.get_encoding('gpt2')
+    assert ids.dtype == np.uint16 and list(ids[ids == 50256].shape) == [2] and ids[-1] == 50256
+    assert enc.decode(ids.tolist()) == "Hello world<|endoftext|>a <|endoftext|> b<|endoftext|>"
+
+
+@pytest.fixture(scope='module')
+def crawl(data_dir, tmp_path_factory):
+    """Three small inputs: two WET slices (one gzipped, one not) and one WARC slice."""
+    d = tmp_path_factory.mktemp('crawl')
+    wet = os.path.join(data_dir, 'a4', 'docs_crawl.warc.wet.gz')
+    (d / 'a.warc.wet.gz').write_bytes(warc_slice(wet, 1, 31))
+    (d / 'b.warc.wet').write_bytes(gzip.decompress(warc_slice(wet, 31, 61)))
+    (d / 'c.warc.gz').write_bytes(warc_slice(os.path.join(data_dir, 'a4', 'docs_crawl.warc.gz'), 1, 21))
+    return d
+
+
+def _outputs(out_dir):
+    """Everything a run produced that must not depend on the engine or on interruptions."""
+    out = {}
+    for sub in ('docs', 'tokens'):
+        for name in sorted(os.listdir(os.path.join(out_dir, sub))):
+            out[f'{sub}/{name}'] = open(os.path.join(out_dir, sub, name), 'rb').read()
+    for name in ('train.bin', 'val.bin', 'meta.json'):
+        out[name] = open(os.path.join(out_dir, name), 'rb').read()
+    return out
+
+
+def test_pipeline_and_token_folder(crawl, cfg, tmp_path):
+    out = str(tmp_path / 'out')
+    report = cc_filter.run_pipeline(str(crawl / '*'), out, cfg, num_workers=2, progress=False)
+    c = report['counts']
+    assert report['files'] == 3 and report['processed'] == 3 and not report['failed']
+    assert c['records'] == 80 and 0 < c['kept'] < 80
+    assert c['kept'] + c.get('drop_lang', 0) + sum(v for k, v in c.items() if k.startswith('drop_gopher')) == 80
+    # the token folder train.py reads
+    meta = json.load(open(os.path.join(out, 'meta.json')))
+    assert meta['vocab_size'] == 50257 and meta['dtype'] == 'uint16' and meta['eot_id'] == 50256
+    assert meta['tokenizer'] == 'tiktoken:gpt2'
+    train = np.fromfile(os.path.join(out, 'train.bin'), dtype=np.uint16)
+    val = np.fromfile(os.path.join(out, 'val.bin'), dtype=np.uint16)
+    assert (train == 50256).sum() + (val == 50256).sum() == c['kept'] and train[-1] == 50256
+    docs = [json.loads(line) for f in sorted(os.listdir(os.path.join(out, 'docs')))
+            for line in open(os.path.join(out, 'docs', f), encoding='utf-8')]
+    assert len(docs) == c['kept'] and all(d['lang'] == 'en' for d in docs)
+    enc = tiktoken.get_encoding('gpt2')
+    assert enc.decode(train[:train.tolist().index(50256)].tolist()) in {d['text'] for d in docs}
+    assert set(report['throughput']['stages']) >= {'read', 'extract', 'langid', 'gopher', 'pii', 'tokenize'}
+    assert report['throughput']['core_h_100000_files'] > report['throughput']['core_h_5000_files'] > 0
+    md = cc_filter.format_report(report)
+    assert 'documents/s per core' in md and '100,000 files' in md
+    # a second run finds everything done and changes nothing
+    before = _outputs(out)
+    again = cc_filter.run_pipeline(str(crawl / '*'), out, cfg, num_workers=2, progress=False)
+    assert again['skipped'] == 3 and again['processed'] == 0 and again['counts'] == c
+    assert _outputs(out) == before
+
+
+def test_resume_after_interrupt(crawl, cfg, tmp_path, monkeypatch):
+    clean = str(tmp_path / 'clean')
+    cc_filter.run_pipeline(str(crawl / '*'), clean, cfg, num_workers=1, progress=False)
+    # interrupt (Ctrl-C) in the middle of the second file, in this process (num_workers=1)
+    out = str(tmp_path / 'out')
+    real, calls = cc_filter.filter_document, [0]
+
+    def interrupted(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 45:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(cc_filter, 'filter_document', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cc_filter.run_pipeline(str(crawl / '*'), out, cfg, num_workers=1, progress=False)
+    assert sorted(os.listdir(os.path.join(out, 'stats'))) == ['a.json']  # only the first file is done
+    assert any('.tmp.' in f for f in os.listdir(os.path.join(out, 'docs')))  # the half-written second file
+    monkeypatch.setattr(cc_filter, 'filter_document', real)
+    report = cc_filter.run_pipeline(str(crawl / '*'), out, cfg, num_workers=1, progress=False)
+    assert report['skipped'] == 1 and report['processed'] == 2
+    assert _outputs(out) == _outputs(clean)  # nothing lost, nothing duplicated
+    assert not any('.tmp.' in f for sub in ('docs', 'tokens', 'stats') for f in os.listdir(os.path.join(out, sub)))
+
+
+def test_bad_input_counted_and_skipped(crawl, cfg, data_dir, tmp_path):
+    d = tmp_path / 'bad'
+    d.mkdir()
+    wet = os.path.join(data_dir, 'a4', 'docs_crawl.warc.wet.gz')
+    good = warc_slice(wet, 1, 31)
+    (d / 'good.warc.wet.gz').write_bytes(good)
+    # truncated gzip: cut inside the 21st record; the 20 records before it must survive
+    n20, n21 = len(warc_slice(wet, 1, 21)), len(warc_slice(wet, 1, 22))
+    cut = (n20 + n21) // 2
+    (d / 'truncated.warc.wet.gz').write_bytes(good[:cut])
+    (d / 'random.warc.gz').write_bytes(os.urandom(4000))  # not a WARC at all
+    (d / 'text.warc.wet').write_bytes(b'just some text\nthat is not a WARC file\n' * 50)
+    # a record whose body is no text in any encoding, between two good records
+    en = ' '.join(['This is a perfectly ordinary English sentence about Debian packages.'] * 10).encode()
+    (d / 'undecodable.warc.wet').write_bytes(wet_record('http://a/1', en) + wet_record('http://a/2', b'\x81\x8d\x8f' * 40)
+                                             + wet_record('http://a/3', en))
+    out = str(tmp_path / 'out')
+    report = cc_filter.run_pipeline(str(d / '*'), out, cfg, num_workers=2, progress=False)
+    stats = {s: json.load(open(os.path.join(out, 'stats', f'{s}.json')))
+             for s in ('good', 'truncated', 'random', 'text', 'undecodable')}
+    assert not report['failed'] and report['processed'] == 5
+    assert stats['random']['counts']['bad_files'] == 1 and stats['text']['counts']['bad_files'] == 1
+    assert stats['truncated']['counts']['truncated_records'] == 1 and stats['truncated']['counts']['records'] == 20
+    assert stats['undecodable']['counts']['drop_undecodable'] == 1 and stats['undecodable']['counts']['kept'] == 2
+    assert all(stats[s]['warnings'] for s in ('truncated', 'random', 'text', 'undecodable'))
+    # the truncated file kept exactly what the good file kept among its first 20 records
+    good_urls = [json.loads(l)['url'] for l in open(os.path.join(out, 'docs', 'good.jsonl'))]
+    trunc_urls = [json.loads(l)['url'] for l in open(os.path.join(out, 'docs', 'truncated.jsonl'))]
+    first20 = [r[0] for r in cc_filter.iter_records(str(d / 'good.warc.wet.gz'))][:20]
+    assert trunc_urls == [u for u in good_urls if u in first20]
+    # cut inside the gzip trailer only: the 21st record is whole and kept, the file is still reported as cut
+    (d / 'trailer.warc.wet.gz').write_bytes(good[:n21 - 4])
+    counts = Counter()
+    with pytest.warns(RuntimeWarning, match='cut short'):
+        assert len(list(cc_filter.iter_records(str(d / 'trailer.warc.wet.gz'), counts))) == 21
+    assert counts['truncated_records'] == 1
+    # the library functions warn too
+    with pytest.warns(RuntimeWarning, match='not a WARC'):
+        assert list(cc_filter.iter_records(str(d / 'random.warc.gz'))) == []
+
+
+def test_local_failure_is_reported_by_file(crawl, cfg, tmp_path):
+    marker = str(tmp_path / 'marker')
+    report = cc_filter.run_pipeline(str(crawl / '*'), str(tmp_path / 'out'), dict(cfg, fail_once=marker),
+                                    num_workers=2, progress=False)
+    assert len(report['failed']) == 1 and 'injected failure' in next(iter(report['failed'].values()))
+    assert report['processed'] == 2
