@@ -119,12 +119,13 @@ config = {k: globals()[k] for k in _config_keys}
 # member per record, which is why a truncated file still yields every record before the cut.
 
 
-def iter_records(path, counts=None, warns=None):
+def iter_records(path, counts=None, warns=None, quiet=False):
     """Yield (url, kind, body_bytes, content_type) for each response/conversion record of a WARC/WET file.
 
     Never raises on bad input: a file that is not a WARC (or is cut inside a record) stops the iteration
     with counts['bad_files'] += 1 or counts['truncated_records'] += 1 and a warning; records read so far
-    were already yielded. kind is 'html' (a response record, body = HTTP payload) or 'text' (conversion)."""
+    were already yielded. kind is 'html' (a response record, body = HTTP payload) or 'text' (conversion).
+    Warnings go to the list warns and, unless quiet, to warnings.warn."""
     counts = Counter() if counts is None else counts
     warns = [] if warns is None else warns
     n, last_pos, n_truncated = 0, 0, counts['truncated_records']
@@ -141,7 +142,7 @@ def iter_records(path, counts=None, warns=None):
                 # consume=False buffers the body so that we can still read it afterwards
                 if record.headers.get('WARC-Block-Digest') and not record.verify_block_digest(consume=False):
                     counts['truncated_records'] += 1
-                    _warn(warns, f"{path}: record {n} ({url}) is truncated or corrupt (block digest mismatch); skipped")
+                    _warn(warns, quiet, f"{path}: record {n} ({url}) is truncated or corrupt (block digest mismatch); skipped")
                     continue
                 if record.record_type == WarcRecordType.response:
                     record.parse_http()
@@ -153,16 +154,16 @@ def iter_records(path, counts=None, warns=None):
     except OSError as e:  # FastWARC raises OSError('Invalid WARC header') on bytes that are not a WARC
         key = 'bad_files' if n == 0 else 'truncated_records'
         counts[key] += 1
-        _warn(warns, f"{path}: {e} after {n} records ({'not a WARC/WET file?' if n == 0 else 'file cut short?'});"
+        _warn(warns, quiet, f"{path}: {e} after {n} records ({'not a WARC/WET file?' if n == 0 else 'file cut short?'});"
               f" skipped the rest of the file")
         return
     if n == 0:
         counts['bad_files'] += 1
-        _warn(warns, f"{path}: no WARC response/conversion records found (empty, or not a WARC/WET file?)")
+        _warn(warns, quiet, f"{path}: no WARC response/conversion records found (empty, or not a WARC/WET file?)")
     elif counts['truncated_records'] == n_truncated and not _gzip_tail_complete(path, last_pos):
         # FastWARC stops quietly at a gzip member cut short, so we look at the file's tail ourselves
         counts['truncated_records'] += 1
-        _warn(warns, f"{path}: gzip stream cut short after {n} records (truncated download?); kept the records before")
+        _warn(warns, quiet, f"{path}: gzip stream cut short after {n} records (truncated download?); kept the records before")
 
 
 def _gzip_tail_complete(path, offset):
@@ -185,11 +186,12 @@ def _gzip_tail_complete(path, offset):
     return True
 
 
-def _warn(warns, msg):
-    """Collect a warning for the driver to print (workers' stderr is easy to lose) and raise it here too."""
+def _warn(warns, quiet, msg):
+    """Collect a warning for the driver to print (a worker's stderr is easy to lose), and warn here unless quiet."""
     if len(warns) < 100:  # a badly broken file must not flood the stats file
         warns.append(msg)
-    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    if not quiet:
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
 # =============================================================================
@@ -609,7 +611,7 @@ def process_file(in_path, out_dir, cfg):
     docs_tmp = f"{docs_path}.tmp.{os.getpid()}"
     train_ids, val_ids = [], []
     with open(docs_tmp, 'w', encoding='utf-8') as out:
-        records = iter_records(in_path, counts, warns)
+        records = iter_records(in_path, counts, warns, quiet=True)  # the driver prints warns
         while True:
             # 1) read: FastWARC parses the record and (de)compresses; timed around next()
             t = clock()
@@ -633,7 +635,7 @@ def process_file(in_path, out_dir, cfg):
                 counts['in_extract'] += 1
                 if text is None:
                     counts['drop_undecodable'] += 1
-                    _warn(warns, f"{in_path}: record {url} does not decode as text; skipped")
+                    _warn(warns, True, f"{in_path}: record {url} does not decode as text; skipped")
                     continue
                 if not text.strip():
                     counts['drop_empty'] += 1
@@ -656,7 +658,7 @@ def process_file(in_path, out_dir, cfg):
                     counts['in_tokenize'] += 1
             except Exception as e:  # one odd record must not cost us the file: count it, say it, go on
                 counts['record_errors'] += 1
-                _warn(warns, f"{in_path}: record {url}: {type(e).__name__}: {e}; skipped")
+                _warn(warns, True, f"{in_path}: record {url}: {type(e).__name__}: {e}; skipped")
     # outputs: docs, then tokens, then the stats file that marks the file as done (all atomic renames)
     os.replace(docs_tmp, docs_path)
     if enc is not None:
@@ -723,7 +725,7 @@ def _run_ray(todo, out_dir, cfg, num_workers, address, max_retries, on_done):
     """One Ray task per file, running the same process_file. Ray retries a failed task max_retries times
     (retry_exceptions=True: also on Python exceptions, not only on a dead worker), then we report the file."""
     ray = _import_ray()
-    started = False
+    started, t0 = False, time.time()
     if not ray.is_initialized():
         if address:  # an existing cluster: `ray start --head` here, or ray://head:10001 from outside
             ray.init(address=address, log_to_driver=True)
@@ -733,6 +735,7 @@ def _run_ray(todo, out_dir, cfg, num_workers, address, max_retries, on_done):
     # Ship this module's functions by value: workers need the libraries, not a copy of this file on their path.
     ray.cloudpickle.register_pickle_by_value(sys.modules[process_file.__module__])
     task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(process_file)
+    startup_s = time.time() - t0  # Ray's fixed cost: starting the head node and the worker processes
     refs = {task.remote(os.path.abspath(p), os.path.abspath(out_dir), cfg): p for p in todo}
     failed, pending = {}, list(refs)
     try:
@@ -746,7 +749,7 @@ def _run_ray(todo, out_dir, cfg, num_workers, address, max_retries, on_done):
     finally:
         if started:
             ray.shutdown()
-    return failed
+    return failed, startup_s
 
 
 def _sum_stats(all_stats):
@@ -828,14 +831,13 @@ def run_pipeline(inputs, out_dir, cfg=None, engine='local', num_workers=0, ray_a
         bar.update(1)
         bar.set_postfix(kept=n_kept)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', RuntimeWarning)  # workers' warnings are printed by on_done instead
-        if engine == 'local':
-            failed = _run_local(todo, out_dir, cfg, min(num_workers, max(len(todo), 1)), on_done)
-        elif engine == 'ray':
-            failed = _run_ray(todo, out_dir, cfg, num_workers, ray_address, ray_max_retries, on_done)
-        else:
-            raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    startup_s = 0.0
+    if engine == 'local':
+        failed = _run_local(todo, out_dir, cfg, min(num_workers, max(len(todo), 1)), on_done)
+    elif engine == 'ray':
+        failed, startup_s = _run_ray(todo, out_dir, cfg, num_workers, ray_address, ray_max_retries, on_done)
+    else:
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     bar.close()
     wall_s = time.time() - t0
     # everything that is finished, this run or an earlier one
@@ -848,7 +850,7 @@ def run_pipeline(inputs, out_dir, cfg=None, engine='local', num_workers=0, ray_a
             done_stems.append(output_stem(p))
     counts, times = _sum_stats(all_stats)
     report = {'engine': engine, 'num_workers': num_workers, 'files': len(paths), 'processed': len(todo) - len(failed),
-              'skipped': n_skipped, 'failed': failed, 'wall_s': wall_s, 'counts': dict(counts),
+              'skipped': n_skipped, 'failed': failed, 'wall_s': wall_s, 'startup_s': startup_s, 'counts': dict(counts),
               'throughput': throughput(counts, times, sum(s['cpu_s'] for s in all_stats),
                                        sum(s['input_bytes'] for s in all_stats))}
     report['docs_per_s_wall'] = sum(s['counts'].get('records', 0) for s in all_stats
