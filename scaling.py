@@ -71,10 +71,11 @@ context_length = 256 # tokens per sequence
 batch_size = 128 # sequences per step
 learning_rate = 2e-3 # peak learning rate (same for every size; cosine to lr/10)
 warmup_frac = 0.05 # fraction of each run spent in linear warmup
+eval_iters = 20 # validation batches for each run's final loss (the same batches for every run)
 head_dim = 64 # d_model / num_heads
 aspect_ratio = 64.0 # preferred d_model / num_layers when a parameter count is turned into a shape
 train_overrides = {} # extra train.py config keys for every run, e.g. {'compile': True}
-device = '' # '' = cuda if available, else cpu
+device = '' # '' = train.py's default (cuda if available, else cpu)
 # remote backend (the CS336 A3 API): https://github.com/stanford-cs336/assignment3-scaling
 api_url = 'http://hyperturing.stanford.edu:8000' # base URL of the training API
 api_key = '' # your API key (the course gave one per student)
@@ -160,14 +161,15 @@ def parabola_fit(N, L):
 
 def isoflop_optima(groups, method):
     """Per budget: (C, N_opt, D_opt, L_opt, at_edge) with method 'argmin' or 'parabola'.
-    A curve without a convex parabola falls back to its argmin (and says so in 'fallback')."""
+    A curve without a convex parabola, or whose vertex lies outside its sizes, falls back to its argmin
+    (and says so in 'fallback')."""
     rows = []
     for C, (N, L, _) in groups.items():
         fit = parabola_fit(N, L) if method == 'parabola' else None
-        if fit is not None:
+        if fit is not None and not fit[3]:
             _, n, l, edge = fit
             fallback = False
-        else:
+        else:  # no convex parabola, or its vertex outside the sampled sizes: do not extrapolate, take the best run
             n, l, edge = argmin_optimum(N, L)
             fallback = method == 'parabola'
         rows.append(dict(C=C, N_opt=float(n), D_opt=float(C / (6 * n)), L_opt=float(l),
@@ -490,7 +492,7 @@ def report_markdown(s, name, title):
               "", "## Per-budget optima", "", "| C | N_opt argmin | N_opt parabola | D_opt parabola | min loss (parabola) | note |",
               "|---:|---:|---:|---:|---:|---|"]
     for ra, rp in zip(s['optima']['argmin'], s['optima']['parabola']):
-        note = 'parabola not convex: argmin used' if rp['fallback'] else ('minimum at the edge' if rp['at_edge'] else '')
+        note = 'no parabola minimum inside the sizes: argmin used' if rp['fallback'] else ''
         lines.append(f"| {ra['C']:.1e} | {ra['N_opt']:.3g} | {rp['N_opt']:.3g} | {rp['D_opt']:.3g} | "
                      f"{rp['L_opt']:.3f} | {note} |")
     t = s.get('target')
@@ -616,7 +618,7 @@ class LocalBackend:
     schedule spans the whole run (Chinchilla: a schedule longer than the run overestimates the loss)."""
 
     def __init__(self, recipe, train_fn=None):
-        self.recipe = dict(recipe)  # data_dir, context_length, warmup_frac, seed, device, overrides
+        self.recipe = dict(recipe)  # data_dir, context_length, warmup_frac, eval_iters, seed, device, overrides
         self._train_fn = train_fn  # None: train.py's train(); tests pass a fake taking the overrides dict
 
     def plan(self, query):
@@ -635,8 +637,11 @@ class LocalBackend:
                   d_ff=64 * max(1, round(8 * d / 3 / 64)),  # SwiGLU 8/3 d_model, as model.py's default
                   batch_size=query['batch_size'], learning_rate=query['learning_rate'],
                   min_lr=query['learning_rate'] / 10, context_length=r['context_length'],
-                  max_iters=iters, warmup_iters=max(1, int(r['warmup_frac'] * iters)),
-                  data_dir=r['data_dir'], seed=r['seed'])
+                  max_iters=iters, warmup_iters=max(1, int(r['warmup_frac'] * iters)), lr_decay_iters=-1,
+                  data_dir=r['data_dir'], seed=r['seed'],
+                  # one evaluation, at the end, on the same fixed validation batches for every run; no files
+                  eval_interval=0, eval_iters=r['eval_iters'], log_interval=max(10, iters // 5),
+                  out_dir='', save_checkpoint=False, max_new_tokens=0, max_time_s=0.0)
         if r.get('device'):
             ov['device'] = r['device']
         ov.update(r.get('overrides', {}))
@@ -651,17 +656,11 @@ class LocalBackend:
                     time_s=summary.get('time_s'), train_loss=summary.get('train_loss'))
 
 
-_OPTIONAL_TRAIN_KEYS = ('min_lr', 'seed', 'device', 'compile')  # passed only when train.py has them
-
-
 def _train_with_train_py(overrides):
-    """train.train(dict(train.config, **overrides)) -> summary; imported lazily (analyze mode needs no torch)."""
+    """train.train(dict(train.config, **overrides)) -> summary; imported lazily (analyze mode needs no torch).
+    train.py refuses unknown keys with a hint, so a typo in --train_overrides fails before any training."""
     import train
-    missing = [k for k in overrides if k not in train.config and k not in _OPTIONAL_TRAIN_KEYS]
-    if missing:
-        raise KeyError(f"train.py has no config keys {missing}: rename them in scaling.py's LocalBackend.overrides "
-                       f"or drop them from --train_overrides")
-    return train.train(dict(train.config, **{k: v for k, v in overrides.items() if k in train.config}))
+    return train.train(dict(train.config, **overrides))
 
 
 class RemoteBackend:
@@ -871,7 +870,7 @@ PRESETS = {
     # one H100, eager (no torch.compile per shape: it would cost more than the small runs), ~8 minutes in all
     'gpu': dict(budgets=(6e13, 2e14, 6e14), total_budget=6e15, target_ratio=4.0, time_limit_s=480.0,
                 context_length=256, batch_size=128, learning_rate=2e-3, head_dim=64,
-                train_overrides={'compile': False}),
+                train_overrides={'compile': False, 'optimizer': 'torch_adamw'}),
     # a CPU: models of 10k-400k parameters on a small token file, a minute or two
     'cpu': dict(budgets=(1e10, 3e10, 1e11), total_budget=1e12, target_ratio=3.0, time_limit_s=0.0,
                 context_length=64, batch_size=16, learning_rate=3e-3, head_dim=32,
@@ -936,7 +935,7 @@ if __name__ == '__main__':
                 sys.exit(f"error: no token data at {dpath}/train.bin: run data/pycode/prepare.py (or data/docs/) "
                          f"first, or point --data_dir at a folder with train.bin, val.bin and meta.json")
             be = LocalBackend(dict(data_dir=dpath, context_length=context_length, warmup_frac=warmup_frac,
-                                   seed=seed, device=device, overrides=dict(train_overrides)))
+                                   eval_iters=eval_iters, seed=seed, device=device, overrides=dict(train_overrides)))
             shapes, plan = model_shapes(head_dim), be.plan
         elif backend == 'remote':
             be = RemoteBackend(api_url, api_key)

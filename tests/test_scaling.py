@@ -3,6 +3,7 @@ Tests for scaling.py: the IsoFLOP fits (methods 1-3), bad input, and the sweep's
     python -m pytest tests/test_scaling.py -v
 """
 import json
+import math
 import os
 import subprocess
 import sys
@@ -141,7 +142,8 @@ class FakeTrain:
 
 
 def fake_backend(fake):
-    recipe = dict(data_dir='unused', context_length=64, warmup_frac=0.05, seed=0, device='cpu', overrides={})
+    recipe = dict(data_dir='unused', context_length=64, warmup_frac=0.05, eval_iters=2, seed=0, device='cpu',
+                  overrides={})
     return scaling.LocalBackend(recipe, train_fn=fake)
 
 
@@ -230,3 +232,42 @@ def test_time_guard_skips_runs_that_would_overrun(tmp_path):
     for r in done:
         timer.add(r)
     assert 0 < timer.estimate(n_t, 3e13 / (6 * n_t)) <= left
+
+
+def test_tiny_real_sweep_through_train_py(tmp_path, data_dir):
+    """Real trainings on the CPU: byte-level tokens of real text, models of 12k-37k parameters, a few dozen steps."""
+    torch = pytest.importorskip('torch')
+    if not os.path.exists(os.path.join(ROOT, 'train.py')):
+        pytest.skip('train.py not written yet')
+    import gzip
+    text = gzip.open(os.path.join(data_dir, 'text', 'docs_en.txt.gz')).read(400_000)
+    toks = np.frombuffer(text, dtype=np.uint8).astype(np.uint16)  # one token per byte: vocab 256
+    d = tmp_path / 'bytes'
+    d.mkdir()
+    toks[:360_000].tofile(d / 'train.bin')
+    toks[360_000:].tofile(d / 'val.bin')
+    (d / 'meta.json').write_text(json.dumps(dict(vocab_size=256, dtype='uint16', eot_id=0)))
+    recipe = dict(data_dir=str(d), context_length=32, warmup_frac=0.1, eval_iters=4, seed=0, device='cpu',
+                  overrides={'compile': False, 'dtype': 'float32'})
+    be = scaling.LocalBackend(recipe)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread only adds sync overhead (100x on a busy 2-core box)
+    try:
+        _tiny_sweep(tmp_path, be)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _tiny_sweep(tmp_path, be):
+    sweep = scaling.Sweep(str(tmp_path / 'runs.json'), 1e11, be)
+    make_query = scaling.make_query_fn(8, 3e-3)
+    shapes = scaling.model_shapes(head_dim=32, max_d_model=64, max_layers=3)
+    done = scaling.run_sweep(sweep, (1.5e9, 3e9), make_query, shapes, sizes=3, refine=0, plan=be.plan)
+    assert len(done) == 6 and all(2.0 < r['final_loss'] < 6.0 for r in done), [r['final_loss'] for r in done]
+    assert all(r['tokens'] == r['iters'] * 8 * 32 for r in done)
+    target = scaling.predict_and_check(sweep, done, 6e9, make_query, shapes, 64.0, 1e-3, plan=be.plan)
+    assert target['achieved'] is not None and math.isfinite(target['predicted'])
+    # asking again is free: the cache answers without training
+    n = len(sweep.runs)
+    assert sweep.query(done[0]['config'])[1] == 0 and len(sweep.runs) == n
+    assert len(scaling.load_runs(str(tmp_path / 'runs.json'))) == 7
