@@ -152,6 +152,17 @@ def check_tokens(tokens, vocab_size, context_length, name):
                          f"tokenized with a larger vocabulary; set --vocab_size={top + 1} or higher, or re-tokenize")
 
 
+def val_bytes_per_token(meta, n_val_tokens):
+    """UTF-8 bytes per validation token, if meta.json records the validation text's size (for bits per byte)."""
+    for key in ('val_bytes', 'val_text_bytes'):
+        if meta.get(key):
+            return meta[key] / n_val_tokens
+    split = (meta.get('splits') or {}).get('val') or {}
+    if isinstance(split, dict) and split.get('bytes'):
+        return split['bytes'] / n_val_tokens
+    return None
+
+
 def get_batch(data, batch_size, context_length, device):
     """The course's get_batch: batch_size windows at uniform random starts in [0, len - context_length - 1];
     x = data[s : s+T], y = data[s+1 : s+T+1] (the next token of each position). LongTensors (B, T) on device."""
@@ -462,6 +473,7 @@ def train(cfg):
     tokenizer_dir = meta.get('tokenizer_dir')
     if tokenizer_dir and not os.path.isabs(tokenizer_dir):
         tokenizer_dir = os.path.join(resolve_data_dir(cfg['data_dir']), tokenizer_dir)
+    bytes_per_token = val_bytes_per_token(meta, len(val_tokens))
     train_sampler = TokenSampler(train_tokens, cfg['context_length'], dev, cfg['seed'])
     val_sampler = TokenSampler(val_tokens, cfg['context_length'], dev, cfg['seed'])
     B, T = cfg['batch_size'], cfg['context_length']
@@ -648,10 +660,13 @@ def train(cfg):
                 row = dict(iter=iter_num, val_loss=losses['val'], train_loss_eval=losses['train'],
                            tokens=iter_num * tokens_per_iter, time_s=time.time() - t_start)
                 print0(f"eval at iter {iter_num}: val loss {losses['val']:.4f}, train loss {losses['train']:.4f}")
+                last['val_loss'] = losses['val']
+                if bytes_per_token:  # tokenizer-independent: nats/token -> bits/byte
+                    row['val_bpb'] = last['val_bpb'] = losses['val'] / math.log(2) / bytes_per_token
+                    print0(f"  = {row['val_bpb']:.4f} bits per byte ({bytes_per_token:.3f} bytes/token)")
                 logger.log(**row)
                 if wandb_run:
                     wandb_run.log(row, step=iter_num)
-                last['val_loss'] = losses['val']
                 eval_time += time.time() - te
             checkpoint(iter_num)
             sync()
@@ -662,7 +677,7 @@ def train(cfg):
     # 4) Summary, plot, sample
     total_time = time.time() - t_start
     tokens_per_s = steady_tokens / steady_time if steady_time > 0 else last.get('tokens_per_s', 0.0)
-    summary = dict(val_loss=last.get('val_loss'), best_val_loss=best_val, train_loss=last.get('train_loss'),
+    summary = dict(val_loss=last.get('val_loss'), val_bpb=last.get('val_bpb'), best_val_loss=best_val, train_loss=last.get('train_loss'),
                    iters=iter_num, tokens=iter_num * tokens_per_iter, time_s=total_time, train_time_s=train_time,
                    tokens_per_s=tokens_per_s,
                    mfu=estimate_mfu(raw_model, tokens_per_s, cfg['peak_flops']) if device_type == 'cuda' else 0.0,
