@@ -1,0 +1,535 @@
+"""
+fsdp.py: Fully Sharded Data Parallel written from torch.distributed primitives, and the memory/communication
+calculator of the course's accounting exercise.
+
+DDP keeps everything on every GPU: fp32 weights (4 bytes/param), fp32 gradients (4), AdamW's two moments (8):
+16 bytes per parameter, so a 7B model needs 112 GB before a single activation. FSDP (ZeRO stage 3, Rajbhandari et
+al. 2020; Zhao et al. 2023, "PyTorch FSDP", https://arxiv.org/abs/2304.11277) shards all of it over N ranks:
+
+  - the model is cut into units (here: each Transformer block, plus a root unit for embeddings, final norm and head);
+    a unit's parameters are flattened into one fp32 vector, padded to a multiple of N, and each rank keeps 1/N
+    of it: the *shard*, an nn.Parameter that the optimizer updates (fp32 master weights, fp32 AdamW state);
+  - before a unit's forward, the shards are cast to bf16 and all-gathered into the full flat vector, and the
+    module's weights become views into it; after the unit's forward the gathered copy is freed;
+  - before the unit's backward it is gathered again (autograd saved views into it; we refill their storage);
+  - the unit's bf16 gradient is reduce-scattered: each rank receives the sum over ranks of its own slice, which it
+    averages and accumulates in fp32 into its shard's .grad;
+  - while unit i computes, unit i+1's all-gather is already in flight (prefetch, forward and backward).
+
+Per rank this costs 16P/N bytes of states plus at most two gathered units in bf16 (plus activations), for
+three collectives per unit per step (all-gather, all-gather, reduce-scatter) instead of DDP's one all-reduce
+(which itself is a reduce-scatter plus an all-gather: FSDP moves 1.5x DDP's bytes).
+
+Usage (train.py --fsdp=True does this):
+    model = FSDP(TransformerLM(...).to(device))            # every rank; rank 0's weights win
+    opt = torch.optim.AdamW(model.parameters(), lr=...)    # the local fp32 shards
+    loss = model(x, targets=y); loss.backward(); model.finish_gradient_synchronization(); opt.step()
+    sd = model.full_state_dict()                           # full weights on rank 0 (a collective: all ranks call it)
+
+Run:
+  python fsdp.py --mode=calc                                   # the course's accounting exercise, worked example
+  torchrun --nproc_per_node=8 fsdp.py --mode=bench --model_size=xl   # step time, peak memory vs the analytic model
+  python fsdp.py --mode=bench --model_size=small               # one GPU (world size 1) or CPU
+"""
+import contextlib
+import gc
+import math
+import os
+import socket
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+mode = 'calc'  # 'calc' (memory/communication calculator) | 'bench' (FSDP step time and memory on a model)
+out_dir = 'results'  # markdown tables go here
+# calculator: the course's XXL model (two linears per block) on TPU v5p (figures from the TPU Scaling Book)
+d_model = 16384  # model width D
+d_ff = 53248  # feed-forward width F
+num_blocks = 126  # number of (d_model -> d_ff -> d_model) blocks
+device_memory_gb = 95.0  # memory of one device in GB (TPU v5p: 95; H100: 80)
+tokens_per_device = 0  # tokens of activations per device for the memory figures (0 = weights/optimizer only)
+W_ici = 2 * 9e10  # interconnect bandwidth per device and axis direction pair, bytes/s (v5p ICI, bidirectional)
+C_flops = 4.6e14  # bf16 FLOP/s of one device (v5p)
+X = 16  # FSDP (data) axis size of the mesh
+Y = 4  # tensor-parallel (model) axis size of the mesh
+M_X = 2  # axes the FSDP dimension spans (a 3D torus: 2 for X, 1 for Y, as in the exercise)
+M_Y = 1  # axes the TP dimension spans
+# bench
+model_size = 'small'  # a course size: tiny | small | medium | large | xl | 2.7B
+context_length = 128  # tokens per sequence
+batch_size = 4  # sequences per rank per step
+vocab_size = 10000  # the course's vocabulary size
+bench_warmup = 3  # untimed steps
+bench_steps = 10  # timed steps
+backend = 'auto'  # 'gloo' | 'nccl' | 'auto' (nccl when CUDA is available)
+# -----------------------------------------------------------------------------
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+# -----------------------------------------------------------------------------
+
+# torch 2.13 renamed all_gather_into_tensor / reduce_scatter_tensor to *_single (same arguments); older torch
+# (the GPU machine's 2.11) only has the old names
+_all_gather = getattr(dist, 'all_gather_single', None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, 'reduce_scatter_single', None) or dist.reduce_scatter_tensor
+
+
+# -----------------------------------------------------------------------------
+# One FSDP unit: a module's parameters as one flat vector, sharded
+
+class FlatUnit:
+    """
+    The parameters owned by one unit (a Transformer block, or the root's leftovers), flattened and sharded.
+      shard   nn.Parameter (padded/N,) fp32: this rank's slice of the flat vector, the master weights
+      full    (padded,) param_dtype leaf tensor: the gathered vector; its storage is freed (size 0) when not in use
+      slots   (submodule, attribute, index): where each parameter lived; the attribute becomes a view into `full`
+    """
+
+    def __init__(self, module, params, slots, names, param_dtype, rank, world_size):
+        self.module, self.slots, self.names = module, slots, names
+        self.shapes = [p.shape for p in params]
+        self.numels = [p.numel() for p in params]
+        total = sum(self.numels)
+        self.padded = math.ceil(total / world_size) * world_size  # equal shards: all_gather needs equal sizes
+        self.shard_numel = self.padded // world_size
+        self.split_sizes = self.numels + [self.padded - total]  # the last piece is padding
+        device = params[0].device
+        with torch.no_grad():
+            flat = torch.zeros(self.padded, dtype=torch.float32, device=device)
+            flat[:total] = torch.cat([p.detach().reshape(-1).float() for p in params])
+            dist.broadcast(flat, src=0)  # rank 0's initialization wins, as with DDP
+            self.shard = nn.Parameter(flat[rank * self.shard_numel:(rank + 1) * self.shard_numel].clone())
+        del flat
+        # A leaf that requires grad: views of it become the module's weights, so autograd sums their gradients
+        # into full.grad (one (padded,) bf16 tensor) and then calls our post-accumulate-grad hook.
+        self.full = torch.empty(self.padded, dtype=param_dtype, device=device, requires_grad=True)
+        self.full.untyped_storage().resize_(0)
+        self.state = 'free'  # 'free' -> 'gathering' (all-gather in flight) -> 'ready'
+        self.work = None  # the in-flight all-gather
+        self.gather_src = None  # the bf16 copy of the shard it reads from (kept alive until it finishes)
+
+
+class FSDP(nn.Module):
+    """
+    FSDP(module, unit_modules=None, param_dtype=torch.bfloat16, prefetch=True)
+      unit_modules  the submodules to shard as units; default: the children of every nn.ModuleList (the blocks).
+                    Everything else belongs to the root unit (gathered for the whole forward and backward).
+      param_dtype   compute and communication dtype (bf16); master weights, gradients and optimizer stay fp32.
+                    torch.float32 gives exact fp32 training (what the tests compare against one process).
+      prefetch      start the next unit's all-gather before the current unit runs.
+    """
+
+    def __init__(self, module, unit_modules=None, param_dtype=torch.bfloat16, prefetch=True):
+        super().__init__()
+        assert dist.is_initialized(), "call dist.init_process_group (or run under torchrun) before FSDP(model)"
+        if hasattr(module, '_orig_mod'):  # torch.compile'd: our hooks and storage tricks need the eager module
+            print('!' * 80 + '\nFSDP: the model was torch.compile\'d; sharding the uncompiled module instead '
+                  '(compile after wrapping is not supported either)\n' + '!' * 80)
+            module = module._orig_mod
+        self.module = module
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.param_dtype, self.prefetch = param_dtype, prefetch
+        if unit_modules is None:
+            unit_modules = [m for ml in module.modules() if isinstance(ml, nn.ModuleList) for m in ml]
+        in_unit = {id(m) for u in unit_modules for m in u.modules()}
+        # every parameter's names in the original state dict (a tied parameter has two)
+        names_of = {}
+        for name, p in module.named_parameters(remove_duplicate=False):
+            names_of.setdefault(id(p), []).append(name)
+        self._sd_keys = list(module.state_dict().keys())
+        self._buffer_keys = [k for k in self._sd_keys if not any(k in n for n in names_of.values())]
+        owner = {}  # id(param) -> unit index, to catch a parameter shared between two units
+        self.units = []
+        root_subs = [m for m in module.modules() if id(m) not in in_unit]
+        for ui, (unit_module, subs) in enumerate([(module, root_subs)] + [(u, list(u.modules())) for u in unit_modules]):
+            params, slots, names = [], [], []
+            index = {}
+            for sub in subs:
+                for attr, p in list(sub._parameters.items()):
+                    if p is None:
+                        continue
+                    assert p.requires_grad, f"FSDP here shards trainable parameters only; {names_of[id(p)]} is frozen"
+                    assert owner.get(id(p), ui) == ui, \
+                        f"{names_of[id(p)]} is shared between two FSDP units: tie only parameters of one unit"
+                    owner[id(p)] = ui
+                    if id(p) not in index:
+                        index[id(p)] = len(params)
+                        params.append(p)
+                        names.append(names_of[id(p)])
+                    slots.append((sub, attr, index[id(p)]))
+            if not params:
+                continue
+            unit = FlatUnit(unit_module, params, slots, names, param_dtype, self.rank, self.world_size)
+            for sub, attr, _ in slots:
+                del sub._parameters[attr]  # from now on a plain attribute, set to a view before each use
+            self.units.append(unit)
+        del params
+        # the shards are this module's parameters: FSDP(...).parameters() is what the optimizer sees
+        self.shards = nn.ParameterList([u.shard for u in self.units])
+        self._order = []  # units in forward execution order, recorded during the first forward (for prefetch)
+        self._recording = True
+        self._pending = []  # (unit, work, reduced bf16 shard gradient, full gradient kept alive) in flight
+        self.max_gathered = 0  # most units gathered at once (statistic for tests and the bench)
+        for u in self.units:
+            u.module.register_forward_pre_hook(lambda m, args, u=u: self._pre_forward(u))
+            u.module.register_forward_hook(lambda m, args, out, u=u: self._post_forward(u, out))
+            u.full.register_post_accumulate_grad_hook(lambda full, u=u: self._grad_ready(u))
+
+    # ---- gathering and freeing -------------------------------------------------
+    def _gather_async(self, u):
+        """Start the all-gather of u's shards into u.full (bf16)."""
+        if u.state != 'free':
+            return
+        u.full.untyped_storage().resize_(u.padded * u.full.element_size())  # re-allocate the freed storage
+        u.gather_src = u.shard.detach().to(self.param_dtype)  # (shard_numel,) cast before sending: half the bytes
+        # NOTE: write through .data: it shares the storage but not the version counter, so autograd does not
+        # complain that tensors it saved for backward (views of full) were modified in place -- we refill them
+        # with the very same values on purpose
+        u.work = _all_gather(u.full.data, u.gather_src, async_op=True)
+        u.state = 'gathering'
+        self.max_gathered = max(self.max_gathered, sum(v.state != 'free' for v in self.units))
+
+    def _wait(self, u, set_views):
+        self._gather_async(u)
+        if u.work is not None:
+            u.work.wait()
+            u.work, u.gather_src = None, None
+        u.state = 'ready'
+        if set_views:
+            # the module's weights become views of the gathered vector: (padded,) -> pieces -> original shapes.
+            # split() makes one SplitWithSizesBackward node: in backward the pieces' gradients are concatenated once
+            pieces = u.full.split(u.split_sizes)
+            for sub, attr, i in u.slots:
+                setattr(sub, attr, pieces[i].view(u.shapes[i]))
+
+    def _free(self, u):
+        if u.work is not None:  # a prefetch nobody used: finish it before dropping its buffer
+            u.work.wait()
+            u.work, u.gather_src = None, None
+        u.full.untyped_storage().resize_(0)  # the views (and what autograd saved) keep their shape, lose the memory
+        u.state = 'free'
+
+    def _neighbour(self, u, step):
+        if self._recording or u not in self._order:
+            return None
+        i = self._order.index(u) + step
+        return self._order[i] if 0 <= i < len(self._order) else None
+
+    # ---- hooks -------------------------------------------------------------------
+    def _pre_forward(self, u):
+        if self._recording:
+            self._order.append(u)
+        self._wait(u, set_views=True)
+        if self.prefetch:
+            nxt = self._neighbour(u, +1)  # the unit that will run next: overlap its all-gather with our compute
+            if nxt is not None:
+                self._gather_async(nxt)
+
+    def _post_forward(self, u, output):
+        self._free(u)
+        if torch.is_grad_enabled():
+            # "pre-backward hook": the gradient w.r.t. the unit's output arrives just before the unit's backward
+            for t in _tensors(output):
+                if t.requires_grad:
+                    t.register_hook(lambda grad, u=u: self._pre_backward(u))
+
+    def _pre_backward(self, u):
+        self._wait(u, set_views=False)  # autograd already holds views of u.full: refill their storage
+        if self.prefetch:
+            prv = self._neighbour(u, -1)  # backward runs the units in reverse order
+            if prv is not None:
+                self._gather_async(prv)
+
+    def _grad_ready(self, u):
+        """All of u's gradients have been summed into u.full.grad: reduce-scatter it, free the gathered weights."""
+        grad = u.full.grad  # (padded,) in param_dtype
+        u.full.grad = None
+        self._free(u)  # the unit's backward is done: no op needs its full weights any more
+        grad.div_(self.world_size)  # average (before the sum: no overflow risk in low precision)
+        out = torch.empty(u.shard_numel, dtype=grad.dtype, device=grad.device)
+        work = _reduce_scatter(out, grad, async_op=True)  # out = sum over ranks of our slice of grad
+        self._pending.append((u, work, out, grad))
+
+    # ---- the DDP-like interface train.py uses -------------------------------------
+    def forward(self, *args, **kwargs):
+        out = self.module(*args, **kwargs)
+        self._recording = False  # the first forward has shown the order in which the units run
+        if self.param_dtype != torch.float32:  # logits / loss leave in fp32, whatever the compute dtype
+            out = _map_tensors(out, lambda t: t.float() if t.is_floating_point() else t)
+        return out
+
+    def finish_gradient_synchronization(self):
+        """Wait for the reduce-scatters and accumulate the gradient shards into shard.grad in fp32."""
+        for u, work, out, _ in self._pending:
+            work.wait()
+            g = out.float()
+            if u.shard.grad is None:
+                u.shard.grad = g
+            else:
+                u.shard.grad.add_(g)
+        self._pending.clear()
+        for u in self.units:
+            if u.state != 'free':
+                self._free(u)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """
+        Accepted for DDP compatibility, but FSDP still reduce-scatters on every micro-step: keeping unsharded
+        gradients until the last one would cost the full model's gradients in memory, which FSDP is there to avoid.
+        The shards' fp32 .grad accumulate across micro-steps, so the result is the same.
+        """
+        yield
+
+    # ---- checkpoints: full weights from the shards, and back --------------------------
+    @torch.no_grad()
+    def full_state_dict(self, rank0_only=True):
+        """
+        The unsharded model's state dict (original keys, fp32 master weights, tied weights shared), on CPU.
+        A collective: every rank must call it. Returns {} on ranks other than 0 when rank0_only.
+        """
+        params = {}
+        for u in self.units:
+            full = torch.empty(u.padded, dtype=torch.float32, device=u.shard.device)
+            _all_gather(full, u.shard.detach())  # fp32: the checkpoint keeps the master weights, not bf16
+            full = full.cpu()
+            for i, piece in enumerate(full.split(u.split_sizes)[:-1]):
+                t = piece.view(u.shapes[i]).clone()
+                for name in u.names[i]:
+                    params[name] = t
+        if rank0_only and self.rank != 0:
+            return {}
+        buffers = dict(self.module.named_buffers())
+        return {k: params[k] if k in params else buffers[k].detach().cpu().clone() for k in self._sd_keys}
+
+    @torch.no_grad()
+    def load_full_state_dict(self, state_dict):
+        """Load a full (unsharded) state dict: every rank passes it and keeps only its own slices."""
+        missing = [k for k in self._sd_keys if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in self._sd_keys]
+        if missing or unexpected:
+            raise KeyError(f"state dict does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                           " (a checkpoint of another model config?)")
+        for u in self.units:
+            flat = torch.zeros(u.padded, dtype=torch.float32)
+            flat[:sum(u.numels)] = torch.cat([state_dict[n[0]].reshape(-1).float().cpu() for n in u.names])
+            u.shard.copy_(flat[self.rank * u.shard_numel:(self.rank + 1) * u.shard_numel])
+        buffers = dict(self.module.named_buffers())
+        for k in self._buffer_keys:
+            buffers[k].copy_(state_dict[k])
+
+
+def _tensors(obj):
+    if torch.is_tensor(obj):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors(o)]
+    return []
+
+
+def _map_tensors(obj, fn):
+    if torch.is_tensor(obj):
+        return fn(obj)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_map_tensors(o, fn) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
+# -----------------------------------------------------------------------------
+# The calculator: memory and communication of a model of num_blocks x (d_model -> d_ff -> d_model) linears
+#
+# The course's simplifications: only the FFN linears count (no attention, embeddings, head); activations and
+# communicated gradients in bf16 (2 bytes); master weights, accumulated gradients and AdamW state in fp32.
+#   P = 2 * D * F * n_blocks parameters
+#   states: weights 4P + gradients 4P + AdamW moments 8P = 16P bytes
+#   activations saved for backward, per token: each block keeps its two linears' inputs, D and F values in bf16:
+#     A_token = 2 * (D + F) * n_blocks bytes
+#   sharded over N (states fully, activations half: every second layer): 16P/N + A * (1/2 + 1/(2N))
+# Compute-bound batch on an X (FSDP) x Y (TP) mesh, forward of one block, B tokens in total (Scaling Book, part 5):
+#   T_math = 2 matmuls * 2BDF FLOPs / (N C) = 4BDF / (X Y C)
+#   T_fsdp = all-gather of the block's bf16 weights, already split Y ways: 2 * 2DF / Y bytes over M_X axes
+#          = 4DF / (Y W M_X)
+#   T_tp   = all-gather + reduce-scatter of bf16 activations, B/X tokens of D: 4BD / (X W M_Y)
+#   T_math >= T_fsdp  <=>  B/N >= C / (W M_X Y)           (a per-device batch threshold)
+#   T_math >= T_tp    <=>  F >= Y C / (W M_Y)             (independent of the batch: holds or not)
+
+def memory_and_comm_calculator(d_model, d_ff, num_blocks, device_memory_bytes=95e9, tokens=0, w_ici=1.8e11,
+                               c_flops=4.6e14, x=16, y=4, m_x=2, m_y=1):
+    D, F_, n = d_model, d_ff, num_blocks
+    P = 2 * D * F_ * n
+    states = 16 * P
+    act_per_token = 2 * (D + F_) * n
+    A = act_per_token * tokens
+    # smallest N with 16P/N + A/2 + A/(2N) <= budget  <=>  N >= (16P + A/2) / (budget - A/2)
+    n_needed = math.ceil((states + A / 2) / (device_memory_bytes - A / 2)) if device_memory_bytes > A / 2 else None
+    per_device_batch = c_flops / (w_ici * m_x * y)
+    return dict(
+        params=P, states_bytes=states, weights_bytes=4 * P, grads_bytes=4 * P, adam_bytes=8 * P,
+        act_bytes_per_token=act_per_token, act_bytes=A, h100_equivalents=(states + A) / 80e9,
+        n_fsdp_needed=n_needed,
+        per_device_bytes=lambda N: states / N + A / 2 + A / (2 * N),
+        compute_bound_batch_per_device=per_device_batch,
+        compute_bound_batch_total=per_device_batch * x * y,
+        tp_comm_hidden=F_ >= y * c_flops / (w_ici * m_y), tp_threshold_dff=y * c_flops / (w_ici * m_y),
+    )
+
+
+def print_calculator():
+    r = memory_and_comm_calculator(d_model, d_ff, num_blocks, device_memory_gb * 1e9, tokens_per_device,
+                                   W_ici, C_flops, X, Y, M_X, M_Y)
+    P, GB = r['params'], 1e9
+    lines = [
+        f"# FSDP/TP accounting: {num_blocks} blocks of d_model {d_model} -> d_ff {d_ff} -> d_model", '',
+        f"Command: `python fsdp.py --mode=calc` (change any figure with --key=value, see --help).", '',
+        f"(a) parameters P = 2 * d_model * d_ff * num_blocks = {P:,} ({P / 1e9:.1f}B)",
+        f"    fp32 master weights 4P = {r['weights_bytes'] / GB:,.1f} GB, gradients 4P = {r['grads_bytes'] / GB:,.1f} GB,"
+        f" AdamW moments 8P = {r['adam_bytes'] / GB:,.1f} GB: total 16P = {r['states_bytes'] / GB:,.1f} GB"
+        f" = {r['states_bytes'] / 80e9:.1f} H100s (80 GB) of memory",
+        f"    activations saved for backward (bf16, both linears' inputs): 2 * (d_model + d_ff) * num_blocks = "
+        f"{r['act_bytes_per_token'] / 1e6:.2f} MB per token"
+        + (f"; {tokens_per_device:,} tokens: {r['act_bytes'] / GB:,.1f} GB" if tokens_per_device else ''),
+        f"(b) sharded over N (states fully, half of the activations): memory per device = 16P/N + A/2 + A/(2N)",
+        f"    to fit {device_memory_gb:g} GB per device"
+        + (f" with {tokens_per_device:,} tokens of activations" if tokens_per_device else ' (states only, A = 0)')
+        + (f": N_FSDP >= {r['n_fsdp_needed']} (16P/N = {r['per_device_bytes'](r['n_fsdp_needed']) / GB:.1f} GB)"
+           if r['n_fsdp_needed'] else ': impossible, half the activations alone exceed the device'),
+        f"(c) mesh X = {X} (FSDP, M_X = {M_X}) x Y = {Y} (TP, M_Y = {M_Y}), W_ici = {W_ici:.3g} B/s, "
+        f"C = {C_flops:.3g} FLOP/s:",
+        f"    T_math = 4BDF/(XYC) >= T_fsdp = 4DF/(Y W M_X)  <=>  B/N >= C/(W M_X Y) = "
+        f"{r['compute_bound_batch_per_device']:.1f} tokens per device",
+        f"    overall batch B >= {r['compute_bound_batch_total']:,.0f} tokens ({X * Y} devices)",
+        f"    T_math >= T_tp = 4BD/(X W M_Y)  <=>  d_ff >= Y C/(W M_Y) = {r['tp_threshold_dff']:,.0f}: "
+        + ('holds, TP communication hides behind compute at any batch' if r['tp_comm_hidden']
+           else 'fails: TP communication dominates, use a smaller Y'),
+    ]
+    text = '\n'.join(lines)
+    print(text)
+    return r, text
+
+
+# -----------------------------------------------------------------------------
+# The bench: FSDP step time and peak memory on a course model, next to the analytic 16P/N
+
+MODEL_SIZES = {
+    'tiny': dict(d_model=64, d_ff=256, num_layers=2, num_heads=4),
+    'small': dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12),
+    'medium': dict(d_model=1024, d_ff=4096, num_layers=24, num_heads=16),
+    'large': dict(d_model=1280, d_ff=5120, num_layers=36, num_heads=20),
+    'xl': dict(d_model=1600, d_ff=6400, num_layers=48, num_heads=25),
+    '2.7B': dict(d_model=2560, d_ff=10240, num_layers=32, num_heads=32),
+}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run_bench():
+    import model as model_py  # lazy: the wrapper itself does not need model.py
+    if 'RANK' not in os.environ:  # plain python: a group of one
+        os.environ.update(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+                          MASTER_PORT=str(_free_port()))
+    be = backend if backend != 'auto' else ('nccl' if torch.cuda.is_available() else 'gloo')
+    local_rank = int(os.environ['LOCAL_RANK'])
+    device = torch.device('cuda', local_rank) if be == 'nccl' else torch.device('cpu')
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+    dist.init_process_group(be)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    cuda = device.type == 'cuda'
+    MB = 2 ** 20
+    args = dict(vocab_size=vocab_size, context_length=context_length, rope_theta=10000.0, **MODEL_SIZES[model_size])
+    rows = []
+    for prefetch in (True, False):
+        torch.manual_seed(0)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        net = model_py.TransformerLM(**args, device=device)  # the full model, briefly, before sharding
+        P = sum(p.numel() for p in net.parameters())
+        m = FSDP(net, prefetch=prefetch)
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+        mem_after_wrap = torch.cuda.memory_allocated(device) / MB if cuda else float('nan')
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+        torch.manual_seed(1 + rank)
+        x = torch.randint(0, vocab_size, (batch_size, context_length + 1), device=device)
+        times = []
+        for it in range(bench_warmup + bench_steps):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            loss = m(x[:, :-1], targets=x[:, 1:])
+            loss.backward()
+            m.finish_gradient_synchronization()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize()
+            if it >= bench_warmup:
+                times.append(time.perf_counter() - t0)
+        step = torch.tensor(sum(times) / len(times), dtype=torch.float64, device=device)
+        dist.all_reduce(step, op=dist.ReduceOp.MAX)
+        shard_bytes = sum(p.numel() for p in m.parameters()) * 4
+        opt_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
+                        if torch.is_tensor(t) and t.dim() > 0)
+        largest_unit = max(u.padded for u in m.units) * torch.finfo(m.param_dtype).bits // 8
+        rows.append(dict(prefetch=prefetch, step_ms=1e3 * step.item(), P=P,
+                         analytic_states_MB=16 * P / world / MB, shards_MB=shard_bytes / MB,
+                         opt_state_MB=opt_bytes / MB, grads_MB=shard_bytes / MB,
+                         gathered_max=m.max_gathered, largest_unit_MB=largest_unit / MB,
+                         after_wrap_MB=mem_after_wrap,
+                         peak_MB=torch.cuda.max_memory_allocated(device) / MB if cuda else float('nan')))
+        if rank == 0:
+            print(rows[-1], flush=True)
+        del m, opt, net, loss
+        gc.collect()
+    if rank == 0:
+        dev = torch.cuda.get_device_name(device) if cuda else f'CPU ({os.cpu_count()} cores)'
+        r0 = rows[0]
+        lines = [f"# FSDP (bf16 compute/communication, fp32 master weights, AdamW): model {model_size} "
+                 f"({r0['P'] / 1e6:.0f}M parameters), context {context_length}, batch {batch_size}/rank, "
+                 f"{world} x {dev}", '',
+                 f"Command: `torchrun --nproc_per_node={world} fsdp.py --mode=bench --model_size={model_size} "
+                 f"--context_length={context_length} --batch_size={batch_size}`. Per rank; mean of {bench_steps} "
+                 f"steps after {bench_warmup} warm-up steps (max over ranks). Analytic states = 16P/N bytes "
+                 "(fp32 weights + gradients + AdamW moments); the measured peak adds activations, gathered bf16 units "
+                 "and the bf16 gradient being reduce-scattered.", '',
+                 '| prefetch | step ms | analytic 16P/N MB | shard MB | grad MB | AdamW state MB | units gathered '
+                 'at once (max) | largest unit bf16 MB | allocated after wrap MB | peak MB |',
+                 '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+        for r in rows:
+            lines.append(f"| {r['prefetch']} | {r['step_ms']:.1f} | {r['analytic_states_MB']:.1f} | "
+                         f"{r['shards_MB']:.1f} | {r['grads_MB']:.1f} | {r['opt_state_MB']:.1f} | {r['gathered_max']} | "
+                         f"{r['largest_unit_MB']:.1f} | {r['after_wrap_MB']:.1f} | {r['peak_MB']:.1f} |")
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(out_dir, f'fsdp_bench_{model_size}_{world}x{device.type}.md')
+        with open(path + '.tmp', 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+        os.replace(path + '.tmp', path)
+        print(path)
+    gc.collect()
+    dist.destroy_process_group()
+    return rows
+
+
+if __name__ == '__main__':
+    if mode == 'calc':
+        _, text = print_calculator()
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, 'fsdp_calculator.md.tmp'), 'w') as f:
+            f.write(text.replace('\n(', '\n\n(') + '\n')
+        os.replace(os.path.join(out_dir, 'fsdp_calculator.md.tmp'), os.path.join(out_dir, 'fsdp_calculator.md'))
+    elif mode == 'bench':
+        run_bench()
+    else:
+        raise SystemExit(f"unknown --mode={mode!r}: use 'calc' or 'bench'")
