@@ -14,6 +14,16 @@ import torch
 import sft
 
 
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny matmuls are far slower with 2 threads on a shared 2-core machine (threads wait on each other):
+    run this file's models on one thread, and give the setting back afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class CharTok:
     """A hand-checkable tokenizer for the helper tests: one token per character ('a' -> 0, 'b' -> 1, ...)."""
     eot_id = 26
@@ -212,3 +222,185 @@ def test_synthetic_task_deterministic_and_exact():
             results.append(c)
         assert results[-1] == p['answer'] and 0 <= int(p['answer']) <= 999
         assert sft.r1_zero_reward_fn(sft.r1_response(p['trace'], p['answer']), p['answer'])['reward'] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the generation engine (tiny model.py models, byte-level bpe.Tokenizer)
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def byte_tok():
+    return sft.byte_tokenizer()
+
+
+def _tiny_model(seed=0, **kw):
+    from model import TransformerLM
+    torch.manual_seed(seed)
+    args = dict(vocab_size=257, context_length=96, d_model=32, num_layers=2, num_heads=2)
+    args.update(kw)
+    return TransformerLM(**args).eval()
+
+
+def test_engine_cache_equals_no_cache_greedy(byte_tok):
+    m = _tiny_model()
+    eng = sft.Engine(m, byte_tok, batch_size=3, check_every=4)
+    prompts = ['hello', 'a much longer prompt here', 'xy', 'mid length', 'z']  # 2 batches, mixed lengths
+    cached = eng.generate(prompts, max_new_tokens=17, temperature=0)
+    naive = eng.generate(prompts, max_new_tokens=17, temperature=0, use_cache=False)
+    assert [c['token_ids'] for c in cached] == [n['token_ids'] for n in naive]
+    assert all(len(c['token_ids']) == 17 and c['finish_reason'] == 'length' for c in cached)
+    # and equal to model.py's own generate
+    ref = m.generate([byte_tok.encode(p) for p in prompts], 17, temperature=0)
+    assert ref == [c['token_ids'] for c in cached]
+    assert eng.stats['new_tokens'] == 5 * 17 and eng.stats['tokens_per_s'] > 0
+
+
+def test_engine_samples_n_per_prompt_and_seed(byte_tok):
+    m = _tiny_model()
+    eng = sft.Engine(m, byte_tok, batch_size=4)
+    a = eng.generate(['ab', 'cde'], max_new_tokens=12, temperature=1.0, n=3, seed=5)
+    b = eng.generate(['ab', 'cde'], max_new_tokens=12, temperature=1.0, n=3, seed=5)
+    c = eng.generate(['ab', 'cde'], max_new_tokens=12, temperature=1.0, n=3, seed=6)
+    assert [x['prompt_index'] for x in a] == [0, 0, 0, 1, 1, 1]
+    assert a == b and a != c
+    assert len({tuple(x['token_ids']) for x in a}) > 1  # samples differ
+    # top_p tiny -> only the most likely token: same as greedy
+    g = eng.generate(['ab'], max_new_tokens=12, temperature=0)
+    t = eng.generate(['ab'], max_new_tokens=12, temperature=1.0, top_p=1e-6, seed=1)
+    assert g[0]['token_ids'] == t[0]['token_ids']
+
+
+def test_engine_bad_prompts(byte_tok):
+    eng = sft.Engine(_tiny_model(), byte_tok)
+    with pytest.raises(ValueError, match='prompt 1 has 200 tokens'):
+        eng.generate(['ok', 'x' * 200], max_new_tokens=4)
+    with pytest.raises(ValueError, match='prompt 0 is empty'):
+        eng.generate([''], max_new_tokens=4)
+    # a prompt that fits but leaves less room than max_new_tokens: generation stops at the context
+    out = eng.generate(['x' * 90], max_new_tokens=50, temperature=0)
+    assert len(out[0]['token_ids']) == 96 - 90
+
+
+def test_finish_cuts_at_stop_strings_and_eos(byte_tok):
+    eng = sft.Engine(_tiny_model(), byte_tok)
+    ids = byte_tok.encode(' 4 </think> <answer> 4 </answer> junk </answer>')
+    r = eng._finish(0, ids, 100, 0, ['</answer>'], True)
+    assert r['text'] == ' 4 </think> <answer> 4 </answer>' and r['finish_reason'] == 'stop'
+    assert byte_tok.decode(r['token_ids']) == r['text']
+    r = eng._finish(0, ids, 100, 0, ['</answer>'], False)
+    assert r['text'] == ' 4 </think> <answer> 4 '
+    r = eng._finish(0, ids, 100, 35, ['</answer>'], True)  # min_tokens: the first stop is too early
+    assert r['text'].endswith('junk </answer>')
+    r = eng._finish(0, ids[:5] + [byte_tok.eot_id] + ids[5:], 100, 0, [], True)
+    assert r['text'] == ' 4 </' and r['finish_reason'] == 'eos'
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a tiny SFT run that learns (loss falls, accuracy rises), then stop strings on the trained model
+# ---------------------------------------------------------------------------------------------------------------
+
+TEMPLATE = 'Q: {question}\nA: <think>'
+
+
+def _copy_task(n, seed):
+    import random
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(0, 4), rng.randint(0, 4)
+        out.append({'prompt': sft.format_prompt(TEMPLATE, f'{a}+{b}'), 'ground_truth': str(a + b),
+                    'response': sft.r1_response(f'{a}+{b}={a + b}', a + b)})
+    return out
+
+
+@pytest.fixture(scope='module')
+def trained(byte_tok, tmp_path_factory):
+    m = _tiny_model(seed=1, d_model=64, num_layers=2, num_heads=4).train()
+    val = _copy_task(25, seed=2)
+    eng = sft.Engine(m, byte_tok, batch_size=32)
+    ev = lambda step: sft.evaluate(eng, val, max_new_tokens=40, n_entropy=8)  # noqa: E731
+    out = tmp_path_factory.mktemp('sft')
+    hist = sft.train_sft(m, byte_tok, _copy_task(400, seed=1), max_iters=120, batch_size=16,
+                         gradient_accumulation_steps=2, learning_rate=3e-3, eval_fn=ev, eval_interval=60,
+                         out_dir=str(out), quiet=True, ckpt_extra={'tokenizer': 'bytes'})
+    before = sft.evaluate(sft.Engine(_tiny_model(seed=1, d_model=64, num_layers=2, num_heads=4), byte_tok), val,
+                          max_new_tokens=40, log_path=str(out / 'gens.jsonl'))
+    return m, hist, before, out
+
+
+def test_tiny_sft_learns(trained):
+    m, hist, before, out = trained
+    losses = [l for _, l in hist['loss']]
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:5]) / 5, (losses[:5], losses[-10:])
+    after = hist['evals'][-1]
+    assert before['accuracy'] == 0.0 and before['format_rate'] == 0.0
+    assert after['format_rate'] >= 0.9 and after['accuracy'] >= 0.5, after
+    assert (out / 'ckpt.pt').exists() and (out / 'sft_curves.png').exists()
+    logged = sft.read_jsonl(str(out / 'gens.jsonl'))
+    assert len(logged) == 25 and {'prompt', 'response', 'ground_truth', 'reward', 'format_reward'} <= set(logged[0])
+    # the checkpoint reloads (train.py's format) to the same greedy outputs
+    m2, tok2 = sft.load_policy(str(out / 'ckpt.pt'))
+    p = [sft.format_prompt(TEMPLATE, '1+2')]
+    assert sft.Engine(m2, tok2).generate(p, 20, temperature=0) == sft.Engine(m, tok2).generate(p, 20, temperature=0)
+
+
+def test_stop_strings_on_trained_model(trained, byte_tok):
+    m = trained[0]
+    eng = sft.Engine(m, byte_tok, check_every=3)
+    p = [sft.format_prompt(TEMPLATE, '2+2')]
+    free = eng.generate(p, max_new_tokens=60, temperature=0)[0]
+    stopped = eng.generate(p, max_new_tokens=60, temperature=0, stop=['</answer>'])[0]
+    assert stopped['finish_reason'] == 'stop' and stopped['text'].endswith('</answer>')
+    assert free['text'].startswith(stopped['text']) and len(free['text']) > len(stopped['text'])
+    assert byte_tok.decode(stopped['token_ids']) == stopped['text']
+    late = eng.generate(p, max_new_tokens=60, temperature=0, stop=['</answer>'], min_tokens=len(stopped['token_ids']) + 1)
+    assert len(late[0]['token_ids']) > len(stopped['token_ids'])
+
+
+def test_sft_resume_and_over_long_examples(byte_tok, tmp_path):
+    m = _tiny_model()
+    ex = _copy_task(20, 0) + [{'prompt': 'x' * 200, 'response': 'y'}]  # one example longer than the context
+    hist = sft.train_sft(m, byte_tok, ex, max_iters=3, batch_size=4, gradient_accumulation_steps=2,
+                         out_dir=str(tmp_path), quiet=True)
+    assert hist['steps'] == 3
+    ck = torch.load(tmp_path / 'ckpt.pt', weights_only=False)
+    hist2 = sft.train_sft(m, byte_tok, ex, max_iters=5, batch_size=4, gradient_accumulation_steps=2, resume=ck,
+                          quiet=True)
+    assert hist2['steps'] == 5 and [s for s, _ in hist2['loss']] == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match='empty response'):
+        sft.train_sft(m, byte_tok, [{'prompt': 'a', 'response': ''}], max_iters=1, quiet=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DPO
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_dpo_loss_hand_computation():
+    beta = 0.5
+    loss = sft.dpo_loss(torch.tensor(-3.0), torch.tensor(-5.0), torch.tensor(-4.0), torch.tensor(-4.5), beta)
+    # beta * ((-3 - -4) - (-5 - -4.5)) = 0.5 * (1 + 0.5) = 0.75 -> -log sigmoid(0.75)
+    assert abs(loss.item() - math.log(1 + math.exp(-0.75))) < 1e-6
+
+
+def test_per_instance_dpo_loss_matches_manual_log_probs():
+    pol, ref = LookupLM(), LookupLM()
+    with torch.no_grad():
+        ref.table.mul_(0.5)
+    tok = CharTok()
+
+    def seq_lp(model, prompt, resp):  # sum over response tokens of log p(token | previous token)
+        ids = tok.encode(prompt + resp)
+        return sum(torch.log_softmax(model.table[ids[i - 1]], 0)[ids[i]] for i in range(len(prompt), len(ids)))
+    loss = sft.compute_per_instance_dpo_loss(pol, ref, tok, 0.1, 'ab', 'cd', 'dc')
+    z = 0.1 * ((seq_lp(pol, 'ab', 'cd') - seq_lp(ref, 'ab', 'cd')) - (seq_lp(pol, 'ab', 'dc') - seq_lp(ref, 'ab', 'dc')))
+    assert torch.allclose(loss, -torch.nn.functional.logsigmoid(z), atol=1e-5)
+
+
+def test_dpo_training_prefers_chosen(byte_tok):
+    m, ref = _tiny_model(seed=3), _tiny_model(seed=3)
+    pairs = [{'prompt': 'Q: 1\nA:', 'chosen': ' yes', 'rejected': ' no!'}] * 4
+    hist = sft.train_dpo(m, ref, byte_tok, pairs, beta=0.5, max_iters=15, batch_size=4, gradient_accumulation_steps=1,
+                         learning_rate=3e-3, log_interval=100)
+    assert hist['loss'][-1][1] < 0.5 * hist['loss'][0][1] and hist['pref_accuracy'][-1][1] == 1.0
+    with pytest.raises(ValueError, match='empty chosen or rejected'):
+        sft.train_dpo(m, ref, byte_tok, [{'prompt': 'a', 'chosen': '', 'rejected': 'b'}], max_iters=1)
