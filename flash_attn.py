@@ -53,6 +53,7 @@ leaderboard = True  # with --bench: time the course leaderboard setting -> resul
 sweep = 'full'  # course sweep: 'full' (seq 128..65536, d 16..128, bf16+fp32) | 'small' (seq 1k,16k; d 64,128) | 'none'
 tune = False  # time candidate tile configs per head dim and dtype, write results/flash_attn_tune.md
 tune_budget_s = 120.0  # wall-clock budget of --tune, seconds
+tune_cases = 'all'  # 'all': every head dim and dtype | 'leaderboard': only bf16 d=64 at the leaderboard shape
 leaderboard_rep = 10000  # do_bench rep (ms) for the leaderboard setting (the course uses 10000)
 leaderboard_warmup = 1000  # do_bench warmup (ms) for the leaderboard setting (the course uses 1000)
 sweep_rep = 30  # do_bench rep (ms) per sweep point (keeps the 720-point sweep to a few minutes)
@@ -286,6 +287,8 @@ def _attn_fwd(Q, K, V, O, L,
     pid_bh = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
+    # NOTE torch.compile's inductor passes Python floats as fp64: cast, or the scores silently become fp64
+    qk_scale = tl.cast(qk_scale, tl.float32)
     q_start = pid_m * BLOCK_M
     Q_ptr = tl.make_block_ptr(Q + off_b * sqb + off_h * sqh, shape=(T, HEAD_DIM), strides=(sqt, sqd),
                               offsets=(q_start, 0), block_shape=(BLOCK_M, HEAD_DIM), order=(1, 0))
@@ -384,6 +387,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, L, Delta, DK, DV,
     pid_bh = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
+    qk_scale = tl.cast(qk_scale, tl.float32)  # fp64 under torch.compile (see _attn_fwd)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     k_start = pid_n * BLOCK_N
     K_ptr = tl.make_block_ptr(K + off_b * skb + off_h * skh, shape=(T, HEAD_DIM), strides=(skt, skd),
                               offsets=(k_start, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
@@ -466,6 +471,8 @@ def _attn_bwd_dq(Q, K, V, DO, L, Delta, DQ,
     pid_bh = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
+    qk_scale = tl.cast(qk_scale, tl.float32)  # fp64 under torch.compile (see _attn_fwd)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     q_start = pid_m * BLOCK_M
     Q_ptr = tl.make_block_ptr(Q + off_b * sqb + off_h * sqh, shape=(T, HEAD_DIM), strides=(sqt, sqd),
                               offsets=(q_start, 0), block_shape=(BLOCK_M, HEAD_DIM), order=(1, 0))
@@ -503,13 +510,13 @@ def _attn_bwd_dq(Q, K, V, DO, L, Delta, DQ,
 # 'dq': BLOCK_M resident queries x BLOCK_N keys streamed. fp32 tiles are smaller: twice the bytes in shared memory.
 CONFIGS = {
     ('16bit', 16): {'fwd': (128, 64, 4, 3), 'dkdv': (32, 128, 4, 3), 'dq': (128, 32, 4, 3)},
-    ('16bit', 32): {'fwd': (128, 64, 4, 3), 'dkdv': (32, 128, 4, 3), 'dq': (128, 32, 4, 3)},
-    ('16bit', 64): {'fwd': (128, 64, 4, 3), 'dkdv': (32, 128, 4, 3), 'dq': (128, 32, 4, 3)},
-    ('16bit', 128): {'fwd': (128, 64, 8, 3), 'dkdv': (64, 128, 8, 2), 'dq': (128, 64, 8, 2)},
+    ('16bit', 32): {'fwd': (128, 64, 8, 3), 'dkdv': (32, 128, 4, 3), 'dq': (128, 64, 8, 3)},
+    ('16bit', 64): {'fwd': (128, 64, 8, 4), 'dkdv': (64, 128, 4, 3), 'dq': (128, 64, 4, 3)},
+    ('16bit', 128): {'fwd': (128, 128, 8, 3), 'dkdv': (64, 128, 8, 2), 'dq': (128, 64, 8, 3)},
     ('32bit', 16): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (64, 32, 4, 3)},
     ('32bit', 32): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (64, 32, 4, 3)},
-    ('32bit', 64): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (64, 32, 4, 3)},
-    ('32bit', 128): {'fwd': (64, 32, 4, 2), 'dkdv': (32, 64, 4, 2), 'dq': (64, 32, 4, 2)},
+    ('32bit', 64): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (128, 32, 8, 2)},
+    ('32bit', 128): {'fwd': (64, 32, 4, 3), 'dkdv': (32, 64, 4, 2), 'dq': (64, 32, 4, 2)},
 }
 # Under the interpreter: small tiles (tests use short sequences), with BLOCK_M != BLOCK_N so that the
 # diagonal / off-diagonal split and the ragged tail are all exercised.
@@ -785,13 +792,16 @@ def run_leaderboard(rep, warmup):
     return rows
 
 
-def run_sweep(size, rep):
+def sweep_grid(size):
+    # (sequence lengths, head dims, dtypes) of the course sweep
+    if size == 'full':
+        return [2 ** i for i in range(7, 17)], [16, 32, 64, 128], [torch.bfloat16, torch.float32]
+    return [1024, 16384], [64, 128], [torch.bfloat16, torch.float32]
+
+
+def run_sweep(seqs, dims, dtypes, rep):
     """The course sweep: batch 1, causal, naive vs SDPA vs ours, fwd / bwd / fwd+bwd, ms and TFLOP/s."""
     from torch.nn.attention import SDPBackend
-    if size == 'full':
-        seqs, dims, dtypes = [2 ** i for i in range(7, 17)], [16, 32, 64, 128], [torch.bfloat16, torch.float32]
-    else:
-        seqs, dims, dtypes = [1024, 16384], [64, 128], [torch.bfloat16, torch.float32]
     results = []  # (dtype, D, T, impl, mode, ms or 'OOM' or None)
     try:
         from tqdm import tqdm
@@ -916,21 +926,23 @@ def run_bench():
         _write_atomic(path, '\n'.join(md) + '\n')
         print(f"wrote {path}")
     if sweep != 'none':
-        t0 = time.time()
-        res = run_sweep(sweep, sweep_rep)
-        png = os.path.join(out_dir, 'flash_attn_sweep.png')
-        _sweep_plot(res, png)
-        md = [f"# flash_attn.py: the course sweep ({sweep})\n",
-              f"{env} Command: `python flash_attn.py --bench --sweep={sweep}`. "
-              f"Batch 1, one head, causal, `do_bench(rep={sweep_rep})` median. naive = `naive_attention` (eager "
-              f"PyTorch); SDPA = its FlashAttention-2 backend for bf16, SDPA's own choice for fp32 (the flash "
-              f"backend has no fp32); ours = `flash_attention` (fp32 uses TF32 tensor-core products). "
-              f"OOM = out of memory. The last column checks ours against SDPA at every point. "
-              f"Took {time.time() - t0:.0f} s. Plot: `flash_attn_sweep.png`.\n",
-              _sweep_markdown(res), '\n' + configs_md]
-        path = os.path.join(out_dir, 'flash_attn_sweep.md')
-        _write_atomic(path, '\n'.join(md) + '\n')
-        print(f"wrote {path} and {png}")
+        t0, res = time.time(), []
+        seqs, dims, dtypes = sweep_grid(sweep)
+        for dt in dtypes:  # tables and plot rewritten after each dtype, so a cut-short run still leaves results
+            res += run_sweep(seqs, dims, [dt], sweep_rep)
+            png = os.path.join(out_dir, 'flash_attn_sweep.png')
+            _sweep_plot(res, png)
+            md = [f"# flash_attn.py: the course sweep ({sweep})\n",
+                  f"{env} Command: `python flash_attn.py --bench --sweep={sweep}`. "
+                  f"Batch 1, one head, causal, `do_bench(rep={sweep_rep})` median. naive = `naive_attention` (eager "
+                  f"PyTorch); SDPA = its FlashAttention-2 backend for bf16, SDPA's own choice for fp32 (the flash "
+                  f"backend has no fp32); ours = `flash_attention` (fp32 uses TF32 tensor-core products). "
+                  f"OOM = out of memory. The last column checks ours against SDPA at every point. "
+                  f"Took {time.time() - t0:.0f} s. Plot: `flash_attn_sweep.png`.\n",
+                  _sweep_markdown(res), '\n' + configs_md]
+            path = os.path.join(out_dir, 'flash_attn_sweep.md')
+            _write_atomic(path, '\n'.join(md) + '\n')
+            print(f"wrote {path} and {png}")
 
 
 def _tune_candidates(dtype):
@@ -939,15 +951,17 @@ def _tune_candidates(dtype):
         return {'fwd': [(64, 64, 4, 3), (64, 32, 4, 3), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 3)],
                 'dkdv': [(32, 64, 4, 3), (16, 64, 4, 3), (32, 64, 8, 2), (32, 128, 8, 2), (16, 32, 4, 3)],
                 'dq': [(64, 32, 4, 3), (64, 16, 4, 3), (64, 32, 8, 2), (128, 32, 8, 2), (32, 32, 4, 3)]}
-    return {'fwd': [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 4), (128, 128, 4, 3),
-                    (128, 64, 8, 4), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 4),
-                    (128, 64, 4, 2), (128, 128, 4, 2)],
-            'dkdv': [(32, 128, 4, 3), (32, 128, 4, 4), (32, 128, 4, 5), (64, 128, 8, 3), (64, 128, 4, 3),
-                     (32, 128, 8, 3), (32, 64, 4, 3), (64, 128, 8, 2), (16, 128, 4, 4), (32, 64, 4, 5),
-                     (64, 64, 4, 3), (16, 64, 4, 4)],
-            'dq': [(128, 32, 4, 3), (128, 32, 4, 4), (128, 32, 4, 5), (128, 64, 8, 3), (128, 64, 4, 3),
+    return {'fwd': [(128, 64, 8, 4), (128, 128, 8, 4), (128, 64, 8, 5), (128, 32, 8, 4), (128, 64, 4, 3),
+                    (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 4), (128, 128, 4, 3), (128, 128, 8, 2),
+                    (64, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 4), (128, 64, 4, 2), (128, 128, 4, 2)],
+            'dkdv': [(64, 128, 4, 3), (64, 128, 4, 2), (64, 128, 4, 4), (128, 128, 8, 2), (128, 128, 8, 3),
+                     (64, 64, 4, 3), (64, 64, 4, 4), (32, 128, 4, 3), (32, 128, 4, 4), (32, 128, 4, 5),
+                     (64, 128, 8, 3), (32, 128, 8, 3), (32, 64, 4, 3), (64, 128, 8, 2), (16, 128, 4, 4),
+                     (32, 64, 4, 5), (16, 64, 4, 4)],
+            'dq': [(128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 4, 2), (128, 128, 8, 2), (128, 128, 8, 3),
+                   (128, 64, 8, 4), (128, 32, 4, 3), (128, 32, 4, 4), (128, 32, 4, 5), (128, 64, 8, 3),
                    (128, 32, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2), (128, 16, 4, 4), (64, 64, 4, 3),
-                   (64, 32, 4, 5), (128, 64, 4, 2)]}
+                   (64, 32, 4, 5)]}
 
 
 def run_tune(budget_s):
@@ -960,6 +974,8 @@ def run_tune(budget_s):
     cases = [(torch.bfloat16, 64, 16, 16384, 0.45), (torch.bfloat16, 128, 16, 4096, 0.15),
              (torch.bfloat16, 16, 16, 4096, 0.05), (torch.bfloat16, 32, 16, 4096, 0.05)] + \
             [(torch.float32, D, 16, 4096, 0.075) for D in (16, 32, 64, 128)]
+    if tune_cases == 'leaderboard':
+        cases = [(torch.bfloat16, 64, 16, 16384, 1.0)]
     best_all, md = {}, ["# flash_attn.py tile tuning\n", f"Device {torch.cuda.get_device_name()}. "
                         "Command: `python flash_attn.py --tune`. Each kernel timed alone (do_bench median), causal.\n",
                         '| dtype | d | B*H x T | kernel | best (BLOCK_M, BLOCK_N, warps, stages) | ms | '
@@ -994,10 +1010,11 @@ def run_tune(budget_s):
                       f"{timings.get(default, float('nan')):.3f} | {len(timings)} |")
             print(f"tune {key} {kind}: best {best} {timings[best]:.3f} ms (default {default} "
                   f"{timings.get(default, float('nan')):.3f} ms, {len(timings)} tried, {time.time() - t_start:.0f}s)")
+    md[1] = md[1].replace('--tune`', f'--tune --tune_cases={tune_cases} --tune_budget_s={budget_s:g}`')
     md.append("\n(dkdv / dq rows time the whole backward with the other kernel at its default config)\n")
     CONFIGS.update(best_all)  # a --bench in the same run uses the winners
     md.append("\nCONFIGS = {\n" + ''.join(f"    {k!r}: {v!r},\n" for k, v in best_all.items()) + "}\n")
-    path = os.path.join(out_dir, 'flash_attn_tune.md')
+    path = os.path.join(out_dir, 'flash_attn_tune.md' if tune_cases == 'all' else f'flash_attn_tune_{tune_cases}.md')
     _write_atomic(path, '\n'.join(md))
     print(md[-1])
     print(f"wrote {path}")
