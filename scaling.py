@@ -559,10 +559,11 @@ def model_shapes(head_dim=64, max_d_model=1024, min_layers=1, max_layers=24, min
 
 def shape_for(n_target, shapes, aspect=64.0, exclude=()):
     """The shape whose N is closest to n_target in log space, preferring d_model/num_layers near `aspect`
-    (Kaplan et al. 2020, fig. 5: loss depends weakly on shape over a wide range of aspect ratios)."""
+    (Kaplan et al. 2020, fig. 5: loss depends weakly on shape over a wide range of aspect ratios).
+    Shapes whose N is in `exclude` are skipped: two shapes of one size add no point to an IsoFLOP curve."""
     def score(s):
         return abs(math.log(s['N'] / n_target)) + 0.1 * abs(math.log(s['d_model'] / s['num_layers'] / aspect))
-    candidates = [s for s in shapes if (s['d_model'], s['num_layers']) not in exclude]
+    candidates = [s for s in shapes if s['N'] not in exclude]
     return min(candidates, key=score) if candidates else None
 
 
@@ -705,7 +706,29 @@ class RemoteBackend:
         return self._get('total_flops_used')
 
     def previous_runs(self):
-        return self._get('previous_runs')
+        """Runs this key already paid for, as queries with their loss: [(query, loss), ...]."""
+        out = self._get('previous_runs')
+        runs = out.get('previous_runs', out) if isinstance(out, dict) else out
+        keys = ('d_model', 'num_layers', 'num_heads', 'batch_size', 'learning_rate', 'train_flops')
+        return [({k: (float(r[k]) if k in ('learning_rate', 'train_flops') else int(r[k])) for k in keys},
+                 float(r['loss'])) for r in runs]
+
+
+def import_previous_runs(sweep, previous):
+    """Put runs paid for in an earlier session (the API's /previous_runs) into the cache: asking again is free."""
+    added = 0
+    for query, loss in previous:
+        k = sweep.key(query)
+        if k not in sweep.cache:
+            rec = dict(parameters=float(non_embedding_params(query['d_model'], query['num_layers'])),
+                       compute_budget=float(query['train_flops']), final_loss=loss, config=query, role='sweep',
+                       counted=True, key=k)
+            sweep.runs.append(rec)
+            sweep.cache[k] = rec
+            added += 1
+    if added:
+        _write_json(sweep.path, sweep.runs)
+    return added
 
 
 # -----------------------------------------------------------------------------
@@ -796,23 +819,23 @@ def run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, tokens_pe
             s = shape_for(n, shapes, aspect, exclude=used)
             if s is None:
                 break
-            used.add((s['d_model'], s['num_layers']))
+            used.add(s['N'])
             try_run(s, C)
         # refine: a minimum at an end of the grid means the optimum lies outside it: extend that way
         step = spread ** (1 / max(sizes - 1, 1))
         for _ in range(refine):
-            mine = [r for r in done if r['compute_budget'] == C]
+            mine = sorted((r for r in done if r['compute_budget'] == C), key=lambda r: r['parameters'])
             if len(mine) < 3:
                 break
             N = np.array([r['parameters'] for r in mine])
             L = np.array([r['final_loss'] for r in mine])
-            i_min = int(np.argmin(L))
-            if 0 < i_min < len(N) - 1 and parabola_fit(np.sort(N), L[np.argsort(N)]) is not None:
-                break
-            order = np.argsort(N)
-            n_new = N[order[0]] / step if L[order[0]] <= L[order[-1]] else N[order[-1]] * step
-            s = shape_for(n_new, shapes, aspect, exclude={(r['config']['d_model'], r['config']['num_layers'])
-                                                          for r in mine})
+            i_min, fit = int(np.argmin(L)), parabola_fit(N, L)
+            if 0 < i_min < len(N) - 1 and fit is not None and not fit[3]:
+                break  # the minimum is bracketed
+            if L[0] <= L[-1]:  # the small end is better: go smaller
+                s = shape_for(N[0] / step, [x for x in shapes if x['N'] < 0.95 * N[0]], aspect)
+            else:
+                s = shape_for(N[-1] * step, [x for x in shapes if x['N'] > 1.05 * N[-1]], aspect)
             if s is None or try_run(s, C) is None:
                 break
         if stop:
@@ -867,20 +890,18 @@ def predict_and_check(sweep, runs, target_C, make_query, shapes, aspect, delta, 
 
 
 PRESETS = {
-    # one H100, eager (no torch.compile per shape: it would cost more than the small runs), ~8 minutes in all
-    'gpu': dict(budgets=(6e13, 2e14, 6e14), total_budget=6e15, target_ratio=4.0, time_limit_s=480.0,
-                context_length=256, batch_size=128, learning_rate=2e-3, head_dim=64,
+    # One H100, eager (torch.compile per shape would cost more than these small runs), about 8 minutes in all.
+    # Runs of 0.1M-3M non-embedding parameters take 5M-100M+ tokens; the 4x larger target about as many. The data
+    # may repeat for the smallest models (1-2 epochs of pycode), which hardly matters (Muennighoff et al. 2023).
+    'gpu': dict(budgets=(3e13, 1e14, 3e14), size_spread=16.0, total_budget=3e15, target_ratio=4.0,
+                time_limit_s=480.0, context_length=256, batch_size=128, learning_rate=2e-3, head_dim=64,
                 train_overrides={'compile': False, 'optimizer': 'torch_adamw'}),
-    # a CPU: models of 10k-400k parameters on a small token file, a minute or two
-    'cpu': dict(budgets=(1e10, 3e10, 1e11), total_budget=1e12, target_ratio=3.0, time_limit_s=0.0,
-                context_length=64, batch_size=16, learning_rate=3e-3, head_dim=32,
+    # a CPU: models of 10k-200k parameters on a small token file (e.g. data/docs), a few minutes
+    'cpu': dict(budgets=(1e10, 3e10, 1e11), size_spread=16.0, total_budget=1e12, target_ratio=3.0,
+                time_limit_s=0.0, context_length=64, batch_size=16, learning_rate=3e-3, head_dim=32,
                 train_overrides={'compile': False, 'device': 'cpu'}),
 }
 
-
-# =============================================================================
-# Main
-# =============================================================================
 
 def make_query_fn(batch_size, learning_rate):
     """shape + budget -> the query sent to a backend (the course API's fields)."""
@@ -947,6 +968,8 @@ if __name__ == '__main__':
             sys.exit(f"error: unknown --backend={backend!r}; use 'local' or 'remote'")
         make_query = make_query_fn(batch_size, learning_rate)
         sweep = Sweep(sweep_path, total_budget, be)
+        if backend == 'remote':
+            print(f"remote API: {import_previous_runs(sweep, be.previous_runs())} earlier runs added to the cache")
         t0 = time.time()
 
         # IsoFLOP grids, small budgets first
