@@ -64,7 +64,7 @@ total_budget = 0.0 # cap on the FLOPs the sweep may spend (the target run is not
 target_budget = 0.0 # FLOPs of the run to predict and then train; 0 = target_ratio x the largest sweep budget
 target_ratio = 4.0 # target budget / largest sweep budget when target_budget is 0
 train_target = True # actually train the predicted optimal config at the target budget and compare
-time_limit_s = 0.0 # wall-clock cap on the whole sweep incl. the target run (runs predicted to overrun are skipped); 0 = none
+time_limit_s = 0.0 # wall-clock cap on the sweep and target run: the plan shrinks to fit it; 0 = none
 # sweep: the training recipe shared by every run (local backend)
 data_dir = 'data/pycode' # token folder written by data/*/prepare.py (train.bin, val.bin, meta.json)
 context_length = 256 # tokens per sequence
@@ -488,8 +488,10 @@ def report_markdown(s, name, title):
     lines += ["", "## Parametric fit L(N, D) = E + A/N^α + B/D^β (Huber δ on log L, L-BFGS from a grid)", "",
               "| E | A | B | α | β | RMSE | mean abs rel err |", "|---:|---:|---:|---:|---:|---:|---:|",
               f"| {par['E']:.3f} | {par['A']:.4g} | {par['B']:.4g} | {par['alpha']:.3f}{_ci(par.get('alpha_ci'))} | "
-              f"{par['beta']:.3f}{_ci(par.get('beta_ci'))} | {par['rmse']:.4f} | {100 * par['mean_abs_rel_err']:.2f}% |",
-              "", "## Per-budget optima", "", "| C | N_opt argmin | N_opt parabola | D_opt parabola | min loss (parabola) | note |",
+              f"{par['beta']:.3f}{_ci(par.get('beta_ci'))} | {par['rmse']:.4f} | "
+              f"{100 * par['mean_abs_rel_err']:.2f}% |",
+              "", "## Per-budget optima", "",
+              "| C | N_opt argmin | N_opt parabola | D_opt parabola | min loss (parabola) | note |",
               "|---:|---:|---:|---:|---:|---|"]
     for ra, rp in zip(s['optima']['argmin'], s['optima']['parabola']):
         note = 'no parabola minimum inside the sizes: argmin used' if rp['fallback'] else ''
@@ -767,33 +769,67 @@ def predict_optimum(runs, C):
     return a * C ** alpha
 
 
+def grid_shapes(n_c, shapes, sizes, spread, aspect):
+    """`sizes` distinct shapes spread evenly in log N over `spread`x around n_c, centre first: when time runs
+    short, the runs nearest the optimum are the ones already done."""
+    targets = sorted(n_c * spread ** np.linspace(-0.5, 0.5, sizes), key=lambda n: abs(math.log(n / n_c)))
+    out, used = [], set()
+    for n in targets:
+        s = shape_for(n, shapes, aspect, exclude=used)
+        if s is None:
+            break
+        used.add(s['N'])
+        out.append(s)
+    return out
+
+
 def run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, tokens_per_param=20.0, aspect=64.0,
-              refine=2, time_limit_s=0.0, target_C=None, plan=None):
+              refine=2, time_limit_s=0.0, target_C=None, plan=None, min_budget_ratio=2.0):
     """Spend the budget: for each budget (smallest first) an IsoFLOP grid of `sizes` shapes spanning `spread`x in N
     around the predicted optimum, then up to `refine` extra sizes beyond the edge when the minimum sits at an end.
-    With time_limit_s, runs predicted to overrun (keeping time for the target run) are skipped.
-    make_query(shape, C) -> query dict; plan(query) -> (N, iters, tokens). Returns the sweep's records."""
+    make_query(shape, C) -> query dict; plan(query) -> (N, iters, tokens).
+
+    With time_limit_s (wall-clock, the target run included), after each budget the rest of the plan is timed
+    with the throughput measured so far; if it would not fit, the remaining budgets and the target shrink by a
+    common factor (each budget staying >= min_budget_ratio x the one done), and single runs predicted to overrun
+    are skipped. Returns (records of this sweep, target budget)."""
     clock = sweep.clock
     t_start = clock()
     timer = TimeModel()
     for r in sweep.runs:
         timer.add(r)
+    budgets = [float(c) for c in budgets]
     done = []  # records of this sweep, role 'sweep'
     stop = False
+
+    def left():
+        return time_limit_s - (clock() - t_start)
+
+    def target_time(C_t):
+        if C_t is None or not done:
+            return 0.0
+        n_t = predict_optimum(done, C_t)
+        return timer.estimate(n_t, C_t / (6 * n_t))
 
     def time_left_for(query):
         if not time_limit_s or plan is None:
             return True
         N, _, tokens = plan(query)
-        need = timer.estimate(N, tokens)
-        if target_C is not None and done:
-            n_t = predict_optimum(done, target_C)
-            need += timer.estimate(n_t, target_C / (6 * n_t))
-        left = time_limit_s - (clock() - t_start)
-        if need > left:
-            print(f"skip N={N:.3g} C={query['train_flops']:.3g}: needs ~{need:.0f}s (with the target run), {left:.0f}s left")
+        need = timer.estimate(N, tokens) + target_time(target_C)
+        if need > left():
+            print(f"skip N={N:.3g} C={query['train_flops']:.3g}: needs ~{need:.0f}s (with the target run), "
+                  f"{left():.0f}s left")
             return False
         return True
+
+    def plan_time(rest, C_t):
+        """Predicted seconds for IsoFLOP grids at the budgets `rest`, then the target run."""
+        t = 0.0
+        for C in rest:
+            for s in grid_shapes(predict_optimum(done, C), shapes, sizes, spread, aspect):
+                N, _, tokens = plan(make_query(s, C))
+                t += timer.estimate(N, tokens)
+        return t + target_time(C_t)
 
     def try_run(shape, C):
         nonlocal stop
@@ -806,20 +842,17 @@ def run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, tokens_pe
             print(f"budget: {e}")
             stop = True
             return None
-        timer.add(rec) if cost else None
+        if cost:
+            timer.add(rec)
         print(f"C={C:.3g} N={rec['parameters']:.3g} loss {rec['final_loss']:.4f}"
               f"{' (cached)' if not cost else ''}  [{sweep.flops_used:.3g}/{sweep.total_budget:.3g} FLOPs used]")
         done.append(rec)
         return rec
 
-    for i, C in enumerate(budgets):
+    for i in range(len(budgets)):
+        C = budgets[i]
         n_c = math.sqrt(C / (6 * tokens_per_param)) if not done else predict_optimum(done, C)
-        used = set()
-        for n in n_c * spread ** np.linspace(-0.5, 0.5, sizes):
-            s = shape_for(n, shapes, aspect, exclude=used)
-            if s is None:
-                break
-            used.add(s['N'])
+        for s in grid_shapes(n_c, shapes, sizes, spread, aspect):
             try_run(s, C)
         # refine: a minimum at an end of the grid means the optimum lies outside it: extend that way
         step = spread ** (1 / max(sizes - 1, 1))
@@ -840,7 +873,18 @@ def run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, tokens_pe
                 break
         if stop:
             break
-    return done
+        # keep the rest of the plan inside the time limit: shrink the remaining budgets (and the target) together
+        rest = budgets[i + 1:]
+        if time_limit_s and plan is not None and rest and done:
+            f, f_min = 1.0, min_budget_ratio * C / rest[0]
+            while f > f_min and plan_time([c * f for c in rest], target_C and target_C * f) > 0.9 * left():
+                f = max(f * 0.8, f_min)
+            if f < 1.0:
+                budgets[i + 1:] = [c * f for c in rest]
+                target_C = target_C * f if target_C else target_C
+                print(f"time: {left():.0f}s left; the remaining budgets shrink {1 / f:.2f}x to "
+                      f"{[f'{c:.3g}' for c in budgets[i + 1:]]}, target {target_C:.3g}")
+    return done, target_C
 
 
 def predict_and_check(sweep, runs, target_C, make_query, shapes, aspect, delta, train_target=True, time_left=None,
@@ -973,8 +1017,9 @@ if __name__ == '__main__':
         t0 = time.time()
 
         # IsoFLOP grids, small budgets first
-        done = run_sweep(sweep, budgets, make_query, shapes, sizes_per_budget, size_spread, tokens_per_param,
-                         aspect_ratio, time_limit_s=time_limit_s, target_C=target_C, plan=plan)
+        done, target_C = run_sweep(sweep, budgets, make_query, shapes, sizes_per_budget, size_spread,
+                                   tokens_per_param, aspect_ratio, time_limit_s=time_limit_s, target_C=target_C,
+                                   plan=plan)
         if len({r['compute_budget'] for r in done}) < 2:
             sys.exit("error: fewer than 2 budgets finished: nothing to fit (raise --total_budget or --time_limit_s)")
 

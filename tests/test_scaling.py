@@ -192,7 +192,7 @@ def test_sweep_strategy_predicts_target_loss(tmp_path):
     sweep = scaling.Sweep(str(tmp_path / 'runs.json'), 12 * sum(budgets), be)
     shapes = scaling.model_shapes(head_dim=32)
     make_query = scaling.make_query_fn(16, 3e-3)
-    done = scaling.run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, plan=be.plan)
+    done, _ = scaling.run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, plan=be.plan)
     assert len({r['compute_budget'] for r in done}) == 3 and len(done) >= 15
     assert sweep.flops_used <= sweep.total_budget
     # each budget's grid brackets its minimum (refinement extends a grid whose minimum sits at an end)
@@ -211,27 +211,33 @@ def test_sweep_strategy_predicts_target_loss(tmp_path):
     assert s['target']['achieved'] == sweep.runs[-1]['final_loss']
 
 
-def test_time_guard_skips_runs_that_would_overrun(tmp_path):
-    now = [0.0]  # a fake clock: every trained token costs 10 us
+def _timed_sweep(tmp_path, limit):
+    """A sweep on a fake clock where every trained token costs 10 us; returns (runs, target, seconds used)."""
+    now = [0.0]
     fake = FakeTrain()
 
     def slow_train(ov):
         now[0] += 1e-5 * ov['max_iters'] * ov['batch_size'] * ov['context_length']
         return fake(ov)
     be = fake_backend(slow_train)
-    sweep = scaling.Sweep(str(tmp_path / 'runs.json'), 1e15, be, clock=lambda: now[0])
-    make_query = scaling.make_query_fn(16, 3e-3)
-    done = scaling.run_sweep(sweep, (3e12, 1e13), make_query, scaling.model_shapes(32), plan=be.plan,
-                             time_limit_s=1200.0, target_C=3e13)
-    n_c2 = sum(r['compute_budget'] == 1e13 for r in done)
-    assert len(done) >= 5 and n_c2 < 5, [(r['compute_budget'], r['wall_s']) for r in done]  # skipped, not overrun
-    # what is left is enough for the target run, as estimated from the measured runs
-    left = 1200.0 - now[0]
-    n_t = scaling.predict_optimum(done, 3e13)
-    timer = scaling.TimeModel()
-    for r in done:
-        timer.add(r)
-    assert 0 < timer.estimate(n_t, 3e13 / (6 * n_t)) <= left
+    sweep = scaling.Sweep(str(tmp_path / f'runs{limit}.json'), 1e15, be, clock=lambda: now[0])
+    make_query, shapes = scaling.make_query_fn(16, 3e-3), scaling.model_shapes(32)
+    done, target_C = scaling.run_sweep(sweep, (3e12, 1e13, 3e13), make_query, shapes, plan=be.plan,
+                                       time_limit_s=limit, target_C=1.2e14)
+    target = scaling.predict_and_check(sweep, done, target_C, make_query, shapes, 64.0, 1e-3,
+                                       time_left=(limit - now[0]) if limit else None, plan=be.plan)
+    return done, target, now[0]
+
+
+def test_time_limit_shrinks_the_plan_and_keeps_the_target_run(tmp_path):
+    done, target, used = _timed_sweep(tmp_path, 0.0)  # no limit: the full plan
+    assert target['C'] == 1.2e14 and max(r['compute_budget'] for r in done) == 3e13
+    limit = 0.5 * used
+    done, target, used = _timed_sweep(tmp_path, limit)
+    budgets = sorted({r['compute_budget'] for r in done})
+    assert len(budgets) == 3 and budgets[0] == 3e12 and budgets[-1] < 3e13, budgets  # shrunk, all three kept
+    assert target['achieved'] is not None and target['C'] < 1.2e14  # the target shrank with them, and ran
+    assert used <= 1.1 * limit, (used, limit)
 
 
 def test_tiny_real_sweep_through_train_py(tmp_path, data_dir):
@@ -262,7 +268,7 @@ def _tiny_sweep(tmp_path, be):
     sweep = scaling.Sweep(str(tmp_path / 'runs.json'), 1e11, be)
     make_query = scaling.make_query_fn(8, 3e-3)
     shapes = scaling.model_shapes(head_dim=32, max_d_model=64, max_layers=3)
-    done = scaling.run_sweep(sweep, (1.5e9, 3e9), make_query, shapes, sizes=3, refine=0, plan=be.plan)
+    done, _ = scaling.run_sweep(sweep, (1.5e9, 3e9), make_query, shapes, sizes=3, refine=0, plan=be.plan)
     assert len(done) == 6 and all(2.0 < r['final_loss'] < 6.0 for r in done), [r['final_loss'] for r in done]
     assert all(r['tokens'] == r['iters'] * 8 * 32 for r in done)
     target = scaling.predict_and_check(sweep, done, 6e9, make_query, shapes, 64.0, 1e-3, plan=be.plan)
