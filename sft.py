@@ -28,6 +28,7 @@ Run (one CPU or one GPU):
     python sft.py --mode=bench                             # KV-cache engine vs naive no-cache generation
 The loops are single-process (post-training of small models fits one GPU); grpo.py adds the RL half.
 """
+import contextlib
 import json
 import math
 import os
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 # I/O
 mode = 'demo'  # demo | sft | ei | dpo | eval | bench | make_data
 out_dir = 'out-sft'  # checkpoints, curves and generation logs go here
+results_dir = 'results'  # where --mode=demo and --mode=bench write their tables and plots
 init_from = ''  # path of a model.py checkpoint (train.py's ckpt.pt), 'resume' (out_dir/ckpt.pt), or 'hf:<name or path>'
 tokenizer_dir = ''  # bpe.py tokenizer folder; '' = the one stored in the checkpoint's config, else byte-level
 seed = 1337  # all sampling and data shuffling is seeded from this
@@ -734,18 +736,21 @@ class Engine:
         generator.manual_seed(seed if seed is not None else random.randrange(2 ** 62))
         results = [None] * len(rows)
         t0, n_new, batches = time.time(), 0, range(0, len(rows), self.batch_size)
-        if progress:
-            from tqdm import tqdm
-            batches = tqdm(batches, desc='generate', unit='batch')
-        for s in batches:
-            chunk = rows[s:s + self.batch_size]
-            ids = [r[1] for r in chunk]
-            budget = min(max_new_tokens, ctx - max(len(p) for p in ids))  # the context caps the whole batch
-            run = self._run_cached if use_cache else self._run_naive
-            new_tokens = run(ids, budget, temperature, top_p, min_tokens, stop, generator)
-            for (gi, _), toks in zip(chunk, new_tokens):
-                results[gi] = self._finish(gi // n, toks, budget, min_tokens, stop, include_stop)
-                n_new += len(results[gi]['token_ids'])
+        # bf16 on CUDA unless the caller already chose a precision
+        amp = _autocast(device) if not torch.is_autocast_enabled(device.type) else contextlib.nullcontext()
+        with amp:
+            if progress:
+                from tqdm import tqdm
+                batches = tqdm(batches, desc='generate', unit='batch')
+            for s in batches:
+                chunk = rows[s:s + self.batch_size]
+                ids = [r[1] for r in chunk]
+                budget = min(max_new_tokens, ctx - max(len(p) for p in ids))  # the context caps the whole batch
+                run = self._run_cached if use_cache else self._run_naive
+                new_tokens = run(ids, budget, temperature, top_p, min_tokens, stop, generator)
+                for (gi, _), toks in zip(chunk, new_tokens):
+                    results[gi] = self._finish(gi // n, toks, budget, min_tokens, stop, include_stop)
+                    n_new += len(results[gi]['token_ids'])
         if device.type == 'cuda':
             torch.cuda.synchronize()
         dt = time.time() - t0
@@ -930,10 +935,13 @@ def evaluate(engine, problems, reward_fn=r1_zero_reward_fn, max_new_tokens=256, 
 
 
 def _autocast(device):
-    """bf16 autocast on CUDA (weights stay fp32: the optimizer needs them); a no-op on CPU, where bf16 is slow."""
+    """bf16 autocast on CUDA (weights stay fp32: the optimizer needs them); a no-op on CPU, where bf16 is slow.
+    NOTE cache_enabled=False: autocast otherwise caches the bf16 copy of each weight for the duration of the
+    context; a CUDA graph captured inside it (model.py's decode step) would then read that cached copy, which is
+    stale after the next optimizer step and freed when the context exits (the torch.cuda.graph docs ask for this)."""
     device = torch.device(device)
     if device.type == 'cuda' and dtype == 'bfloat16':
-        return torch.autocast('cuda', dtype=torch.bfloat16)
+        return torch.autocast('cuda', dtype=torch.bfloat16, cache_enabled=False)
     return torch.autocast(device.type, enabled=False)
 
 
@@ -1204,7 +1212,6 @@ def train_dpo(model, ref_model, tokenizer, pairs, beta=0.1, max_iters=100, batch
               eval_interval=-1, log_interval=10, out_dir='', ckpt_extra=None):
     """DPO on [{'prompt', 'chosen', 'rejected'}] against a frozen reference. Reports the loss and the preference
     accuracy (how often the implicit reward prefers the chosen response). Returns the history."""
-    device = next(model.parameters()).device
     assert batch_size % gradient_accumulation_steps == 0
     micro = batch_size // gradient_accumulation_steps
     for i, p in enumerate(pairs):
@@ -1264,7 +1271,6 @@ def train_dpo(model, ref_model, tokenizer, pairs, beta=0.1, max_iters=100, batch
 def bench_generation(model, batch=64, prompt_len=128, new_tokens=256, seed=0):
     """Greedy generation of `new_tokens` after random `prompt_len`-token prompts, batch rows, both ways.
     A warm-up run first (CUDA graph capture, kernel selection). Returns tokens/s of each and the speed-up."""
-    device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     prompts = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=g).tolist()
     eng = Engine(model, None, batch_size=batch)
@@ -1345,17 +1351,18 @@ DEMO_PRESETS = {
 }
 
 
-def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0):
-    """The whole story on the synthetic task; writes results/sft_demo_<preset>.md (+ .png, samples .jsonl)."""
-    from model import TransformerLM
+def demo_base_and_sft(preset='cpu', out_dir='out-sft-demo', seed=0, log=print):
+    """Stages 1-3 of the demo: the synthetic task, a pretrained base model, its evaluation, SFT on gold traces.
+    Returns a dict: model (the SFT policy), tok, template, train / val problems, val_q and ei_pool (prompt +
+    ground_truth), sft_set, histories h_pre / h_sft, results {'base', 'sft'}, make_eval(model, problems, name),
+    sft_path. grpo.py can start from here to get an SFT policy of its own on the same task."""
+    from model import TransformerLM, count_parameters
     P = DEMO_PRESETS[preset]
-    t_start = time.time()
     torch.manual_seed(seed)
     if device.startswith('cuda'):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     os.makedirs(out_dir, exist_ok=True)
-    os.makedirs(results_dir, exist_ok=True)
     tok = byte_tokenizer()
     template = load_prompt_template(P['template'])
     train, val = make_synthetic_task(P['n_train'], P['n_val'], seed=seed, **P['task'])
@@ -1365,11 +1372,6 @@ def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0
     ei_pool = [to_q(p) for p in train[P['sft_examples']:]]  # questions only: EI never sees their traces
     write_jsonl(os.path.join(out_dir, 'sft_train.jsonl'), sft_set)
     write_jsonl(os.path.join(out_dir, 'val.jsonl'), val_q)
-    log_lines = []
-
-    def log(msg):
-        print(msg)
-        log_lines.append(msg)
     mnt, gb = P['max_new_tokens'], P['gen_batch_size']
 
     def make_eval(model, problems, name, n=None):
@@ -1384,16 +1386,14 @@ def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0
     log(f"== demo '{preset}' on {device}: {len(train)} training problems, {len(val)} held out, "
         f"{len(sft_set)} SFT examples")
     model = TransformerLM(vocab_size=257, **P['model']).to(device)
-    from model import count_parameters
     log(f"model: {count_parameters(model):,} parameters (non-embedding), {P['model']}")
     docs = [{'prompt': '<|endoftext|>', 'response': pretrain_text(p)} for p in train]
     h_pre = train_sft(model, tok, docs, seed=seed, tag='pretrain', log_interval=100, **P['pretrain'])
     log(f"pretrain: {h_pre['steps']} steps in {h_pre['time_s']:.0f}s, final loss {h_pre['loss'][-1][1]:.4f}")
     save_ckpt(os.path.join(out_dir, 'base.pt'), model, tokenizer='bytes')
 
-    # 2) the base model under the r1_zero prompt
-    results = {}
-    results['base'] = make_eval(model, val_q, 'base')(0)
+    # 2) the base model under the task's prompt: it can do the arithmetic, but not in the <think>/<answer> format
+    results = {'base': make_eval(model, val_q, 'base')(0)}
     log(f"base: {results['base']}")
 
     # 3) SFT on the gold traces of the first sft_examples problems
@@ -1403,6 +1403,26 @@ def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0
     log(f"sft: {h_sft['steps']} steps in {h_sft['time_s']:.0f}s: {results['sft']}")
     sft_path = os.path.join(out_dir, 'sft.pt')
     save_ckpt(sft_path, model, tokenizer='bytes')
+    return dict(model=model, tok=tok, template=template, train=train, val=val, val_q=val_q, sft_set=sft_set,
+                ei_pool=ei_pool, h_pre=h_pre, h_sft=h_sft, results=results, make_eval=make_eval, sft_path=sft_path)
+
+
+def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0):
+    """The whole story on the synthetic task; writes results/sft_demo_<preset>.md (+ .png, samples .jsonl)."""
+    from model import count_parameters
+    P = DEMO_PRESETS[preset]
+    t_start = time.time()
+    os.makedirs(results_dir, exist_ok=True)
+    log_lines = []
+
+    def log(msg):
+        print(msg)
+        log_lines.append(msg)
+    D = demo_base_and_sft(preset, out_dir, seed, log)
+    model, tok, train, val = D['model'], D['tok'], D['train'], D['val']
+    val_q, sft_set, ei_pool, h_pre, h_sft = D['val_q'], D['sft_set'], D['ei_pool'], D['h_pre'], D['h_sft']
+    results, make_eval, sft_path = D['results'], D['make_eval'], D['sft_path']
+    mnt, gb = P['max_new_tokens'], P['gen_batch_size']
 
     # 4) expert iteration from the SFT model (questions only), then the same number of optimizer steps of plain SFT
     sft_kw = dict(batch_size=P['sft']['batch_size'], gradient_accumulation_steps=P['sft']['gradient_accumulation_steps'],
@@ -1419,9 +1439,12 @@ def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0
     Engine(ei_model, tok).release()
 
     sft_more, _ = load_policy(sft_path, device)
-    h_more = train_sft(sft_more, tok, sft_set, seed=seed + 1, tag='sft_more', max_iters=max(1, ei_steps),
-                       eval_fn=make_eval(sft_more, val_q, 'sft_more'), log_interval=50, **sft_kw)
-    results['sft_more'] = h_more['evals'][-1]
+    if ei_steps > 0:
+        h_more = train_sft(sft_more, tok, sft_set, seed=seed + 1, tag='sft_more', max_iters=ei_steps,
+                           eval_fn=make_eval(sft_more, val_q, 'sft_more'), log_interval=50, **sft_kw)
+        results['sft_more'] = h_more['evals'][-1]
+    else:  # EI kept nothing, so it took no steps: the matched baseline is the SFT model itself
+        h_more, results['sft_more'] = {'accuracy': []}, results['sft']
     log(f"sft continued for the same {ei_steps} optimizer steps as EI: {results['sft_more']}")
     Engine(sft_more, tok).release()
 
@@ -1536,9 +1559,9 @@ if __name__ == '__main__':
     random.seed(seed)
     if mode == 'demo':
         run_demo(demo_preset, out_dir=out_dir if out_dir != 'out-sft' else f'out-sft-demo-{demo_preset}',
-                 seed=seed - 1337)
+                 results_dir=results_dir, seed=seed - 1337)
     elif mode == 'bench':
-        run_bench(new_tokens=bench_new_tokens, batch=bench_batch)
+        run_bench(results_dir, new_tokens=bench_new_tokens, batch=bench_batch)
     elif mode == 'make_data':
         # the synthetic task as files: SFT pairs (r1_zero format, with ground truth) and a held-out set
         tpl = load_prompt_template(prompt_template)

@@ -5,7 +5,6 @@ a tiny SFT run that learns, and DPO against a hand computation.
 
     python -m pytest tests/test_sft.py -v
 """
-import json
 import math
 
 import pytest
@@ -355,6 +354,22 @@ def test_stop_strings_on_trained_model(trained, byte_tok):
     assert byte_tok.decode(stopped['token_ids']) == stopped['text']
     late = eng.generate(p, max_new_tokens=60, temperature=0, stop=['</answer>'], min_tokens=len(stopped['token_ids']) + 1)
     assert len(late[0]['token_ids']) > len(stopped['token_ids'])
+
+
+def test_expert_iteration_keeps_correct_rollouts(trained, byte_tok, tmp_path):
+    import copy
+    m = copy.deepcopy(trained[0])
+    qs = [{'prompt': x['prompt'], 'ground_truth': x['ground_truth']} for x in _copy_task(12, seed=7)]
+    seen = []
+    recs = sft.expert_iteration(m, byte_tok, qs, n_steps=1, questions_per_step=6, rollouts=3, temperature=1.0,
+                                max_new_tokens=40, eval_fn=lambda s: seen.append(s) or {
+                                    'accuracy': 0.5, 'format_rate': 1.0, 'mean_len': 1.0, 'mean_entropy': 0.0},
+                                sft_kwargs=dict(batch_size=4, gradient_accumulation_steps=1, learning_rate=1e-4),
+                                out_dir=str(tmp_path), log=lambda msg: None)
+    r = recs[0]
+    assert r['rollouts'] == 18 and 0 < r['kept'] <= 18 and r['sft_steps'] == -(-r['kept'] // 4)
+    assert seen == [r['sft_steps']] and r['eval_accuracy'] == 0.5
+    assert len(sft.read_jsonl(str(tmp_path / 'ei_steps.jsonl'))) == 1
 
 
 def test_sft_resume_and_over_long_examples(byte_tok, tmp_path):
