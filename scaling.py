@@ -737,8 +737,10 @@ def import_previous_runs(sweep, previous):
 # The strategy: IsoFLOP grids from small to large budgets, each centred on the optimum predicted so far
 
 class TimeModel:
-    """Predicts a run's wall-clock from the runs done so far: seconds per token as a power law in N
-    (small models are launch-bound, big ones compute-bound), fitted in log space."""
+    """Predicts a run's wall-clock from the runs done so far: wall = t0 + tokens * s(N), a fixed cost per run
+    (model build, data to the GPU, the final evaluation) plus seconds per token as a power law in N
+    (small models are launch-bound, big ones compute-bound); fitted on relative error. With fewer than 4 runs,
+    or too few distinct sizes, just seconds per token."""
 
     def __init__(self):
         self.points = []  # (N, tokens, wall_s)
@@ -750,12 +752,20 @@ class TimeModel:
     def estimate(self, N, tokens):
         if not self.points:
             return 0.0  # nothing measured yet: let the first run go
-        n, t, w = (np.array(v, dtype=float) for v in zip(*self.points))
-        spt = np.log(w / t)
+        pts = self.points[1:] if len(self.points) >= 5 else self.points  # the first run also paid CUDA's start-up
+        n, t, w = (np.array(v, dtype=float) for v in zip(*pts))
         if len(np.unique(n)) < 2:
-            return float(np.exp(spt.mean()) * tokens)
-        slope, icpt = np.polyfit(np.log(n), spt, 1)
-        return float(np.exp(icpt + slope * np.log(N)) * tokens)
+            return float(np.exp(np.log(w / t).mean()) * tokens)
+        if len(pts) < 4:
+            slope, icpt = np.polyfit(np.log(n), np.log(w / t), 1)
+            return float(np.exp(icpt + slope * np.log(N)) * tokens)
+
+        def model(p, n, t):  # p = (log t0, log s at N=1, exponent of s in N)
+            return np.exp(p[0]) + t * np.exp(p[1] + p[2] * np.log(n))
+        slope, icpt = np.polyfit(np.log(n), np.log(w / t), 1)
+        p0 = (np.log(max(0.05 * w.min(), 1e-3)), icpt, slope)
+        res = optimize.least_squares(lambda p: np.log(model(p, n, t) / w), p0)
+        return float(model(res.x, N, tokens))
 
 
 def predict_optimum(runs, C):
