@@ -108,9 +108,9 @@ def normalize_text(text):
     return ' '.join(normalize_words(text))
 
 
-# bytes.translate table: ASCII upper -> lower; the separators str.split() knows (\x1c-\x1f) -> space
-_LOWER = bytes(range(256)).translate(bytes.maketrans(string.ascii_uppercase.encode() + b'\x1c\x1d\x1e\x1f',
-                                                     string.ascii_lowercase.encode() + b'    '))
+# bytes.translate table: ASCII upper -> lower; every ASCII separator of str.split() -> b' '
+_LOWER = bytes(range(256)).translate(bytes.maketrans(string.ascii_uppercase.encode() + b'\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f',
+                                                     string.ascii_lowercase.encode() + b' ' * 9))
 _PUNCT_BYTES = string.punctuation.encode()
 _NON_ASCII = regex.compile(r'[^\x00-\x7f]+')
 
@@ -121,7 +121,7 @@ def _fix_non_ascii(m):
 
 
 def _normalized_bytes(text):
-    """Normalized UTF-8 bytes of a document; words are separated by ASCII whitespace."""
+    """Normalized UTF-8 bytes of a document; words are separated by b' ' (one or more)."""
     if text.isascii():
         return text.encode('ascii').translate(_LOWER, _PUNCT_BYTES)
     text = unicodedata.normalize('NFD', text).lower()
@@ -129,10 +129,9 @@ def _normalized_bytes(text):
     return text.encode('utf-8', errors='replace').translate(_LOWER, _PUNCT_BYTES)
 
 
-_SPACE = np.zeros(256, bool)
-_SPACE[[9, 10, 11, 12, 13, 32]] = True  # ASCII whitespace (what bytes.split() splits on)
-_BASE = np.uint64(0x100000001B3 * 2 + 1)  # odd multiplier of the polynomial word hash
-_POW = np.ones(1, np.uint64)  # _BASE^i for i < len(_POW), grown by _pow_table
+_BASE = 0x100000001B3 * 2 + 1  # odd, so invertible mod 2^64: the multiplier of the polynomial word hash
+_POW = np.ones(1, np.uint64)  # _BASE^i mod 2^64, grown on demand
+_INV_POW = np.ones(1, np.uint64)  # _BASE^-i mod 2^64
 # odd 64-bit constants that weigh the words of an n-gram by position (so 'a b' != 'b a')
 _POS_MULT = np.random.default_rng(0x6E6772616D).integers(1, 2**63, size=64, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
@@ -146,34 +145,45 @@ def _mix64(z):
     return z ^ (z >> np.uint64(31))
 
 
-def _pow_table(n):
-    global _POW
-    if n > len(_POW):  # the longest word so far sets the table's size (BASE^i wraps mod 2^64)
-        _POW = np.concatenate([np.ones(1, np.uint64), np.multiply.accumulate(np.full(max(2 * n, 256), _BASE))])
-    return _POW
+def _pow_tables(n):
+    """(BASE^i, BASE^-i) mod 2^64 for i < n (at least), grown geometrically and kept."""
+    global _POW, _INV_POW
+    if n > len(_POW):
+        m = max(2 * n, 1 << 16)
+        _POW = np.concatenate([np.ones(1, np.uint64), np.multiply.accumulate(np.full(m - 1, _BASE, np.uint64))])
+        inv = pow(_BASE, -1, 2**64)
+        _INV_POW = np.concatenate([np.ones(1, np.uint64), np.multiply.accumulate(np.full(m - 1, inv, np.uint64))])
+    return _POW, _INV_POW
 
 
 def _batch_word_hashes(texts):
     """Word hashes of a batch of documents, vectorized over bytes (no Python object per word).
-    A word's hash is mix64(sum_i (byte_i + 1) * BASE^i mod 2^64), a polynomial hash of its UTF-8 bytes.
+    A word's hash is mix64(sum_i (byte_i + 1) * BASE^i mod 2^64), a polynomial hash of its UTF-8 bytes,
+    computed for all words at once from one prefix sum: with S[j] = sum_{k<j} (byte_k + 1) BASE^k,
+    the word [s, e) hashes to (S[e] - S[s]) * BASE^-s (Karp-Rabin fingerprints, mod 2^64).
     Returns (w (W,) uint64 in document order, counts (D,) int64 words per document)."""
     parts = [_normalized_bytes(t) for t in texts]
     buf = b' '.join(parts)  # a space between documents, so no word straddles two
     D = len(texts)
-    if not buf:
+    N = len(buf)
+    if N == 0:
         return np.zeros(0, np.uint64), np.zeros(D, np.int64)
-    doc_start = np.cumsum([0] + [len(p) + 1 for p in parts[:-1]])  # (D,) byte offset of each document
-    arr = np.frombuffer(buf, dtype=np.uint8)
-    sp = _SPACE[arr]
-    word = ~sp
-    starts = np.flatnonzero(word & np.r_[True, sp[:-1]])  # (W,) first byte of each word
+    arr = np.frombuffer(buf, dtype=np.uint8)  # (N,)
+    # words are the runs of non-space bytes (normalization turned every separator into b' ')
+    inword = np.zeros(N + 2, bool)
+    np.not_equal(arr, 32, out=inword[1:-1])
+    edges = np.flatnonzero(inword[1:] != inword[:-1])  # where a word starts or ends
+    starts, ends = edges[0::2], edges[1::2]  # (W,), (W,)
     if len(starts) == 0:
         return np.zeros(0, np.uint64), np.zeros(D, np.int64)
-    cb = arr[word].astype(np.uint64) + np.uint64(1)  # word bytes only, compressed
-    cstart = np.cumsum(word)[starts] - 1  # word starts in compressed coordinates
-    lens = np.diff(np.append(cstart, len(cb)))
-    local = np.arange(len(cb)) - np.repeat(cstart, lens)  # position of each byte inside its word
-    w = _mix64(np.add.reduceat(cb * _pow_table(int(lens.max()))[local], cstart))
+    pw, ipw = _pow_tables(N + 1)
+    S = np.empty(N + 1, np.uint64)
+    S[0] = 0
+    c = np.add(arr, np.uint64(1), dtype=np.uint64)  # (N,) byte + 1, so that NUL bytes count
+    np.multiply(c, pw[:N], out=c)
+    np.cumsum(c, out=S[1:])  # wraps mod 2^64
+    w = _mix64((S[ends] - S[starts]) * ipw[starts])
+    doc_start = np.cumsum([0] + [len(p) + 1 for p in parts[:-1]])  # (D,) byte offset of each document
     doc = np.searchsorted(doc_start, starts, side='right') - 1
     return w, np.bincount(doc, minlength=D).astype(np.int64)
 
@@ -233,17 +243,17 @@ def jaccard(a, b):
 # MinHash signatures, vectorized
 # =============================================================================
 # MinHash: for a random permutation pi of the n-gram universe, P[min pi(A) == min pi(B)] = J(A, B).
-# We replace k permutations by k hash functions from a universal family. Dietzfelbinger's
-# multiply-add-shift h(x) = ((a*x + b) mod 2^64) >> 32 on 32-bit keys x is strongly universal, and
-# it needs only one uint64 multiply and add per (n-gram, hash) in numpy. The min of h over a
-# document is the top 32 bits of min((a*x+b) mod 2^64), so we shift once per document, not per n-gram.
+# We replace k permutations by k hash functions from a universal family: Dietzfelbinger et al.'s
+# multiply-shift h_a(x) = (a*x mod 2^64) >> 32 with a random odd 64-bit a, on 32-bit keys x (the low
+# half of the n-gram's 64-bit hash, already well mixed). It costs one uint64 multiply per (n-gram,
+# hash) in numpy, and the min over a document's n-grams of h_a is the top 32 bits of
+# min(a*x mod 2^64), so we shift once per document, not once per n-gram. (Adding a random b,
+# the strongly universal multiply-add-shift, costs a second pass and changed no test result.)
 
 def hash_params(num_hashes, seed):
-    """(a, b), each (num_hashes, 1) uint64: the seeded hash functions of the signature."""
+    """(num_hashes, 1) uint64 odd multipliers: the seeded hash functions of the signature."""
     rng = np.random.default_rng([seed, 0x4D696E48])
-    a = rng.integers(1, 2**63, size=num_hashes, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd
-    b = rng.integers(0, 2**63, size=num_hashes, dtype=np.uint64) * np.uint64(2)
-    return a[:, None], b[:, None]
+    return (rng.integers(1, 2**63, size=num_hashes, dtype=np.uint64) * np.uint64(2) + np.uint64(1))[:, None]
 
 
 _CHUNK = 8192  # n-grams per block: a (num_hashes, _CHUNK) uint64 block is 8 MB at 128 hashes, cache-friendly
@@ -251,8 +261,26 @@ _CHUNK = 8192  # n-grams per block: a (num_hashes, _CHUNK) uint64 block is 8 MB 
 
 def minhash_signatures(texts, num_hashes, ngrams, seed, _params=None):
     """texts: list of D documents -> (D, num_hashes) uint32 MinHash signatures.
-    A document without words gets SIG_EMPTY everywhere."""
-    a, b = _params if _params is not None else hash_params(num_hashes, seed)
+    A document without words gets SIG_EMPTY everywhere. Works through the texts in groups of about
+    1 MB, so that the per-byte arrays (8 bytes per input byte) stay in cache, not in RAM."""
+    params = _params if _params is not None else hash_params(num_hashes, seed)
+    out, group, size = [], [], 0
+    for t in texts:
+        group.append(t)
+        size += len(t)
+        if size >= _GROUP_CHARS:
+            out.append(_minhash_group(group, num_hashes, ngrams, params))
+            group, size = [], 0
+    if group or not out:
+        out.append(_minhash_group(group, num_hashes, ngrams, params))
+    return np.concatenate(out)
+
+
+_GROUP_CHARS = 1 << 20
+
+
+def _minhash_group(texts, num_hashes, ngrams, params):
+    a = params
     D = len(texts)
     # 1) the n-gram hashes of every document, concatenated: X (N,), counts (D,)
     X, counts = batch_ngram_hashes(texts, ngrams)
@@ -268,14 +296,13 @@ def minhash_signatures(texts, num_hashes, ngrams, seed, _params=None):
         e = min(s + _CHUNK, len(X))
         blk = buf[:, :e - s]
         np.multiply(a, X[None, s:e], out=blk)  # (k, e-s), wraps mod 2^64
-        np.add(blk, b, out=blk)
         first = np.searchsorted(starts, s, side='right') - 1  # the document that covers position s
         hi = np.searchsorted(starts, e, side='left')  # ... up to the last one starting before e
         seg = np.maximum(starts[first:hi] - s, 0)  # segment starts within the block
         mins = np.minimum.reduceat(blk, seg, axis=1)  # (k, segments)
         rows = has[first:hi]
         sig[rows] = np.minimum(sig[rows], mins.T)
-    out = (sig >> np.uint64(32)).astype(np.uint32)  # top 32 bits = the multiply-add-shift hash
+    out = (sig >> np.uint64(32)).astype(np.uint32)  # top 32 bits = the multiply-shift hash
     out[counts == 0] = SIG_EMPTY
     return out
 
@@ -1082,15 +1109,23 @@ def _proc_status(field):
 def _in_child(fn, *args):
     """Run fn(*args) in a forked child; returns (result, peak RSS growth in bytes)."""
     import multiprocessing as mp
+    import queue
+    ctx = mp.get_context('fork')
 
     def target(q):
         base = _rss_reset()
         res = fn(*args)
         q.put((res, _proc_status('VmHWM') - base))
-    q = mp.get_context('fork').Queue()
-    p = mp.get_context('fork').Process(target=target, args=(q,))
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(q,))
     p.start()
-    res = q.get()
+    while True:
+        try:
+            res = q.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"benchmark child for {fn.__name__} died (exit code {p.exitcode})")
     p.join()
     return res
 
@@ -1134,37 +1169,35 @@ def _datasketch_shingles(text, n):
 def _datasketch_end_to_end(texts, k, bands, n, threshold, workers):
     """datasketch as people use it: MinHash.update_batch per document (in a process pool of the same
     size as ours), then MinHashLSH insert + query with the same (bands, rows)."""
-    from datasketch import MinHashLSH
     t0 = time.time()
     shards = [texts[i:i + 1000] for i in range(0, len(texts), 1000)]
-    hvs = np.concatenate(list(_local_map(_datasketch_sig_shard, [(s, k, n) for s in shards], workers, 'ds', False)))
+    mhs = [m for part in _local_map(_datasketch_sig_shard, [(s, k, n) for s in shards], workers, 'ds', False) for m in part]
     t_sig = time.time() - t0
     t1 = time.time()
-    lsh, pairs, mhs = _datasketch_lsh(hvs, k, bands, threshold)
+    pairs = _datasketch_lsh(mhs, k, bands, threshold)
     t_lsh = time.time() - t1
     return {'pairs': pairs, 'sig_s': t_sig, 'lsh_s': t_lsh, 'total_s': time.time() - t0, 'candidates': len(pairs)}
 
 
-def _datasketch_lsh(hvs, k, bands, threshold):
-    from datasketch import LeanMinHash, MinHashLSH
+def _datasketch_lsh(mhs, k, bands, threshold):
+    from datasketch import MinHashLSH
     lsh = MinHashLSH(threshold=threshold, num_perm=k, params=(bands, k // bands))
-    mhs = [LeanMinHash(seed=1, hashvalues=h) for h in hvs]
     pairs = set()
     for i, m in enumerate(mhs):  # insert + query, each document against those before it
         for j in lsh.query(m):
             pairs.add((j, i))
         lsh.insert(i, m)
-    return lsh, pairs, mhs
+    return pairs
 
 
 def _datasketch_sig_shard(args):
-    from datasketch import MinHash
+    from datasketch import LeanMinHash, MinHash
     texts, k, n = args
-    out = np.empty((len(texts), k), np.uint64)
-    for i, t in enumerate(texts):
+    out = []
+    for t in texts:
         m = MinHash(num_perm=k, seed=1)
         m.update_batch(_datasketch_shingles(t, n))
-        out[i] = m.hashvalues
+        out.append(LeanMinHash(m))  # the compact form datasketch recommends for storage and LSH
     return out
 
 
@@ -1190,14 +1223,14 @@ def run_bench(bench_docs, large, out_path, k=128, n=5, threshold=0.8, workers=No
     with gzip.open(os.path.join(_data_dir(), 'text', 'docs_en.txt.gz'), 'rt', encoding='utf-8') as f:
         docs = [d.strip() for d in f.read().split('<|endoftext|>') if d.strip()]
     mb = sum(len(d.encode()) for d in docs) / 1e6
-    t = time.time(); _bench_sig_shard((docs, k, n)); ours_s = time.time() - t
-    t = time.time(); _datasketch_sig_shard((docs, k, n)); ds_s = time.time() - t
+    t = time.time(); _bench_sig_shard((docs, k, n)); ours_s = time.time() - t  # noqa: E702
+    t = time.time(); _datasketch_sig_shard((docs, k, n)); ds_s = time.time() - t  # noqa: E702
     lines += ["## MinHash signatures, one core, docs_en (ANCHORS.md: datasketch 5.2 MB/s)", "",
               "| | time | docs/s | MB/s |", "|---|---:|---:|---:|",
               f"| datasketch `MinHash.update_batch` | {ds_s:.2f} s | {len(docs) / ds_s:,.0f} | {mb / ds_s:.1f} |",
               f"| dedup.py `minhash_signatures` | {ours_s:.2f} s | {len(docs) / ours_s:,.0f} | {mb / ours_s:.1f} |",
               f"| **speed-up** | | | **{ds_s / ours_s:.1f}x** |", ""]
-    print('\n'.join(lines[-7:]))
+    print('\n'.join(lines[-7:]), flush=True)
 
     # 2) end to end on planted near-duplicates
     lines += [f"## End to end, planted near-duplicates ({workers} worker processes on both sides)", "",
