@@ -16,8 +16,12 @@ We answer it three ways, following Hoffmann et al. 2022 ("Training Compute-Optim
 
 Modes
     python scaling.py --mode=analyze --input=../shared/data/a3/isoflops_curves.json   # Part 1: seconds on a CPU
-    python scaling.py --mode=sweep --preset=gpu --data_dir=data/pycode                   # Part 2: real trainings
+    python scaling.py --mode=sweep --preset=gpu --data_dir=data/pycode                   # Part 2: ~8 min, one H100
+    python scaling.py --mode=sweep --preset=cpu --data_dir=data/docs                     # Part 2: a CPU, minutes
     python scaling.py --mode=sweep --backend=remote --api_url=... --api_key=...          # the course's training API
+    python scaling.py --mode=analyze --input=results/scaling_sweep_runs.json             # refit a sweep's runs
+The sweep runs one training at a time in this process (the IsoFLOP runs are small: one GPU each is right);
+re-running it after an interruption re-uses every finished run from its JSON (the cache), so it resumes.
 
 The sweep is the local twin of the course's "training API": every query is a config plus a FLOP budget
 (train_flops); results are cached by config (asking again costs nothing), the total FLOPs spent are capped
@@ -26,6 +30,8 @@ The sweep is the local twin of the course's "training API": every query is a con
 few small budgets (each centred on the optimum the previous budgets predict), extra sizes wherever the minimum sits
 at the edge of a grid, then a fit, a prediction of the optimal config and loss for a larger target budget, and a
 real training of that config to check the prediction. The trainings call train.py's `train(cfg) -> summary`.
+With --time_limit_s the sweep also keeps to a wall-clock budget: it measures its own throughput and, when the rest
+of the plan would not fit, shrinks the remaining budgets (and the target) instead of running out of time.
 
 Outputs (prefix set by --name): results/<name>.md (tables), results/<name>.json (every fitted number),
 results/<name>_isoflops.png, results/<name>_optimal.png, results/<name>_parametric.png.
@@ -564,7 +570,7 @@ def shape_for(n_target, shapes, aspect=64.0, exclude=()):
     (Kaplan et al. 2020, fig. 5: loss depends weakly on shape over a wide range of aspect ratios).
     Shapes whose N is in `exclude` are skipped: two shapes of one size add no point to an IsoFLOP curve."""
     def score(s):
-        return abs(math.log(s['N'] / n_target)) + 0.1 * abs(math.log(s['d_model'] / s['num_layers'] / aspect))
+        return abs(math.log(s["N"] / n_target)) + 0.5 * abs(math.log(s["d_model"] / s["num_layers"] / aspect))
     candidates = [s for s in shapes if s['N'] not in exclude]
     return min(candidates, key=score) if candidates else None
 
@@ -950,8 +956,8 @@ PRESETS = {
     'gpu': dict(budgets=(3e13, 1e14, 3e14), size_spread=16.0, total_budget=3e15, target_ratio=4.0,
                 time_limit_s=480.0, context_length=256, batch_size=128, learning_rate=2e-3, head_dim=64,
                 train_overrides={'compile': False, 'optimizer': 'torch_adamw'}),
-    # a CPU: models of 10k-200k parameters on a small token file (e.g. data/docs), a few minutes
-    'cpu': dict(budgets=(1e10, 3e10, 1e11), size_spread=16.0, total_budget=1e12, target_ratio=3.0,
+    # a CPU: models of 12k-200k parameters on a small token file (e.g. data/docs), a few minutes
+    'cpu': dict(budgets=(2e10, 6e10, 2e11), size_spread=16.0, total_budget=2e12, target_ratio=3.0,
                 time_limit_s=0.0, context_length=64, batch_size=16, learning_rate=3e-3, head_dim=32,
                 train_overrides={'compile': False, 'device': 'cpu'}),
 }
