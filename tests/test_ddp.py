@@ -54,9 +54,10 @@ def global_batches(steps, micro=1):
 
 
 def reference_train(model, batches, micro=1):
-    """Single-process AdamW on the whole global batch (the mean over all of it), micro-batched like the DDP run."""
+    """Single-process SGD on the whole global batch (the mean over all of it), micro-batched like the DDP run.
+    SGD, not Adam: Adam's update does not change when gradients are scaled, so it would hide a missing average."""
     model = copy.deepcopy(model)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
     for batch in batches:
         for chunk in batch.chunk(micro):
             (loss_fn(model, chunk) / micro).backward()
@@ -68,7 +69,7 @@ def reference_train(model, batches, micro=1):
 def ddp_train(model, make, batches, rank, micro=1):
     """The DDP run: each rank takes its own slice of every global batch (different data per rank)."""
     ddp_model = make(copy.deepcopy(model))
-    opt = torch.optim.AdamW([p for p in ddp_model.module.parameters() if p.requires_grad], lr=1e-2)
+    opt = torch.optim.SGD([p for p in ddp_model.module.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
     for batch in batches:
         chunks = batch.chunk(micro)  # micro-steps over the global batch, each sharded across ranks
         for m, chunk in enumerate(chunks):
@@ -111,6 +112,7 @@ def _checks(rank):
     model0 = ToyModel()  # rank 0's weights, for the reference
     batches = global_batches(STEPS)
     ref = reference_train(model0, batches)
+    report['ref_moved'] = max_diff(ref, model0)  # the steps must change the weights for the comparison to mean much
     variants = {
         'naive': ddp.DDPNaive, 'flat': ddp.DDPFlat, 'individual': ddp.DDPIndividualParameters,
         'bucketed_tiny': lambda m: ddp.DDPBucketed(m, 1e-6),  # smaller than any parameter: one bucket each
@@ -159,8 +161,8 @@ def _checks(rank):
     report['total_numel'] = sum(p.numel() for p in net.parameters())
     # ShardedOptimizer on top of bucketed DDP, different data per rank, vs single-process AdamW
     ddp_model = ddp.DDPBucketed(copy.deepcopy(model), 1e-3)
-    zopt = ddp.ShardedOptimizer([p for p in ddp_model.module.parameters() if p.requires_grad], torch.optim.AdamW,
-                                lr=1e-2)
+    zopt = ddp.ShardedOptimizer([p for p in ddp_model.module.parameters() if p.requires_grad], torch.optim.SGD,
+                                lr=0.5, momentum=0.9)
     for batch in batches:
         loss_fn(ddp_model, batch.chunk(WORLD)[rank]).backward()
         ddp_model.finish_gradient_synchronization()
@@ -181,7 +183,8 @@ def report(tmp_path_factory):
 @pytest.mark.parametrize('name', ['naive', 'flat', 'individual', 'bucketed_tiny', 'bucketed_mid',
                                   'bucketed_huge', 'bucketed_none'])
 def test_variant_matches_single_process(report, name):
-    assert report[name] < 1e-5, f"{name}: max |w_ddp - w_single| = {report[name]:.3g} after {STEPS} AdamW steps"
+    assert report['ref_moved'] > 0.1
+    assert report[name] < 1e-5, f"{name}: max |w_ddp - w_single| = {report[name]:.3g} after {STEPS} SGD steps"
     assert report['rank1'][name] < 1e-5, "rank 1's replica drifted from the single-process run"
     assert report[name + '_tied'], "the tied embedding/head weights were untied"
     assert report[name + '_frozen'] == 0.0, "a frozen parameter changed (it must keep rank 0's initial value)"
