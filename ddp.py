@@ -31,6 +31,7 @@ import json
 import math
 import os
 import socket
+import sys
 import tempfile
 import time
 
@@ -202,8 +203,7 @@ def write_allreduce_report(rows, backend_name, out_dir):
     lines = [f'# all_reduce of float32 tensors, backend {backend_name}, {device_name}', '',
              f'{warmup_iters} warm-up + {timed_iters} timed iterations, each synchronized; latency averaged over '
              'ranks (max over ranks in parentheses); bandwidths from the slowest rank. '
-             'busbw = algbw * 2(n-1)/n. Command: `python ddp.py --mode=allreduce'
-             + (' --backend=nccl' if backend_name == 'nccl' else '') + '`', '',
+             f'busbw = algbw * 2(n-1)/n. Command: `{_command()}`', '',
              '| processes | size | latency ms (max) | algbw GB/s | busbw GB/s |', '|---:|---:|---:|---:|---:|']
     for r in rows:
         lines.append(f"| {r['world_size']} | {r['size_mb']:g} MB | {r['mean_ms']:.3f} ({r['max_ms']:.3f}) | "
@@ -226,6 +226,12 @@ def write_allreduce_report(rows, backend_name, out_dir):
     os.replace(png_path + '.tmp.png', png_path)
     plt.close(fig)
     return md_path
+
+
+def _command(world=None):
+    """The command line that produced a report (for the markdown files)."""
+    launcher = f'torchrun --nproc_per_node={world} ' if world and world > 1 else 'python '
+    return launcher + ' '.join(sys.argv)
 
 
 def _atomic_write(path, text):
@@ -715,8 +721,7 @@ def write_ddp_report(rows, mem, s, o, w, world, device):
     b_opt = optimal_bucket_bytes(s, w, o)
     lines = [f'# DDP variants: model {model_size}, context {context_length}, batch {batch_size}/rank, '
              f'{world} x {dev}, backend {dist.get_backend()}', '',
-             f'Command: `torchrun --nproc_per_node={world} ddp.py --mode=bench --model_size={model_size} '
-             f'--context_length={context_length} --batch_size={batch_size}`. Median of {bench_steps} steps after '
+             f'Command: `{_command(world)}`. Median of {bench_steps} steps after '
              f'{bench_warmup} warm-up steps (max over ranks). "sync wait" = time inside finish_gradient_synchronization '
              '(communication not hidden by backward); "overhead" = step time minus the no-communication baseline.', '',
              '| variant | step ms | sync wait ms | sync / step | overhead ms | buckets | model: n_b*o + s/(n_b*w) ms |',

@@ -36,6 +36,7 @@ import gc
 import math
 import os
 import socket
+import sys
 import time
 
 import torch
@@ -448,19 +449,23 @@ def run_bench():
     MB = 2 ** 20
     args = dict(vocab_size=vocab_size, context_length=context_length, rope_theta=10000.0, **MODEL_SIZES[model_size])
     rows = []
-    for prefetch in (True, False):
+    # 'replicated' = what every DDP rank holds: the whole fp32 model + AdamW, bf16 autocast, no communication
+    for variant in ('replicated (no sharding)', 'FSDP, prefetch', 'FSDP, no prefetch'):
         torch.manual_seed(0)
+        gc.collect()
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         net = model_py.TransformerLM(**args, device=device)  # the full model, briefly, before sharding
         P = sum(p.numel() for p in net.parameters())
-        m = FSDP(net, prefetch=prefetch)
+        sharded = variant.startswith('FSDP')
+        m = FSDP(net, prefetch=variant == 'FSDP, prefetch') if sharded else net
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
         mem_after_wrap = torch.cuda.memory_allocated(device) / MB if cuda else float('nan')
         opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+        autocast = contextlib.nullcontext() if sharded else torch.autocast(device.type, dtype=torch.bfloat16)
         torch.manual_seed(1 + rank)
         x = torch.randint(0, vocab_size, (batch_size, context_length + 1), device=device)
         times = []
@@ -468,48 +473,49 @@ def run_bench():
             if cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            loss = m(x[:, :-1], targets=x[:, 1:])
+            with autocast:
+                loss = m(x[:, :-1], targets=x[:, 1:])
             loss.backward()
-            m.finish_gradient_synchronization()
+            if sharded:
+                m.finish_gradient_synchronization()
             opt.step()
             opt.zero_grad(set_to_none=True)
             if cuda:
                 torch.cuda.synchronize()
             if it >= bench_warmup:
                 times.append(time.perf_counter() - t0)
-        step = torch.tensor(sum(times) / len(times), dtype=torch.float64, device=device)
+        # median (robust to a stray slow step); the slowest rank sets the pace: max over ranks
+        step = torch.tensor(sorted(times)[len(times) // 2], dtype=torch.float64, device=device)
         dist.all_reduce(step, op=dist.ReduceOp.MAX)
-        shard_bytes = sum(p.numel() for p in m.parameters()) * 4
+        param_bytes = sum(p.numel() for p in m.parameters()) * 4
         opt_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
                         if torch.is_tensor(t) and t.dim() > 0)
-        largest_unit = max(u.padded for u in m.units) * torch.finfo(m.param_dtype).bits // 8
-        rows.append(dict(prefetch=prefetch, step_ms=1e3 * step.item(), P=P,
-                         analytic_states_MB=16 * P / world / MB, shards_MB=shard_bytes / MB,
-                         opt_state_MB=opt_bytes / MB, grads_MB=shard_bytes / MB,
-                         gathered_max=m.max_gathered, largest_unit_MB=largest_unit / MB,
-                         after_wrap_MB=mem_after_wrap,
+        largest_unit = max(u.padded for u in m.units) * torch.finfo(m.param_dtype).bits // 8 if sharded else 0
+        rows.append(dict(variant=variant, step_ms=1e3 * step.item(), P=P,
+                         analytic_states_MB=16 * P / (world if sharded else 1) / MB, params_MB=param_bytes / MB,
+                         opt_state_MB=opt_bytes / MB, gathered_max=m.max_gathered if sharded else '',
+                         largest_unit_MB=largest_unit / MB, after_wrap_MB=mem_after_wrap,
                          peak_MB=torch.cuda.max_memory_allocated(device) / MB if cuda else float('nan')))
         if rank == 0:
             print(rows[-1], flush=True)
         del m, opt, net, loss
-        gc.collect()
     if rank == 0:
         dev = torch.cuda.get_device_name(device) if cuda else f'CPU ({os.cpu_count()} cores)'
         r0 = rows[0]
         lines = [f"# FSDP (bf16 compute/communication, fp32 master weights, AdamW): model {model_size} "
                  f"({r0['P'] / 1e6:.0f}M parameters), context {context_length}, batch {batch_size}/rank, "
                  f"{world} x {dev}", '',
-                 f"Command: `torchrun --nproc_per_node={world} fsdp.py --mode=bench --model_size={model_size} "
-                 f"--context_length={context_length} --batch_size={batch_size}`. Per rank; mean of {bench_steps} "
-                 f"steps after {bench_warmup} warm-up steps (max over ranks). Analytic states = 16P/N bytes "
-                 "(fp32 weights + gradients + AdamW moments); the measured peak adds activations, gathered bf16 units "
-                 "and the bf16 gradient being reduce-scattered.", '',
-                 '| prefetch | step ms | analytic 16P/N MB | shard MB | grad MB | AdamW state MB | units gathered '
+                 f"Command: `{'torchrun --nproc_per_node=' + str(world) if world > 1 else 'python'} "
+                 f"{' '.join(sys.argv)}`. Per rank; median of {bench_steps} steps after {bench_warmup} warm-up "
+                 "steps (max over ranks). Analytic states = 16P/N bytes (fp32 weights + gradients + AdamW moments; "
+                 "N = 1 when replicated); the measured peak adds activations, the gathered bf16 units and the bf16 "
+                 "gradient being reduce-scattered. 'replicated' is one DDP rank's memory, without communication.", '',
+                 '| variant | step ms | analytic 16P/N MB | fp32 params (shards) MB | AdamW state MB | units gathered '
                  'at once (max) | largest unit bf16 MB | allocated after wrap MB | peak MB |',
-                 '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+                 '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
         for r in rows:
-            lines.append(f"| {r['prefetch']} | {r['step_ms']:.1f} | {r['analytic_states_MB']:.1f} | "
-                         f"{r['shards_MB']:.1f} | {r['grads_MB']:.1f} | {r['opt_state_MB']:.1f} | {r['gathered_max']} | "
+            lines.append(f"| {r['variant']} | {r['step_ms']:.1f} | {r['analytic_states_MB']:.1f} | "
+                         f"{r['params_MB']:.1f} | {r['opt_state_MB']:.1f} | {r['gathered_max']} | "
                          f"{r['largest_unit_MB']:.1f} | {r['after_wrap_MB']:.1f} | {r['peak_MB']:.1f} |")
         os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, f'fsdp_bench_{model_size}_{world}x{device.type}.md')
