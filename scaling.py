@@ -76,7 +76,7 @@ data_dir = 'data/pycode' # token folder written by data/*/prepare.py (train.bin,
 context_length = 256 # tokens per sequence
 batch_size = 128 # sequences per step
 learning_rate = 2e-3 # peak learning rate (same for every size; cosine to lr/10)
-warmup_frac = 0.05 # fraction of each run spent in linear warmup
+warmup_frac = 0.05 # fraction of each run spent in linear warmup (at least 10 steps, at most a quarter of the run)
 eval_iters = 20 # validation batches for each run's final loss (the same batches for every run)
 head_dim = 64 # d_model / num_heads
 aspect_ratio = 64.0 # preferred d_model / num_layers when a parameter count is turned into a shape
@@ -646,7 +646,8 @@ class LocalBackend:
                   d_ff=64 * max(1, round(8 * d / 3 / 64)),  # SwiGLU 8/3 d_model, as model.py's default
                   batch_size=query['batch_size'], learning_rate=query['learning_rate'],
                   min_lr=query['learning_rate'] / 10, context_length=r['context_length'],
-                  max_iters=iters, warmup_iters=max(1, int(r['warmup_frac'] * iters)), lr_decay_iters=-1,
+                  max_iters=iters, warmup_iters=max(1, min(max(10, int(r['warmup_frac'] * iters)), iters // 4)),
+                  lr_decay_iters=-1,
                   data_dir=r['data_dir'], seed=r['seed'],
                   # one evaluation, at the end, on the same fixed validation batches for every run; no files
                   eval_interval=0, eval_iters=r['eval_iters'], log_interval=max(10, iters // 5),
@@ -953,7 +954,7 @@ PRESETS = {
     # One H100, eager (torch.compile per shape would cost more than these small runs), about 8 minutes in all.
     # Runs of 0.1M-3M non-embedding parameters take 5M-100M+ tokens; the 4x larger target about as many. The data
     # may repeat for the smallest models (1-2 epochs of pycode), which hardly matters (Muennighoff et al. 2023).
-    'gpu': dict(budgets=(3e13, 1e14, 3e14), size_spread=16.0, total_budget=3e15, target_ratio=4.0,
+    'gpu': dict(budgets=(3e13, 1e14, 3e14), size_spread=16.0, total_budget=4e15, target_ratio=4.0,
                 time_limit_s=480.0, context_length=256, batch_size=128, learning_rate=2e-3, head_dim=64,
                 train_overrides={'compile': False, 'optimizer': 'torch_adamw'}),
     # a CPU: models of 12k-200k parameters on a small token file (e.g. data/docs), a few minutes
