@@ -141,7 +141,9 @@ def test_lsh_probability_matches_simulation(shared):
 
 def test_choose_bands_and_curve(capsys):
     b, r = dedup.choose_bands(128, 0.8)
-    assert b * r == 128 and 0.5 < (1 / b) ** (1 / r) < 0.8  # inflection below the threshold: few misses
+    assert b * r == 128 and dedup.candidate_probability(0.8, b, r) >= 0.99  # pairs at the threshold: < 1% missed
+    assert dedup.candidate_probability(0.8, b // 2, r * 2) < 0.99  # and the steepest split that does so
+    assert dedup.choose_bands(120, 0.9) == (12, 10)
     assert dedup.print_s_curve(128, 0.8) == (b, r)
     assert '<- pick' in capsys.readouterr().out
 
