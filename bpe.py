@@ -468,9 +468,13 @@ class Tokenizer:
                 cache[w] = self._bpe(w)
         return list(chain.from_iterable(map(cache.__getitem__, words)))
 
-    def _encode_ordinary(self, text):
-        """ids of text that contains no special token."""
+    def encode_ordinary(self, text):
+        """ids of text, with special tokens treated as plain text (tiktoken's name). For data whose documents may
+        contain the string '<|endoftext|>' (e.g. Python sources of tokenizers) while the real separators are added
+        as ids by the caller."""
         return self._encode_words(PRETOKEN_RE.findall(text))
+
+    _encode_ordinary = encode_ordinary
 
     def encode(self, text):
         """list of ids of text; special tokens (longest match first) become their own id."""
@@ -608,6 +612,77 @@ def encode_file(tokenizer_dir, input_path, output_path, num_workers=None, progre
         print(f"warning: {input_path} is not valid UTF-8: {n_bad} bad byte sequence(s) were encoded as U+FFFD",
               file=sys.stderr)
     return {'n_tokens': n_tokens, 'dtype': dtype, 'n_bytes': cuts[-1], 'time_s': time.time() - t0}
+
+_worker_docs = None
+
+
+def _encode_docs_batch(args):
+    lo, hi, texts, dtype = args
+    tok = _worker_tokenizer
+    texts = _worker_docs[lo:hi] if texts is None else texts
+    ids = []
+    for text in texts:
+        ids += tok.encode_ordinary(text)
+        ids.append(tok.eot_id)
+    return np.array(ids, dtype=dtype), hi - lo
+
+
+def encode_documents(tokenizer, docs, output_path, num_workers=None, progress=True, desc='encode', batch_chars=1 << 21):
+    """Encode a list of documents (str) into a flat token file: each document's ids, then the '<|endoftext|>' id.
+    Documents are encoded as plain text (encode_ordinary: a '<|endoftext|>' *inside* a document is text).
+    Batches of ~batch_chars characters go to a process pool (forked workers share `docs` without copying it) and
+    come back in order; written to a temporary file that is renamed at the end.
+    Returns {'n_tokens', 'dtype', 'n_docs', 'time_s'}."""
+    global _worker_tokenizer, _worker_docs
+    if tokenizer.eot_id is None:
+        raise ValueError("the tokenizer has no '<|endoftext|>' special token to separate documents")
+    dtype = token_dtype(tokenizer.vocab_size)
+    # batches of consecutive documents, about batch_chars characters each
+    bounds, size = [0], 0
+    for i, d in enumerate(docs):
+        size += len(d)
+        if size >= batch_chars:
+            bounds.append(i + 1)
+            size = 0
+    if bounds[-1] != len(docs):
+        bounds.append(len(docs))
+    n = min(_num_workers(num_workers), max(1, len(bounds) - 1))
+    jobs = [(lo, hi, None if (FORK or n == 1) else docs[lo:hi], dtype) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    t0 = time.time()
+    out_dir = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=os.path.basename(output_path) + '.', suffix='.tmp')
+    n_tokens, pool = 0, None
+    bar = tqdm(total=len(docs), unit='doc', desc=desc, disable=not progress)
+    try:
+        _worker_tokenizer, _worker_docs = tokenizer, docs  # forked workers inherit both
+        if n == 1:
+            results = map(_encode_docs_batch, jobs)
+        else:
+            pool = _pool(n, None if FORK else _init_encode_worker_obj, (tokenizer,))
+            results = pool.imap(_encode_docs_batch, jobs)
+        with os.fdopen(fd, 'wb') as f:
+            for arr, n_docs in results:
+                arr.tofile(f)
+                n_tokens += len(arr)
+                bar.update(n_docs)
+        os.replace(tmp, output_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        bar.close()
+        _worker_docs = None
+        if pool is not None:
+            pool.terminate()
+    return {'n_tokens': n_tokens, 'dtype': dtype, 'n_docs': len(docs), 'time_s': time.time() - t0}
+
+
+def _init_encode_worker_obj(tokenizer):
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
 
 # -----------------------------------------------------------------------------
 # Benchmark (python bpe.py --bench): side by side in one run, on the same text and cores
