@@ -251,8 +251,8 @@ def run_allreduce_benchmark():
         return rows
     # plain python: spawn each world size ourselves ("as many as exist": GPUs for NCCL)
     limit = torch.cuda.device_count() if be == 'nccl' else 1 << 30
-    sizes = [ws for ws in world_sizes if ws <= limit]
-    assert sizes, f"no world size in {world_sizes} fits on {limit} GPU(s); use --backend=gloo or more GPUs"
+    sizes = [ws for ws in world_sizes if ws <= limit] or [limit]  # one GPU: a world of 1 (all-reduce = a no-op)
+    assert limit >= 1, "--backend=nccl needs a GPU; use --backend=gloo on CPU"
     rows = []
     for ws in sizes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -487,14 +487,16 @@ class ShardedOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group):
         super().add_param_group(param_group)  # the full group (all parameters, all ranks): zero_grad uses it
         group = self.param_groups[-1]
-        local = []
-        for p in group['params']:
-            # greedy balance: give each parameter to the rank with the fewest bytes so far (same on every rank)
+        mine = set()
+        # greedy balance, largest parameters first: each goes to the rank with the fewest bytes so far
+        # (sorted() is stable and every rank sees the same parameters, so every rank computes the same owners)
+        for p in sorted(group['params'], key=lambda p: -p.numel() * p.element_size()):
             owner = min(range(self.world_size), key=lambda r: self._rank_bytes[r])
             self._rank_bytes[owner] += p.numel() * p.element_size()
             self._owner[p] = owner
             if owner == self.rank:
-                local.append(p)
+                mine.add(p)
+        local = [p for p in group['params'] if p in mine]  # the wrapped optimizer keeps the original order
         inner = None
         if local:  # torch optimizers refuse an empty parameter list
             local_group = {k: v for k, v in group.items() if k != 'params'}
@@ -532,8 +534,9 @@ class ShardedOptimizer(torch.optim.Optimizer):
                 'shard': self.optimizer.state_dict() if self.optimizer is not None else None}
 
     def load_state_dict(self, state_dict):
-        assert (state_dict['rank'], state_dict['world_size']) == (self.rank, self.world_size), \
-            f"this is rank {state_dict['rank']}/{state_dict['world_size']}'s shard, we are {self.rank}/{self.world_size}"
+        assert (state_dict['rank'], state_dict['world_size']) == (self.rank, self.world_size), (
+            f"this is rank {state_dict['rank']}/{state_dict['world_size']}'s shard, "
+            f"we are {self.rank}/{self.world_size}")
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state_dict['shard'])
 
@@ -586,7 +589,7 @@ def measure_o_and_w(device, big_bytes):
 def build_model(size, device):
     import model as model_py  # lazy: the all-reduce benchmark and the wrappers do not need model.py
     args = dict(vocab_size=vocab_size, context_length=context_length, rope_theta=10000.0, **MODEL_SIZES[size])
-    return model_py.TransformerLM(**args).to(device)
+    return model_py.TransformerLM(**args, device=device)
 
 
 def bench_variant(make_ddp, make_opt, device, steps, warmup):
@@ -660,6 +663,8 @@ def memory_run(model, sharded, device, steps=2):
         if cuda:
             mem['peak_after_step_MB'] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     mem['opt_state_MB'] = (opt.local_state_bytes() if sharded else optimizer_state_bytes(opt)) / 2 ** 20
+    # analytic: AdamW keeps 2 fp32 tensors per parameter (8 bytes), 1/N of them each with ZeRO-1 (up to balance)
+    mem['opt_state_analytic_MB'] = 2 * mem['params_MB'] / (dist.get_world_size() if sharded else 1)
     ddp_model.remove_hooks()
     del opt, ddp_model
     return mem
@@ -722,16 +727,16 @@ def write_ddp_report(rows, mem, s, o, w, world, device):
     lines = [f'# DDP variants: model {model_size}, context {context_length}, batch {batch_size}/rank, '
              f'{world} x {dev}, backend {dist.get_backend()}', '',
              f'Command: `{_command(world)}`. Median of {bench_steps} steps after '
-             f'{bench_warmup} warm-up steps (max over ranks). "sync wait" = time inside finish_gradient_synchronization '
+             f'{bench_warmup} warm-up steps (max over ranks). "sync wait" = time inside '
+             'finish_gradient_synchronization '
              '(communication not hidden by backward); "overhead" = step time minus the no-communication baseline.', '',
              '| variant | step ms | sync wait ms | sync / step | overhead ms | buckets | model: n_b*o + s/(n_b*w) ms |',
              '|---|---:|---:|---:|---:|---:|---:|']
     for r in rows:
+        predicted = f"{r['predicted_ms']:.2f}" if 'predicted_ms' in r else ''
         lines.append(f"| {r['name']} | {r['step_ms']:.2f} | {r['sync_ms']:.2f} | "
                      f"{100 * r['sync_ms'] / r['step_ms']:.1f}% | {r['step_ms'] - base:.2f} | "
-                     f"{r.get('n_buckets', '')} | {r['predicted_ms']:.2f} |" if 'n_buckets' in r else
-                     f"| {r['name']} | {r['step_ms']:.2f} | {r['sync_ms']:.2f} | "
-                     f"{100 * r['sync_ms'] / r['step_ms']:.1f}% | {r['step_ms'] - base:.2f} | | |")
+                     f"{r.get('n_buckets', '')} | {predicted} |")
     lines += ['', f'Overhead model: s = {s / 2 ** 20:.1f} MB of gradients, measured o = {o * 1e3:.3f} ms per call, '
                   f'w = {w / 1e9:.2f} GB/s. overhead(n_b) = n_b*o + s/(n_b*w); optimal bucket b* = sqrt(s*w*o) = '
                   f'{b_opt / 2 ** 20:.1f} MB (n_b* = {s / b_opt:.1f}), predicted overhead there '

@@ -42,7 +42,6 @@ import time
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
 mode = 'calc'  # 'calc' (memory/communication calculator) | 'bench' (FSDP step time and memory on a model)
@@ -144,7 +143,8 @@ class FSDP(nn.Module):
         owner = {}  # id(param) -> unit index, to catch a parameter shared between two units
         self.units = []
         root_subs = [m for m in module.modules() if id(m) not in in_unit]
-        for ui, (unit_module, subs) in enumerate([(module, root_subs)] + [(u, list(u.modules())) for u in unit_modules]):
+        members = [(module, root_subs)] + [(u, list(u.modules())) for u in unit_modules]
+        for ui, (unit_module, subs) in enumerate(members):
             params, slots, names = [], [], []
             index = {}
             for sub in subs:
@@ -387,15 +387,16 @@ def print_calculator():
     P, GB = r['params'], 1e9
     lines = [
         f"# FSDP/TP accounting: {num_blocks} blocks of d_model {d_model} -> d_ff {d_ff} -> d_model", '',
-        f"Command: `python fsdp.py --mode=calc` (change any figure with --key=value, see --help).", '',
+        "Command: `python fsdp.py --mode=calc` (change any figure with --key=value, see --help).", '',
         f"(a) parameters P = 2 * d_model * d_ff * num_blocks = {P:,} ({P / 1e9:.1f}B)",
-        f"    fp32 master weights 4P = {r['weights_bytes'] / GB:,.1f} GB, gradients 4P = {r['grads_bytes'] / GB:,.1f} GB,"
+        f"    fp32 master weights 4P = {r['weights_bytes'] / GB:,.1f} GB, "
+        f"gradients 4P = {r['grads_bytes'] / GB:,.1f} GB,"
         f" AdamW moments 8P = {r['adam_bytes'] / GB:,.1f} GB: total 16P = {r['states_bytes'] / GB:,.1f} GB"
         f" = {r['states_bytes'] / 80e9:.1f} H100s (80 GB) of memory",
         f"    activations saved for backward (bf16, both linears' inputs): 2 * (d_model + d_ff) * num_blocks = "
         f"{r['act_bytes_per_token'] / 1e6:.2f} MB per token"
         + (f"; {tokens_per_device:,} tokens: {r['act_bytes'] / GB:,.1f} GB" if tokens_per_device else ''),
-        f"(b) sharded over N (states fully, half of the activations): memory per device = 16P/N + A/2 + A/(2N)",
+        "(b) sharded over N (states fully, half of the activations): memory per device = 16P/N + A/2 + A/(2N)",
         f"    to fit {device_memory_gb:g} GB per device"
         + (f" with {tokens_per_device:,} tokens of activations" if tokens_per_device else ' (states only, A = 0)')
         + (f": N_FSDP >= {r['n_fsdp_needed']} (16P/N = {r['per_device_bytes'](r['n_fsdp_needed']) / GB:.1f} GB)"
