@@ -64,7 +64,8 @@ backend = 'local' # 'local': train with train.py | 'remote': the course's traini
 sweep_json = '' # cache and record of every run (Part 1 format); '' = results/<name>_runs.json
 budgets = () # FLOPs of each IsoFLOP curve, smallest first; () = the preset's
 sizes_per_budget = 5 # models per IsoFLOP curve, spread evenly in log N around the predicted optimum
-size_spread = 8.0 # ratio of the largest to the smallest N on a curve
+size_spread = 8.0 # ratio of the largest to the smallest N on the first curve (the optimum is a guess there)
+size_spread_later = 8.0 # the same on later curves, centred on the optimum the earlier ones predict
 tokens_per_param = 20.0 # first guess of D/N at the optimum, to centre the first curve (Chinchilla's ~20)
 total_budget = 0.0 # cap on the FLOPs the sweep may spend (the target run is not counted); 0 = preset
 target_budget = 0.0 # FLOPs of the run to predict and then train; 0 = target_ratio x the largest sweep budget
@@ -744,35 +745,31 @@ def import_previous_runs(sweep, previous):
 # The strategy: IsoFLOP grids from small to large budgets, each centred on the optimum predicted so far
 
 class TimeModel:
-    """Predicts a run's wall-clock from the runs done so far: wall = t0 + tokens * s(N), a fixed cost per run
-    (model build, data to the GPU, the final evaluation) plus seconds per token as a power law in N
-    (small models are launch-bound, big ones compute-bound); fitted on relative error. With fewer than 4 runs,
-    or too few distinct sizes, just seconds per token."""
+    """Predicts a run's wall-clock from the runs done so far: wall = overhead + tokens * s(N).
+    s(N), seconds per token, comes from the training loop's own clock (train.py's time_s), as a power law in N
+    (small models are launch-bound, big ones compute-bound); the overhead (model build, data to the GPU) is the
+    median of wall - time_s. Keeping the two apart matters: the first run also pays CUDA's start-up, and a
+    per-token cost that included it would make every later run look many times too slow."""
 
     def __init__(self):
-        self.points = []  # (N, tokens, wall_s)
+        self.points = []  # (N, tokens, loop seconds, wall seconds)
 
     def add(self, rec):
         if rec.get('wall_s') and rec.get('tokens'):
-            self.points.append((rec['parameters'], rec['tokens'], rec['wall_s']))
+            loop = rec.get('time_s') or rec['wall_s']  # backends without a loop clock: all of it per token
+            self.points.append((rec['parameters'], rec['tokens'], min(loop, rec['wall_s']), rec['wall_s']))
 
     def estimate(self, N, tokens):
         if not self.points:
             return 0.0  # nothing measured yet: let the first run go
-        pts = self.points[1:] if len(self.points) >= 5 else self.points  # the first run also paid CUDA's start-up
-        n, t, w = (np.array(v, dtype=float) for v in zip(*pts))
+        n, t, loop, wall = (np.array(v, dtype=float) for v in zip(*self.points))
+        over = wall - loop
+        overhead = float(np.median(over[1:] if len(over) > 1 else over))  # the first run paid CUDA's start-up
+        spt = np.log(np.maximum(loop, 1e-6) / t)
         if len(np.unique(n)) < 2:
-            return float(np.exp(np.log(w / t).mean()) * tokens)
-        if len(pts) < 4:
-            slope, icpt = np.polyfit(np.log(n), np.log(w / t), 1)
-            return float(np.exp(icpt + slope * np.log(N)) * tokens)
-
-        def model(p, n, t):  # p = (log t0, log s at N=1, exponent of s in N)
-            return np.exp(p[0]) + t * np.exp(p[1] + p[2] * np.log(n))
-        slope, icpt = np.polyfit(np.log(n), np.log(w / t), 1)
-        p0 = (np.log(max(0.05 * w.min(), 1e-3)), icpt, slope)
-        res = optimize.least_squares(lambda p: np.log(model(p, n, t) / w), p0)
-        return float(model(res.x, N, tokens))
+            return overhead + float(np.exp(spt.mean()) * tokens)
+        slope, icpt = np.polyfit(np.log(n), spt, 1)
+        return overhead + float(np.exp(icpt + slope * np.log(N)) * tokens)
 
 
 def predict_optimum(runs, C):
@@ -801,9 +798,10 @@ def grid_shapes(n_c, shapes, sizes, spread, aspect):
 
 
 def run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, tokens_per_param=20.0, aspect=64.0,
-              refine=2, time_limit_s=0.0, target_C=None, plan=None, min_budget_ratio=2.0):
+              refine=2, time_limit_s=0.0, target_C=None, plan=None, min_budget_ratio=2.0, spread_later=None):
     """Spend the budget: for each budget (smallest first) an IsoFLOP grid of `sizes` shapes spanning `spread`x in N
-    around the predicted optimum, then up to `refine` extra sizes beyond the edge when the minimum sits at an end.
+    around the predicted optimum (`spread_later`x from the second budget on, when the centre is a fit, not a guess),
+    then up to `refine` extra sizes beyond the edge when the minimum sits at an end.
     make_query(shape, C) -> query dict; plan(query) -> (N, iters, tokens).
 
     With time_limit_s (wall-clock, the target run included), after each budget the rest of the plan is timed
@@ -843,7 +841,7 @@ def run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, tokens_pe
         """Predicted seconds for IsoFLOP grids at the budgets `rest`, then the target run."""
         t = 0.0
         for C in rest:
-            for s in grid_shapes(predict_optimum(done, C), shapes, sizes, spread, aspect):
+            for s in grid_shapes(predict_optimum(done, C), shapes, sizes, spread_later, aspect):
                 N, _, tokens = plan(make_query(s, C))
                 t += timer.estimate(N, tokens)
         return t + target_time(C_t)
@@ -866,13 +864,17 @@ def run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, tokens_pe
         done.append(rec)
         return rec
 
+    spread_later = spread_later or spread
     for i in range(len(budgets)):
         C = budgets[i]
-        n_c = math.sqrt(C / (6 * tokens_per_param)) if not done else predict_optimum(done, C)
-        for s in grid_shapes(n_c, shapes, sizes, spread, aspect):
+        if not done:  # the first curve: centred on a guess of tokens per parameter, and wide
+            n_c, width = math.sqrt(C / (6 * tokens_per_param)), spread
+        else:  # later ones: centred on the power law through the optima so far
+            n_c, width = predict_optimum(done, C), spread_later
+        for s in grid_shapes(n_c, shapes, sizes, width, aspect):
             try_run(s, C)
         # refine: a minimum at an end of the grid means the optimum lies outside it: extend that way
-        step = spread ** (1 / max(sizes - 1, 1))
+        step = width ** (1 / max(sizes - 1, 1))
         for _ in range(refine):
             mine = sorted((r for r in done if r['compute_budget'] == C), key=lambda r: r['parameters'])
             if len(mine) < 3:
@@ -954,12 +956,12 @@ PRESETS = {
     # One H100, eager (torch.compile per shape would cost more than these small runs), about 8 minutes in all.
     # Runs of 0.1M-3M non-embedding parameters take 5M-100M+ tokens; the 4x larger target about as many. The data
     # may repeat for the smallest models (1-2 epochs of pycode), which hardly matters (Muennighoff et al. 2023).
-    'gpu': dict(budgets=(3e13, 1e14, 3e14), size_spread=16.0, total_budget=4e15, target_ratio=4.0,
-                time_limit_s=480.0, context_length=256, batch_size=128, learning_rate=2e-3, head_dim=64,
+    'gpu': dict(budgets=(3e13, 1e14, 3e14), size_spread=16.0, size_spread_later=8.0, total_budget=4e15,
+                target_ratio=4.0, time_limit_s=480.0, context_length=256, batch_size=128, learning_rate=2e-3, head_dim=64,
                 train_overrides={'compile': False, 'optimizer': 'torch_adamw'}),
     # a CPU: models of 12k-200k parameters on a small token file (e.g. data/docs), a few minutes
-    'cpu': dict(budgets=(2e10, 6e10, 2e11), size_spread=16.0, total_budget=2e12, target_ratio=3.0,
-                time_limit_s=0.0, context_length=64, batch_size=16, learning_rate=3e-3, head_dim=32,
+    'cpu': dict(budgets=(2e10, 6e10, 2e11), size_spread=16.0, size_spread_later=8.0, total_budget=2e12,
+                target_ratio=3.0, time_limit_s=0.0, context_length=64, batch_size=16, learning_rate=3e-3, head_dim=32,
                 train_overrides={'compile': False, 'device': 'cpu'}),
 }
 
@@ -1036,7 +1038,7 @@ if __name__ == '__main__':
         # IsoFLOP grids, small budgets first
         done, target_C = run_sweep(sweep, budgets, make_query, shapes, sizes_per_budget, size_spread,
                                    tokens_per_param, aspect_ratio, time_limit_s=time_limit_s, target_C=target_C,
-                                   plan=plan)
+                                   plan=plan, spread_later=size_spread_later)
         if len({r['compute_budget'] for r in done}) < 2:
             sys.exit("error: fewer than 2 budgets finished: nothing to fit (raise --total_budget or --time_limit_s)")
 

@@ -212,13 +212,14 @@ def test_sweep_strategy_predicts_target_loss(tmp_path):
 
 
 def _timed_sweep(tmp_path, limit):
-    """A sweep on a fake clock where every trained token costs 10 us; returns (runs, target, seconds used)."""
+    """A sweep on a fake clock where a run costs 1 s + 10 us a token; returns (runs, target, seconds used)."""
     now = [0.0]
     fake = FakeTrain()
 
-    def slow_train(ov):
-        now[0] += 1e-5 * ov['max_iters'] * ov['batch_size'] * ov['context_length']
-        return fake(ov)
+    def slow_train(ov):  # 1 s to set up, then the loop
+        loop = 1e-5 * ov['max_iters'] * ov['batch_size'] * ov['context_length']
+        now[0] += 1.0 + loop
+        return dict(fake(ov), time_s=loop)
     be = fake_backend(slow_train)
     sweep = scaling.Sweep(str(tmp_path / f'runs{limit}.json'), 1e15, be, clock=lambda: now[0])
     make_query, shapes = scaling.make_query_fn(16, 3e-3), scaling.model_shapes(32)
