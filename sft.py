@@ -81,6 +81,7 @@ max_new_tokens = 256  # per response
 temperature = 0.0  # 0 = greedy; evaluation default
 top_p = 1.0  # nucleus sampling mass
 gen_batch_size = 256  # rows per generation batch (prompts x samples); prompts are bucketed by length
+engine_backend = 'auto'  # auto | kv (model.py KV cache) | hf (transformers generate) | vllm (HF models, if installed)
 # expert iteration
 ei_steps = 3  # rounds of (sample, filter correct, SFT)
 ei_questions = 512  # questions sampled per round (the course's D_b)
@@ -510,11 +511,25 @@ def load_sft_examples(path, n=-1, filter_correct=False, reward_fn=None):
     return recs if n < 0 else recs[:n]
 
 
+# The course's two math prompts, as in shared/data/a5/prompts (used when that folder is not there, e.g. on a
+# GPU machine that only receives the repository; the test suite checks that they equal the files)
+BUILTIN_PROMPTS = {
+    'r1_zero': "A conversation between User and Assistant. The User asks a question, and the Assistant solves it. "
+               "The Assistant first thinks about the reasoning process in the mind and then provides the User with "
+               "the answer. The reasoning process is enclosed within <think> </think> and answer is enclosed within "
+               "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer "
+               "here </answer>.\nUser: {question}\nAssistant: <think>",
+    'question_only': '{question}',
+}
+
+
 def load_prompt_template(name):
     """A prompt template with a '{question}' slot: a name in shared/data/a5/prompts, a path, or a literal."""
     if '{question}' in name:
         return name
     path = name if os.path.exists(name) else os.path.join(DATA, 'a5', 'prompts', f'{name}.prompt')
+    if not os.path.exists(path) and name in BUILTIN_PROMPTS:
+        return BUILTIN_PROMPTS[name]
     if not os.path.exists(path):
         raise FileNotFoundError(f"prompt template '{name}' not found (looked for {path}); "
                                 f"use r1_zero, question_only, a file path, or set LMSCRATCH_DATA")
@@ -870,6 +885,102 @@ class Engine:
                 'token_ids': list(toks), 'finish_reason': reason}
 
 
+
+class HFEngine:
+    """The same generate() interface over a Hugging Face causal LM (load_hf_policy), using its own KV cache and
+    `generate` (left padding, stop_strings, num_return_sequences). For users who have such models."""
+
+    def __init__(self, model, tokenizer, batch_size=64):
+        self.model, self.tokenizer, self.batch_size, self.stats = model, tokenizer, batch_size, {}
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = 'left'  # decoder-only models continue from the right end
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens=256, temperature=1.0, top_p=1.0, min_tokens=0, stop=None, n=1,
+                 seed=None, include_stop=True, **_):
+        stop = [stop] if isinstance(stop, str) else list(stop or [])
+        if seed is not None:
+            torch.manual_seed(seed)
+        device, results, t0, n_new = next(self.model.parameters()).device, [], time.time(), 0
+        for s in range(0, len(prompts), max(1, self.batch_size // n)):
+            enc = self.tokenizer(prompts[s:s + max(1, self.batch_size // n)], return_tensors='pt', padding=True,
+                                 add_special_tokens=False).to(device)
+            kw = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens, min_new_tokens=min_tokens,
+                      num_return_sequences=n, pad_token_id=self.tokenizer.pad_token_id)
+            if temperature > 0:
+                kw.update(temperature=temperature, top_p=top_p)
+            if stop:
+                kw.update(stop_strings=stop, tokenizer=self.tokenizer)
+            out = self.model.generate(**enc, **kw)[:, enc['input_ids'].shape[1]:]
+            for k, row in enumerate(out.tolist()):
+                eos = self.tokenizer.eos_token_id
+                toks = row[:row.index(eos)] if eos in row else row
+                text, reason = self.tokenizer.decode(toks, skip_special_tokens=True), 'eos' if eos in row else 'length'
+                for st in stop:
+                    if st in text:
+                        text, reason = text[:text.index(st) + (len(st) if include_stop else 0)], 'stop'
+                results.append({'prompt_index': s + k // n, 'text': text, 'token_ids': toks, 'finish_reason': reason})
+                n_new += len(toks)
+        dt = time.time() - t0
+        self.stats = {'new_tokens': n_new, 'time_s': dt, 'tokens_per_s': n_new / max(dt, 1e-9), 'rows': len(results)}
+        return results
+
+
+class VLLMEngine:
+    """Optional vLLM backend with the same generate() interface, for Hugging Face-format models (vLLM cannot run
+    model.py's TransformerLM). vllm is imported only here; nothing in the project requires it. The patches follow
+    the course's starter code (vLLM ~0.7): a single-GPU engine beside a torch training process."""
+
+    def __init__(self, model_id, device='cuda', seed=0, gpu_memory_utilization=0.85):
+        from unittest.mock import patch
+        from vllm import LLM
+        from vllm.model_executor import set_random_seed
+        set_random_seed(seed)
+        world_size_patch = patch('torch.distributed.get_world_size', return_value=1)
+        profiling_patch = patch('vllm.worker.worker.Worker._assert_memory_footprint_increased_during_profiling',
+                                return_value=None)
+        with world_size_patch, profiling_patch:
+            self.llm = LLM(model=model_id, device=device, dtype=torch.bfloat16, enable_prefix_caching=True,
+                           gpu_memory_utilization=gpu_memory_utilization)
+        self.stats = {}
+
+    def load_policy_weights(self, policy):
+        """Copy a (HF) policy's current weights into the vLLM engine, e.g. after each GRPO step."""
+        llm_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        llm_model.load_weights(policy.state_dict().items())
+
+    def generate(self, prompts, max_new_tokens=256, temperature=1.0, top_p=1.0, min_tokens=0, stop=None, n=1,
+                 seed=None, include_stop=True, **_):
+        from vllm import SamplingParams
+        params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                min_tokens=min_tokens, stop=stop, include_stop_str_in_output=include_stop, n=n,
+                                seed=seed)
+        t0 = time.time()
+        outs = self.llm.generate(prompts, params)
+        results = [{'prompt_index': i, 'text': c.text, 'token_ids': list(c.token_ids),
+                    'finish_reason': 'stop' if c.finish_reason == 'stop' else 'length'}
+                   for i, o in enumerate(outs) for c in o.outputs]
+        dt = time.time() - t0
+        n_new = sum(len(r['token_ids']) for r in results)
+        self.stats = {'new_tokens': n_new, 'time_s': dt, 'tokens_per_s': n_new / max(dt, 1e-9), 'rows': len(results)}
+        return results
+
+
+def make_engine(model, tokenizer, backend='kv', batch_size=256, model_id=None, seed=0):
+    """The generation backend: 'kv' (Engine, model.py models), 'hf' (HFEngine), 'vllm' (VLLMEngine, needs the HF
+    model id or path), or 'auto' (Engine for model.py models, HFEngine otherwise)."""
+    if backend == 'vllm':
+        if not model_id:
+            raise ValueError("the vllm backend needs a Hugging Face model id or path (init_from='hf:<name>')")
+        return VLLMEngine(model_id, device=str(next(model.parameters()).device), seed=seed)
+    is_ours = hasattr(model, '_decode_step')
+    if backend == 'hf' or (backend == 'auto' and not is_ours):
+        return HFEngine(model, tokenizer, batch_size=batch_size)
+    if not is_ours:
+        raise ValueError("the 'kv' backend runs model.py models; use engine_backend='hf' or 'vllm' for HF models")
+    return Engine(model, tokenizer, batch_size=batch_size)
+
 # =============================================================================
 # 6) Evaluation: accuracy, format rate, response lengths, entropy; log_generations
 # =============================================================================
@@ -906,17 +1017,21 @@ def evaluate(engine, problems, reward_fn=r1_zero_reward_fn, max_new_tokens=256, 
     accuracy, format rate, mean response length (all / correct / incorrect, in tokens), mean token entropy (on the
     first n_entropy responses: it costs a forward pass), generation tokens/s. Optionally log_generations."""
     prompts = [p['prompt'] for p in problems]
-    was_training = engine.model.training
-    engine.model.eval()
-    with _autocast(next(engine.model.parameters()).device):
+    model = getattr(engine, 'model', None)  # None for the vLLM engine: no entropy then
+    was_training = model is not None and model.training
+    if model is not None:
+        model.eval()
+    amp = _autocast(next(model.parameters()).device) if model is not None else contextlib.nullcontext()
+    with amp:
         outs = engine.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                stop=['</answer>'], seed=seed)
     gen_stats = dict(engine.stats)
     rewards = [reward_fn(o['text'], p['ground_truth']) for o, p in zip(outs, problems)]
     lens = [len(o['token_ids']) for o in outs]
-    ent = response_entropy(engine.model, engine.tokenizer, prompts[:n_entropy],
-                           [o['token_ids'] for o in outs[:n_entropy]]) if n_entropy else torch.zeros(0)
-    engine.model.train(was_training)
+    ent = torch.zeros(0)
+    if n_entropy and model is not None:
+        ent = response_entropy(model, engine.tokenizer, prompts[:n_entropy], [o['token_ids'] for o in outs[:n_entropy]])
+        model.train(was_training)
     correct = [r['answer_reward'] == 1.0 for r in rewards]
     mean = lambda xs: sum(xs) / len(xs) if xs else float('nan')  # noqa: E731
     metrics = {'n': len(problems), 'accuracy': mean([float(c) for c in correct]),
@@ -1309,7 +1424,8 @@ def run_bench(results_dir='results', new_tokens=256, batch=64):
     lines = [f"# sft.py generation benchmark ({dev_name})", "",
              f"model.py TransformerLM {shape}, random weights, {'bf16' if on_gpu else 'fp32'}, greedy, "
              f"128-token prompts + {new_tokens} new tokens. Command: `python sft.py --mode=bench`.", "",
-             "| batch | KV-cache Engine (new tokens/s) | naive no-cache (new tokens/s) | speed-up |", "|---:|---:|---:|---:|"]
+             "| batch | KV-cache Engine (new tokens/s) | naive no-cache (new tokens/s) | speed-up |",
+             "|---:|---:|---:|---:|"]
     for b, r in rows:
         lines.append(f"| {b} | {r['kv_cache_tokens_per_s']:,.0f} | {r['naive_tokens_per_s']:,.0f} | "
                      f"{r['speedup']:.1f}x |")
@@ -1343,9 +1459,9 @@ DEMO_PRESETS = {
                 template='r1_zero',
                 task=dict(min_steps=2, max_steps=3, max_number=20), n_train=60000, n_val=500,
                 pretrain=dict(max_iters=20000, batch_size=128, gradient_accumulation_steps=1, learning_rate=1.5e-3,
-                              time_budget_s=170),
-                sft_examples=512, sft=dict(max_iters=150, batch_size=32, gradient_accumulation_steps=1,
-                                           learning_rate=5e-4, time_budget_s=40),
+                              time_budget_s=200),
+                sft_examples=512, sft=dict(max_iters=240, batch_size=32, gradient_accumulation_steps=1,
+                                           learning_rate=5e-4, time_budget_s=45),
                 ei=dict(n_steps=4, questions_per_step=1024, rollouts=4), ei_lr=2e-4,
                 gsm8k_n=200, gen_batch_size=512, max_new_tokens=128),
 }
@@ -1398,7 +1514,7 @@ def demo_base_and_sft(preset='cpu', out_dir='out-sft-demo', seed=0, log=print):
 
     # 3) SFT on the gold traces of the first sft_examples problems
     h_sft = train_sft(model, tok, sft_set, seed=seed, tag='sft', eval_fn=make_eval(model, val_q, 'sft'),
-                      eval_interval=max(1, P['sft']['max_iters'] // 3), log_interval=25, **P['sft'])
+                      eval_interval=-(-P['sft']['max_iters'] // 3), log_interval=25, **P['sft'])
     results['sft'] = h_sft['evals'][-1]
     log(f"sft: {h_sft['steps']} steps in {h_sft['time_s']:.0f}s: {results['sft']}")
     sft_path = os.path.join(out_dir, 'sft.pt')
@@ -1425,7 +1541,8 @@ def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0
     mnt, gb = P['max_new_tokens'], P['gen_batch_size']
 
     # 4) expert iteration from the SFT model (questions only), then the same number of optimizer steps of plain SFT
-    sft_kw = dict(batch_size=P['sft']['batch_size'], gradient_accumulation_steps=P['sft']['gradient_accumulation_steps'],
+    sft_kw = dict(batch_size=P['sft']['batch_size'],
+                  gradient_accumulation_steps=P['sft']['gradient_accumulation_steps'],
                   learning_rate=P['ei_lr'])
     ei_eval = make_eval(model, val_q, 'ei')
     ei_records = expert_iteration(model, tok, ei_pool, temperature=1.0, max_new_tokens=mnt, epochs=1,
@@ -1467,7 +1584,8 @@ def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0
     cmd = f"python sft.py --mode=demo --demo_preset={preset}"
     L = [f"# sft.py demo, preset '{preset}' ({dev_name}, {total:.0f} s end to end)", "",
          f"Command: `{cmd}`. Synthetic task: {P['task']}, {len(train)} training problems, {len(val)} held-out "
-         f"problems (greedy decoding, prompt {P['template']!r}, r1_zero grader, up to {mnt} new tokens). Model: model.py "
+         f"problems (greedy decoding, prompt {P['template']!r}, r1_zero grader, up to {mnt} new tokens). "
+         f"Model: model.py "
          f"TransformerLM {P['model']}, byte-level tokenizer, {count_parameters(model):,} non-embedding parameters.",
          "", "| stage | optimizer steps | held-out accuracy | format rate | mean length (tokens) | entropy |",
          "|---|---:|---:|---:|---:|---:|"]
@@ -1482,7 +1600,8 @@ def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0
     if 'gsm8k_ei' in results:
         m = results['gsm8k_ei']
         L += ["", f"GSM8K test (first {m['n']} problems whose prompt fits the context), EI model, same code path: "
-                  f"accuracy {m['accuracy']:.1%}, format rate {m['format_rate']:.1%} (a {count_parameters(model)/1e6:.1f}M "
+                  f"accuracy {m['accuracy']:.1%}, format rate {m['format_rate']:.1%} "
+                  f"(a {count_parameters(model) / 1e6:.1f}M "
                   f"model trained only on the synthetic task is not expected to solve GSM8K)."]
     L += ["", "Expert iteration rounds:", "",
           "| round | rollouts | kept (correct) | SFT steps | rollout entropy | rollout tokens/s | held-out accuracy |",
@@ -1496,7 +1615,8 @@ def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0
     with open(md + '.tmp', 'w') as f:
         f.write('\n'.join(L) + '\n')
     os.replace(md + '.tmp', md)
-    _plot_demo(os.path.join(results_dir, f'sft_demo_{preset}.png'), h_sft, ei_records, h_more, h_sft['steps'])
+    _plot_demo(os.path.join(results_dir, f'sft_demo_{preset}.png'), h_sft, ei_records, h_more, h_sft['steps'],
+               results['base'])
     samples = read_jsonl(os.path.join(out_dir, f"ei_step{ei_records[-1]['total_sft_steps']}.jsonl")) \
         if os.path.exists(os.path.join(out_dir, f"ei_step{ei_records[-1]['total_sft_steps']}.jsonl")) else []
     write_jsonl(os.path.join(results_dir, f'sft_demo_{preset}_samples.jsonl'), samples[:20])
@@ -1505,13 +1625,16 @@ def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0
     return results
 
 
-def _plot_demo(path, h_sft, ei_records, h_more, sft_steps):
-    """Held-out accuracy vs optimizer steps: SFT, then its two continuations (more SFT vs expert iteration)."""
+def _plot_demo(path, h_sft, ei_records, h_more, sft_steps, base):
+    """Held-out accuracy vs optimizer steps: base (step 0), SFT, then its two continuations (more SFT vs expert
+    iteration); SFT's format rate dashed."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    xs, ys = zip(*h_sft['accuracy'])
+    xs, ys = zip(*([(0, base['accuracy'])] + h_sft['accuracy']))
+    xf, yf = zip(*([(0, base['format_rate'])] + h_sft['format_rate']))
+    ax.plot(xf, yf, ls='--', color='gray', label='SFT format rate')
     ax.plot(xs, ys, marker='o', label='SFT (gold traces)')
     if h_more['accuracy']:
         xm, ym = zip(*h_more['accuracy'])
@@ -1519,7 +1642,7 @@ def _plot_demo(path, h_sft, ei_records, h_more, sft_steps):
     ei = [(sft_steps + r['total_sft_steps'], r['eval_accuracy']) for r in ei_records if 'eval_accuracy' in r]
     if ei:
         ax.plot([xs[-1]] + [x for x, _ in ei], [ys[-1]] + [y for _, y in ei], marker='^', label='expert iteration')
-    ax.set_xlabel('optimizer steps')
+    ax.set_xlabel('optimizer steps after pretraining')
     ax.set_ylabel('held-out answer accuracy')
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
@@ -1584,7 +1707,8 @@ if __name__ == '__main__':
         tpl = load_prompt_template(prompt_template)
         reward_fn = REWARD_FNS.get(prompt_template, r1_zero_reward_fn)
         val = _eval_problems(val_path or eval_set, tpl)
-        engine = Engine(model, tok, batch_size=gen_batch_size)
+        engine = make_engine(model, tok, engine_backend, gen_batch_size,
+                             init_from[3:] if init_from.startswith('hf:') else None, seed)
         extra = {'config': config, 'tokenizer': 'bytes' if getattr(tok, 'vocab_size', 0) == 257 else '',
                  'tokenizer_dir': tokenizer_dir}
 
@@ -1601,7 +1725,8 @@ if __name__ == '__main__':
             ex = load_sft_examples(train_path, n_train_examples, filter_correct, reward_fn)
             resume = torch.load(ckpt_path, map_location='cpu', weights_only=False) if init_from == 'resume' else None
             train_sft(model, tok, ex, max_iters, batch_size, gradient_accumulation_steps, learning_rate, weight_decay,
-                      warmup_iters / max(1, max_iters), grad_clip, eval_fn=eval_fn, eval_interval=eval_interval,
+                      min(0.5, warmup_iters / max(1, max_iters)), grad_clip, eval_fn=eval_fn,
+                      eval_interval=eval_interval,
                       log_interval=log_interval, seed=seed, out_dir=out_dir if save_checkpoint else '',
                       ckpt_extra=extra, resume=resume)
         elif mode == 'ei':

@@ -199,6 +199,8 @@ def test_gsm8k_and_prompt(data_dir):
     assert len(test) == 1319
     assert test[0]['ground_truth'] == '18' and '<<' not in test[0]['solution']
     tpl = sft.load_prompt_template('r1_zero')
+    for name, text in sft.BUILTIN_PROMPTS.items():  # the built-in copies equal the course's files
+        assert open(f'{data_dir}/a5/prompts/{name}.prompt').read() == text
     prompt = sft.format_prompt(tpl, test[0]['question'])
     assert prompt.endswith('Assistant: <think>') and test[0]['question'] in prompt
     # every reference answer, put in the r1_zero format, is graded correct (the grader accepts GSM8K's numbers)
@@ -352,7 +354,8 @@ def test_stop_strings_on_trained_model(trained, byte_tok):
     assert stopped['finish_reason'] == 'stop' and stopped['text'].endswith('</answer>')
     assert free['text'].startswith(stopped['text']) and len(free['text']) > len(stopped['text'])
     assert byte_tok.decode(stopped['token_ids']) == stopped['text']
-    late = eng.generate(p, max_new_tokens=60, temperature=0, stop=['</answer>'], min_tokens=len(stopped['token_ids']) + 1)
+    late = eng.generate(p, max_new_tokens=60, temperature=0, stop=['</answer>'],
+                        min_tokens=len(stopped['token_ids']) + 1)
     assert len(late[0]['token_ids']) > len(stopped['token_ids'])
 
 
@@ -407,7 +410,8 @@ def test_per_instance_dpo_loss_matches_manual_log_probs():
         ids = tok.encode(prompt + resp)
         return sum(torch.log_softmax(model.table[ids[i - 1]], 0)[ids[i]] for i in range(len(prompt), len(ids)))
     loss = sft.compute_per_instance_dpo_loss(pol, ref, tok, 0.1, 'ab', 'cd', 'dc')
-    z = 0.1 * ((seq_lp(pol, 'ab', 'cd') - seq_lp(ref, 'ab', 'cd')) - (seq_lp(pol, 'ab', 'dc') - seq_lp(ref, 'ab', 'dc')))
+    z = 0.1 * ((seq_lp(pol, 'ab', 'cd') - seq_lp(ref, 'ab', 'cd')) -
+               (seq_lp(pol, 'ab', 'dc') - seq_lp(ref, 'ab', 'dc')))
     assert torch.allclose(loss, -torch.nn.functional.logsigmoid(z), atol=1e-5)
 
 
@@ -419,3 +423,28 @@ def test_dpo_training_prefers_chosen(byte_tok):
     assert hist['loss'][-1][1] < 0.5 * hist['loss'][0][1] and hist['pref_accuracy'][-1][1] == 1.0
     with pytest.raises(ValueError, match='empty chosen or rejected'):
         sft.train_dpo(m, ref, byte_tok, [{'prompt': 'a', 'chosen': '', 'rejected': 'b'}], max_iters=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the demo pipeline end to end, at a toy size (the real presets are run by hand: see results/sft.md)
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_demo_pipeline_runs(tmp_path, monkeypatch):
+    tiny = dict(model=dict(d_model=32, num_layers=1, num_heads=2, context_length=1024),
+                template='User: {question}\nAssistant: <think>', task=dict(min_steps=1, max_steps=1, max_number=9),
+                n_train=300, n_val=10,
+                pretrain=dict(max_iters=5, batch_size=8, gradient_accumulation_steps=1, learning_rate=3e-3),
+                sft_examples=32, sft=dict(max_iters=6, batch_size=8, gradient_accumulation_steps=2, learning_rate=1e-3),
+                ei=dict(n_steps=2, questions_per_step=4, rollouts=2), ei_lr=3e-4, gsm8k_n=2, gen_batch_size=16,
+                max_new_tokens=16)
+    monkeypatch.setitem(sft.DEMO_PRESETS, 'tiny', tiny)
+    # an untrained model is never right: accept every rollout so that the EI and matched-SFT branches both train
+    orig = sft.expert_iteration
+    always = lambda r, gt: {'format_reward': 1.0, 'answer_reward': 1.0, 'reward': 1.0}  # noqa: E731
+    monkeypatch.setattr(sft, 'expert_iteration', lambda *a, **k: orig(*a, **{**k, 'reward_fn': always}))
+    res = sft.run_demo('tiny', out_dir=str(tmp_path / 'out'), results_dir=str(tmp_path / 'res'))
+    assert {'base', 'sft', 'ei', 'sft_more'} <= set(res)
+    md = (tmp_path / 'res' / 'sft_demo_tiny.md').read_text()
+    assert '| SFT + 2 more SFT steps on the same traces | 8 |' in md and 'expert iteration (2 rounds' in md
+    assert (tmp_path / 'res' / 'sft_demo_tiny.png').exists()
+    assert (tmp_path / 'out' / 'sft.pt').exists() and (tmp_path / 'out' / 'ei_steps.jsonl').exists()
