@@ -658,12 +658,24 @@ class LocalBackend:
         ov.update(r.get('overrides', {}))
         return ov
 
+    def train_tokens(self):
+        """Tokens in the train split (0 when unknown): runs longer than that see the data more than once."""
+        meta = os.path.join(self.recipe['data_dir'], 'meta.json')
+        if not os.path.exists(meta):
+            return 0
+        with open(meta) as f:
+            itemsize = np.dtype(json.load(f).get('dtype', 'uint16')).itemsize
+        return os.path.getsize(os.path.join(self.recipe['data_dir'], 'train.bin')) // itemsize
+
     def __call__(self, query):
         N, iters, tokens = self.plan(query)
+        n_train = self.train_tokens()
+        epochs = tokens / n_train if n_train else None
         print(f"--- train d_model={query['d_model']} num_layers={query['num_layers']} N={N:.3g} "
-              f"C={query['train_flops']:.3g}: {iters} iters, {tokens / 1e6:.2f}M tokens")
+              f"C={query['train_flops']:.3g}: {iters} iters, {tokens / 1e6:.2f}M tokens"
+              + (f" ({epochs:.2f} epochs)" if epochs else ''))
         summary = (self._train_fn or _train_with_train_py)(self.overrides(query))
-        return dict(parameters=N, final_loss=summary['val_loss'], tokens=tokens, iters=iters,
+        return dict(parameters=N, final_loss=summary['val_loss'], tokens=tokens, iters=iters, epochs=epochs,
                     time_s=summary.get('time_s'), train_loss=summary.get('train_loss'))
 
 
