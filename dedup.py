@@ -80,7 +80,6 @@ bench_out = 'results/dedup_bench.md'  # where --mode=bench writes its table
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 
-MAX_HASH = np.uint64(0xFFFFFFFFFFFFFFFF)
 SIG_EMPTY = np.uint32(0xFFFFFFFF)  # the signature of a document without n-grams (never a candidate)
 
 
@@ -272,26 +271,28 @@ def jaccard(a, b):
 # MinHash signatures, vectorized
 # =============================================================================
 # MinHash: for a random permutation pi of the n-gram universe, P[min pi(A) == min pi(B)] = J(A, B).
-# We replace k permutations by k hash functions from a universal family: Dietzfelbinger et al.'s
-# multiply-shift h_a(x) = (a*x mod 2^64) >> 32 with a random odd 64-bit a, on 32-bit keys x (the low
-# half of the n-gram's 64-bit hash, already well mixed). It costs one uint64 multiply per (n-gram,
-# hash) in numpy, and the min over a document's n-grams of h_a is the top 32 bits of
-# min(a*x mod 2^64), so we shift once per document, not once per n-gram. (Adding a random b,
-# the strongly universal multiply-add-shift, costs a second pass and changed no test result.)
+# We replace k permutations by k hash functions from a universal family, Dietzfelbinger et al.'s
+# multiply-shift (1997) on w = 32 bits: h_a(x) = (a*x mod 2^32) >> (32 - M), a random odd, keys x
+# the top 32 bits of the n-gram's (well mixed) 64-bit hash. The min over a document of the top-M-bit
+# hash is the top M bits of min(a*x mod 2^32), so we keep the full 32-bit min (M = 32, a finer
+# tie-break) and never shift. One uint32 multiply per (n-gram, hash): half the memory traffic of
+# uint64, twice the SIMD lanes. tests/test_dedup.py checks the estimates' mean and variance.
 
 def hash_params(num_hashes, seed):
-    """(num_hashes, 1) uint64 odd multipliers: the seeded hash functions of the signature."""
+    """(num_hashes, 1) uint32 odd multipliers: the seeded hash functions of the signature."""
     rng = np.random.default_rng([seed, 0x4D696E48])
-    return (rng.integers(1, 2**63, size=num_hashes, dtype=np.uint64) * np.uint64(2) + np.uint64(1))[:, None]
+    return (rng.integers(0, 2**31, size=num_hashes, dtype=np.uint32) * np.uint32(2) + np.uint32(1))[:, None]
 
 
-_CHUNK = 8192  # n-grams per block: a (num_hashes, _CHUNK) uint64 block is 8 MB at 128 hashes, cache-friendly
+_CHUNK = 16384  # n-grams per block: a (num_hashes, _CHUNK) uint32 block is 8 MB at 128 hashes, cache-friendly
 
 
-def minhash_signatures(texts, num_hashes, ngrams, seed, _params=None):
+def minhash_signatures(texts, num_hashes, ngrams, seed, _params=None, return_ngrams=False):
     """texts: list of D documents -> (D, num_hashes) uint32 MinHash signatures.
     A document without words gets SIG_EMPTY everywhere. Works through the texts in groups of about
-    1 MB, so that the per-byte arrays (8 bytes per input byte) stay in cache, not in RAM."""
+    1 MB, so that the per-byte arrays (8 bytes per input byte) stay in cache, not in RAM.
+    return_ngrams=True also returns (X (N,) uint64, counts (D,)): every document's n-gram hashes,
+    which in-memory callers keep for the true-Jaccard check instead of hashing the texts again."""
     params = _params if _params is not None else hash_params(num_hashes, seed)
     out, group, size = [], [], 0
     for t in texts:
@@ -302,38 +303,41 @@ def minhash_signatures(texts, num_hashes, ngrams, seed, _params=None):
             group, size = [], 0
     if group or not out:
         out.append(_minhash_group(group, num_hashes, ngrams, params))
-    return np.concatenate(out)
+    sig = np.concatenate([o[0] for o in out])
+    if return_ngrams:
+        return sig, np.concatenate([o[1] for o in out]), np.concatenate([o[2] for o in out])
+    return sig
 
 
 _GROUP_CHARS = 1 << 20
 
 
 def _minhash_group(texts, num_hashes, ngrams, params):
+    """One ~1 MB group of documents -> (sig (D, k) uint32, X (N,) uint64 n-gram hashes, counts (D,))."""
     a = params
     D = len(texts)
     # 1) the n-gram hashes of every document, concatenated: X (N,), counts (D,)
-    X, counts = batch_ngram_hashes(texts, ngrams)
-    sig = np.full((D, num_hashes), MAX_HASH, dtype=np.uint64)
-    if len(X) == 0:
-        return np.full((D, num_hashes), SIG_EMPTY, dtype=np.uint32)
-    X = X & np.uint64(0xFFFFFFFF)  # 32-bit keys for multiply-add-shift
+    X64, counts = batch_ngram_hashes(texts, ngrams)
+    sig = np.full((D, num_hashes), SIG_EMPTY, dtype=np.uint32)
+    if len(X64) == 0:
+        return sig, X64, counts
+    X = (X64 >> np.uint64(32)).astype(np.uint32)  # 32-bit keys for multiply-shift
     has = np.nonzero(counts)[0]  # documents with at least one n-gram
     starts = (np.cumsum(counts) - counts)[has]  # where each of them begins in X
-    buf = np.empty((num_hashes, _CHUNK), dtype=np.uint64)
+    buf = np.empty((num_hashes, _CHUNK), dtype=np.uint32)
     # 2) all hash functions on a block of n-grams at once, then the min over each document's part
     for s in range(0, len(X), _CHUNK):
         e = min(s + _CHUNK, len(X))
         blk = buf[:, :e - s]
-        np.multiply(a, X[None, s:e], out=blk)  # (k, e-s), wraps mod 2^64
+        np.multiply(a, X[None, s:e], out=blk)  # (k, e-s), wraps mod 2^32
         first = np.searchsorted(starts, s, side='right') - 1  # the document that covers position s
         hi = np.searchsorted(starts, e, side='left')  # ... up to the last one starting before e
         seg = np.maximum(starts[first:hi] - s, 0)  # segment starts within the block
         mins = np.minimum.reduceat(blk, seg, axis=1)  # (k, segments)
         rows = has[first:hi]
         sig[rows] = np.minimum(sig[rows], mins.T)
-    out = (sig >> np.uint64(32)).astype(np.uint32)  # top 32 bits = the multiply-shift hash
-    out[counts == 0] = SIG_EMPTY
-    return out
+    # a document without n-grams keeps SIG_EMPTY (all ones); one with n-grams reaching it is vanishingly rare
+    return sig, X64, counts
 
 
 # =============================================================================
@@ -417,7 +421,14 @@ def bucket_pairs(key, doc, max_bucket):
     pairs = np.stack([doc[left], doc[right]], axis=1)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]  # a document listed twice under one key (not expected)
     pairs.sort(axis=1)
-    return np.unique(pairs, axis=0)
+    return _dedupe_pairs(pairs)
+
+
+def _dedupe_pairs(pairs):
+    """Unique rows of a (P, 2) int64 array of doc ids < 2^31, sorted: one int64 code per pair is much
+    faster to sort than np.unique(axis=0)."""
+    code = np.unique((pairs[:, 0] << 32) | pairs[:, 1])
+    return np.stack([code >> 32, code & 0xFFFFFFFF], axis=1)
 
 
 def lsh_pairs(sig, bands, max_bucket=200, doc_ids=None):
@@ -435,7 +446,7 @@ def _unique_pairs(list_of_pairs):
     pairs = [p for p in list_of_pairs if len(p)]
     if not pairs:
         return np.zeros((0, 2), np.int64)
-    return np.unique(np.concatenate(pairs), axis=0)
+    return _dedupe_pairs(np.concatenate(pairs))
 
 
 def _partition_of(key, P):
@@ -497,21 +508,39 @@ def choose_removed(n_docs, dup_pairs, prio):
 # =============================================================================
 
 def minhash_near_duplicates(texts, num_hashes=128, num_bands=0, ngrams=5, jaccard_threshold=0.8, seed=0,
-                            max_bucket=200):
+                            max_bucket=200, num_workers=1):
     """Near-duplicate detection on a list of in-memory strings; returns the set of indices to drop
     (one document per cluster of duplicates survives, chosen by the seed). num_bands=0 picks it."""
     if num_bands == 0:
         num_bands, _ = choose_bands(num_hashes, jaccard_threshold)
     _check_bands(num_hashes, num_bands)
-    params = hash_params(num_hashes, seed)
-    sig = (np.concatenate([minhash_signatures(texts[i:i + 1000], num_hashes, ngrams, seed, params)
-                           for i in range(0, len(texts), 1000)]) if len(texts) else np.zeros((0, num_hashes), np.uint32))
-    pairs = lsh_pairs(sig, num_bands, max_bucket)
-    docs = np.unique(pairs).tolist()
-    sets = dict(zip(docs, ngram_sets([texts[d] for d in docs], ngrams)))
-    keep = verify_pairs(pairs, sets, jaccard_threshold)
-    removed, _ = choose_removed(len(texts), pairs[keep], priorities([str(i) for i in range(len(texts))], seed))
+    removed, _, _ = _in_memory_dedup(texts, num_hashes, num_bands, ngrams, jaccard_threshold, seed, max_bucket,
+                                     num_workers)
     return set(removed.tolist())
+
+
+def _sig_ngrams_shard(args):
+    texts, num_hashes, ngrams, seed = args
+    return minhash_signatures(texts, num_hashes, ngrams, seed, return_ngrams=True)
+
+
+def _in_memory_dedup(texts, num_hashes, num_bands, ngrams, threshold, seed, max_bucket=200, workers=1):
+    """The whole pipeline on in-memory texts. Keeps every document's n-gram hashes from the signature
+    pass (8 bytes per n-gram) for the true-Jaccard check. Returns (removed ids, duplicate pairs, timings)."""
+    t0 = time.time()
+    shards = [(texts[i:i + 1000], num_hashes, ngrams, seed) for i in range(0, len(texts), 1000)]
+    res = list(_local_map(_sig_ngrams_shard, shards, workers, 'signatures', False))
+    sig = np.concatenate([r[0] for r in res]) if res else np.zeros((0, num_hashes), np.uint32)
+    X = np.concatenate([r[1] for r in res]) if res else np.zeros(0, np.uint64)
+    off = np.cumsum(np.concatenate([[0]] + [r[2] for r in res]))  # document d's n-grams: X[off[d]:off[d+1]]
+    t_sig = time.time()
+    pairs = lsh_pairs(sig, num_bands, max_bucket)
+    t_lsh = time.time()
+    sets = {d: np.unique(X[off[d]:off[d + 1]]) for d in np.unique(pairs).tolist()}
+    dup = pairs[verify_pairs(pairs, sets, threshold)]
+    removed, _ = choose_removed(len(texts), dup, priorities([str(i) for i in range(len(texts))], seed))
+    return removed, dup, {'sig_s': t_sig - t0, 'lsh_s': t_lsh - t_sig, 'total_s': time.time() - t0,
+                          'candidates': len(pairs)}
 
 
 def _check_bands(num_hashes, num_bands):
@@ -1154,20 +1183,9 @@ def _in_child(fn, *args):
 
 def _ours_end_to_end(texts, k, bands, n, threshold, workers):
     """Our pipeline on in-memory texts: signatures (process pool), LSH, verify, union-find."""
-    t0 = time.time()
-    shards = [texts[i:i + 1000] for i in range(0, len(texts), 1000)]
-    sigs = list(_local_map(_bench_sig_shard, [(s, k, n) for s in shards], workers, 'sig', False))
-    t_sig = time.time() - t0
-    sig = np.concatenate(sigs)
-    t1 = time.time()
-    pairs = lsh_pairs(sig, bands)
-    t_lsh = time.time() - t1
-    docs = np.unique(pairs).tolist()
-    dup = pairs[verify_pairs(pairs, dict(zip(docs, ngram_sets([texts[d] for d in docs], n))), threshold)]
-    removed, _ = choose_removed(len(texts), dup, priorities([str(i) for i in range(len(texts))], 0))
-    total = time.time() - t0
-    return {'pairs': [tuple(x) for x in dup.tolist()], 'sig_s': t_sig, 'lsh_s': t_lsh, 'total_s': total,
-            'removed': len(removed), 'candidates': len(pairs)}
+    removed, dup, r = _in_memory_dedup(texts, k, bands, n, threshold, 0, 200, workers)
+    r.update(pairs=[tuple(x) for x in dup.tolist()], removed=len(removed))
+    return r
 
 
 def _bench_sig_shard(args):

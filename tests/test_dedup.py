@@ -105,12 +105,12 @@ def test_signatures_match_naive_minhash():
     sig = dedup.minhash_signatures(texts, 16, 2, seed=11)
     a = dedup.hash_params(16, 11)
     for t, s in zip(texts, sig):
-        X = dedup.ngram_set(t, 2) & np.uint64(0xFFFFFFFF)
+        X = (dedup.ngram_set(t, 2) >> np.uint64(32)).astype(np.uint32)
         if len(X) == 0:
             assert (s == dedup.SIG_EMPTY).all()
             continue
-        naive = ((a * X[None, :]) >> np.uint64(32)).min(axis=1)  # (16,) one hash function at a time
-        assert np.array_equal(s, naive.astype(np.uint32))
+        naive = (a * X[None, :]).min(axis=1)  # (16,) one hash function at a time, uint32 arithmetic
+        assert np.array_equal(s, naive)
 
 
 def test_minhash_estimates_jaccard():
