@@ -969,8 +969,8 @@ PRESETS = {
     # Runs of 0.1M-3M non-embedding parameters take 5M-100M+ tokens; the 4x larger target about as many. The data
     # may repeat for the smallest models (1-2 epochs of pycode), which hardly matters (Muennighoff et al. 2023).
     'gpu': dict(budgets=(3e13, 1e14, 3e14), size_spread=16.0, size_spread_later=8.0, total_budget=4e15,
-                target_ratio=4.0, time_limit_s=480.0, context_length=256, batch_size=128, learning_rate=2e-3, head_dim=64,
-                train_overrides={'compile': False, 'optimizer': 'torch_adamw'}),
+                target_ratio=4.0, time_limit_s=480.0, context_length=256, batch_size=128, learning_rate=2e-3,
+                head_dim=64, train_overrides={'compile': False, 'optimizer': 'torch_adamw'}),
     # a CPU: models of 12k-200k parameters on a small token file (e.g. data/docs), a few minutes
     'cpu': dict(budgets=(2e10, 6e10, 2e11), size_spread=16.0, size_spread_later=8.0, total_budget=2e12,
                 target_ratio=3.0, time_limit_s=0.0, context_length=64, batch_size=16, learning_rate=3e-3, head_dim=32,
