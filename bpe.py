@@ -89,6 +89,11 @@ def _pool(n, initializer=None, initargs=()):
     return ctx.Pool(n, initializer=initializer, initargs=initargs)
 
 
+def _chunk_size(path, n_workers):
+    """Chunk size for n_workers: at most CHUNK_BYTES (memory), at least 4 chunks per worker (load balance)."""
+    return min(CHUNK_BYTES, max(1 << 16, os.path.getsize(path) // (4 * n_workers) + 1))
+
+
 def find_chunk_boundaries(path, chunk_bytes=None):
     """Byte offsets [0, ..., file_size] that cut the file into chunks of about chunk_bytes each.
     Every cut lies just after a lone '\\n' between printable ASCII bytes (see CHUNK_CUT_RE), so it never splits
@@ -169,7 +174,7 @@ def count_pretokens(input_path, special_tokens=(), num_workers=None, progress=Tr
     if not os.path.isfile(input_path):
         raise FileNotFoundError(f"training text not found: {input_path!r} (give a UTF-8 text file, e.g. "
                                 f"--input=../shared/data/a1/corpus.en)")
-    cuts = find_chunk_boundaries(input_path)
+    cuts = find_chunk_boundaries(input_path, _chunk_size(input_path, _num_workers(num_workers)))
     jobs = [(input_path, a, b, list(special_tokens)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
     n = min(_num_workers(num_workers), max(1, len(jobs)))
     counts, n_bad = Counter(), 0
@@ -575,7 +580,7 @@ def encode_file(tokenizer_dir, input_path, output_path, num_workers=None, progre
         raise FileNotFoundError(f"text to encode not found: {input_path!r}")
     tokenizer = Tokenizer.from_dir(tokenizer_dir)
     dtype = token_dtype(tokenizer.vocab_size)
-    cuts = find_chunk_boundaries(input_path)
+    cuts = find_chunk_boundaries(input_path, _chunk_size(input_path, _num_workers(num_workers)))
     jobs = [(input_path, a, b, dtype) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
     n = min(_num_workers(num_workers), max(1, len(jobs)))
     t0 = time.time()
