@@ -40,6 +40,7 @@ import glob
 import hashlib
 import json
 import os
+import random
 import re
 import sys
 import tempfile
@@ -482,7 +483,7 @@ def evaluate_quality(model_path, positives, negatives):
             'accuracy': (tp + tn) / max(tp + fp + fn + tn, 1), 'n_pos': tp + fn, 'n_neg': fp + tn}
 
 
-def train_quality(positives_spec, negatives_spec, out_path, holdout=0.2, epochs=20):
+def train_quality(positives_spec, negatives_spec, out_path, holdout=0.2, epochs=20, max_ratio=4):
     """The train_quality command: load the sources, split by page hash, train, evaluate on the held-out part."""
     pos = load_quality_texts(positives_spec)
     neg = load_quality_texts(negatives_spec)
@@ -490,6 +491,12 @@ def train_quality(positives_spec, negatives_spec, out_path, holdout=0.2, epochs=
     split = lambda ex, held: [t for k, t in ex if _is_holdout(k, holdout) == held]
     train_pos, train_neg = split(pos, False), split(neg, False)
     test_pos, test_neg = split(pos, True), split(neg, True)
+    # balance: fastText's softmax learns the class prior, and our default sources are ~40:1 positive; keep at
+    # most max_ratio x the smaller class on the training side (a seeded sample)
+    rng = random.Random(0)
+    n_max = max_ratio * min(len(train_pos), len(train_neg))
+    train_pos = rng.sample(train_pos, n_max) if len(train_pos) > n_max else train_pos
+    train_neg = rng.sample(train_neg, n_max) if len(train_neg) > n_max else train_neg
     t0 = time.time()
     train_quality_classifier(train_pos, train_neg, out_path, epochs=epochs)
     result = {'train_pos': len(train_pos), 'train_neg': len(train_neg), 'train_s': time.time() - t0}
@@ -526,12 +533,10 @@ STAGES = ['read', 'extract', 'langid', 'gopher', 'nsfw', 'toxic', 'quality', 'pi
 
 
 def output_stem(path):
-    """Name of a file's outputs: its basename without .gz/.warc/.wet (CC-MAIN-...-00042.warc.wet.gz ->
-    CC-MAIN-...-00042)."""
+    """Name of a file's outputs: its basename without .gz (CC-MAIN-...-00042.warc.wet.gz ->
+    CC-MAIN-...-00042.warc.wet; a WARC and its WET keep different names)."""
     name = os.path.basename(path)
-    for ext in ('.gz', '.wet', '.warc', '.txt'):
-        name = name[:-len(ext)] if name.endswith(ext) else name
-    return name
+    return name[:-3] if name.endswith('.gz') else name
 
 
 def _atomic_write_bytes(path, data):
@@ -897,7 +902,7 @@ def format_report(report):
     lines.append(f"| **whole pipeline** (records / task CPU s) | {c.get('records', 0):,} | {tp['cpu_s']:.2f} | "
                  f"**{tp['pipeline_docs_per_core_s']:,.0f}** |")
     lines += ['', f"Projection (CPU-s per compressed byte here x {CC_WET_FILE_BYTES / 1e6:.0f} MB per CC WET file): "
-                  f"{tp['core_h_per_cc_wet_file']:.2f} core-hours per WET file, "
+                  f"{tp['core_h_per_cc_wet_file']:.3f} core-hours per WET file, "
                   f"{tp['core_h_5000_files']:,.0f} core-hours for 5,000 files, "
                   f"{tp['core_h_100000_files']:,.0f} core-hours for 100,000 files"]
     if 'tokens' in report:
@@ -932,25 +937,25 @@ def scale(cfg):
             os.makedirs(os.path.dirname(link), exist_ok=True)
             os.symlink(os.path.abspath(p), link)
             inputs.append(link)
-        for eng in cfg['bench_engines'].split(','):
+        for i, eng in enumerate(cfg['bench_engines'].split(',')):  # an engine may be listed twice (repeats)
             for w in [int(x) for x in cfg['bench_workers'].split(',')]:
-                out = os.path.join(tmp, f'out-{eng}-{w}')
+                out = os.path.join(tmp, f'out-{i}-{eng}-{w}')  # fresh: nothing to resume
                 t0 = time.time()
                 r = run_pipeline(inputs, out, cfg, engine=eng, num_workers=w, ray_address=cfg['ray_address'],
                                  progress=False)
                 wall = time.time() - t0  # includes Ray start-up for a local Ray instance
                 docs = r['counts'].get('records', 0)
-                rows.append({'engine': eng, 'workers': w, 'files': len(inputs), 'docs': docs,
-                             'wall_s': wall, 'docs_per_s': docs / wall})
+                rows.append({'engine': eng, 'workers': w, 'files': len(inputs), 'docs': docs, 'wall_s': wall,
+                             'startup_s': r['startup_s'], 'docs_per_s': docs / wall})
                 print(f"{eng:6s} workers {w:3d}: {len(inputs)} files, {docs:,} docs in {wall:.1f} s "
-                      f"= {docs / wall:,.0f} docs/s", flush=True)
-    print('\n| engine | workers | files | documents | wall s (incl. start-up) | documents/s | speed-up vs 1 |')
-    print('|---|---:|---:|---:|---:|---:|---:|')
+                      f"(start-up {r['startup_s']:.1f} s) = {docs / wall:,.0f} docs/s", flush=True)
+    print('\n| engine | workers | files | documents | wall s | of which start-up s | documents/s | speed-up vs 1 |')
+    print('|---|---:|---:|---:|---:|---:|---:|---:|')
     for r in rows:
         base = next((b for b in rows if b['engine'] == r['engine'] and b['workers'] == 1), None)
         sp = f"{r['docs_per_s'] / base['docs_per_s']:.2f}x" if base else '-'
         print(f"| {r['engine']} | {r['workers']} | {r['files']} | {r['docs']:,} | {r['wall_s']:.1f} | "
-              f"{r['docs_per_s']:,.0f} | {sp} |")
+              f"{r['startup_s']:.1f} | {r['docs_per_s']:,.0f} | {sp} |")
     return rows
 
 

@@ -213,6 +213,13 @@ def test_quality_classifier(data_dir, tmp_path):
     ev = cc_filter.evaluate_quality(model, pos[1::2], neg[1::2])
     assert ev['n_pos'] == len(pos[1::2]) and ev['n_neg'] == len(neg[1::2])
     assert ev['precision'] > 0.8 and ev['recall'] > 0.8 and 0 <= ev['f1'] <= 1
+    # the train_quality command: sources by path, split by hash, balanced, evaluated on the held-out part
+    neg_file = tmp_path / 'neg.txt'
+    neg_file.write_text('\n\n'.join(f'{t} {i}' for i, t in enumerate(neg * 5)))
+    result = cc_filter.train_quality(os.path.join(data_dir, 'a4', 'high_quality_wiki_reference.txt'), str(neg_file),
+                                     str(tmp_path / 'q2.bin'), holdout=0.3, epochs=20)
+    assert result['n_pos'] > 0 and result['n_neg'] > 0 and result['train_pos'] <= 4 * result['train_neg']
+    assert 0 <= result['precision'] <= 1 and 0 <= result['recall'] <= 1 and result['train_accuracy'] > 0.8
 
 
 # -----------------------------------------------------------------------------
@@ -292,7 +299,7 @@ def test_resume_after_interrupt(crawl, cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(cc_filter, 'filter_document', interrupted)
     with pytest.raises(KeyboardInterrupt):
         cc_filter.run_pipeline(str(crawl / '*'), out, cfg, num_workers=1, progress=False)
-    assert sorted(os.listdir(os.path.join(out, 'stats'))) == ['a.json']  # only the first file is done
+    assert sorted(os.listdir(os.path.join(out, 'stats'))) == ['a.warc.wet.json']  # only the first file is done
     assert any('.tmp.' in f for f in os.listdir(os.path.join(out, 'docs')))  # the half-written second file
     monkeypatch.setattr(cc_filter, 'filter_document', real)
     report = cc_filter.run_pipeline(str(crawl / '*'), out, cfg, num_workers=1, progress=False)
@@ -319,16 +326,17 @@ def test_bad_input_counted_and_skipped(crawl, cfg, data_dir, tmp_path):
                                              + wet_record('http://a/3', en))
     out = str(tmp_path / 'out')
     report = cc_filter.run_pipeline(str(d / '*'), out, cfg, num_workers=2, progress=False)
-    stats = {s: json.load(open(os.path.join(out, 'stats', f'{s}.json')))
-             for s in ('good', 'truncated', 'random', 'text', 'undecodable')}
+    stats = {f.split('.')[0]: json.load(open(os.path.join(out, 'stats', f)))
+             for f in os.listdir(os.path.join(out, 'stats'))}
+    assert sorted(stats) == ['good', 'random', 'text', 'truncated', 'undecodable']
     assert not report['failed'] and report['processed'] == 5
     assert stats['random']['counts']['bad_files'] == 1 and stats['text']['counts']['bad_files'] == 1
     assert stats['truncated']['counts']['truncated_records'] == 1 and stats['truncated']['counts']['records'] == 20
     assert stats['undecodable']['counts']['drop_undecodable'] == 1 and stats['undecodable']['counts']['kept'] == 2
     assert all(stats[s]['warnings'] for s in ('truncated', 'random', 'text', 'undecodable'))
     # the truncated file kept exactly what the good file kept among its first 20 records
-    good_urls = [json.loads(l)['url'] for l in open(os.path.join(out, 'docs', 'good.jsonl'))]
-    trunc_urls = [json.loads(l)['url'] for l in open(os.path.join(out, 'docs', 'truncated.jsonl'))]
+    good_urls = [json.loads(l)['url'] for l in open(os.path.join(out, 'docs', 'good.warc.wet.jsonl'))]
+    trunc_urls = [json.loads(l)['url'] for l in open(os.path.join(out, 'docs', 'truncated.warc.wet.jsonl'))]
     first20 = [r[0] for r in cc_filter.iter_records(str(d / 'good.warc.wet.gz'))][:20]
     assert trunc_urls == [u for u in good_urls if u in first20]
     # cut inside the gzip trailer only: the 21st record is whole and kept, the file is still reported as cut

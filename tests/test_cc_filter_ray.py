@@ -121,7 +121,9 @@ def test_ray_corrupt_input_counted(ray_local, crawl, cfg, data_dir, tmp_path):
     out = str(tmp_path / 'out')
     report = cc_filter.run_pipeline(str(d / '*'), out, cfg, engine='ray', progress=False)
     assert not report['failed'] and report['processed'] == 3
-    stats = {s: json.load(open(os.path.join(out, 'stats', f'{s}.json')))['counts'] for s in ('good', 'truncated', 'junk')}
+    stats = {s: json.load(open(os.path.join(out, 'stats', f'{s}.json')))['counts']
+             for s in ('good.warc.wet', 'truncated.warc.wet', 'junk.warc')}
+    stats = {k.split('.')[0]: v for k, v in stats.items()}
     assert stats['junk']['bad_files'] == 1 and stats['truncated']['truncated_records'] == 1
     assert 0 < stats['truncated']['records'] < stats['good']['records'] == 25
     assert report['counts']['bad_files'] == 1 and report['counts']['truncated_records'] == 1
