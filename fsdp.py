@@ -77,18 +77,19 @@ _reduce_scatter = getattr(dist, 'reduce_scatter_single', None) or dist.reduce_sc
 
 
 # -----------------------------------------------------------------------------
-# One FSDP unit: a module's parameters as one flat vector, sharded
+# One FSDP unit: a module's parameters as flat vectors (matrices, vectors), sharded
 
-class FlatUnit:
+class FlatParam:
     """
-    The parameters owned by one unit (a Transformer block, or the root's leftovers), flattened and sharded.
-      shard   nn.Parameter (padded/N,) fp32: this rank's slice of the flat vector, the master weights
+    Some parameters of one unit, flattened and sharded.
+      shard   nn.Parameter, this rank's slice of the flat fp32 vector (the master weights the optimizer updates);
+              (shard_numel,) for vectors, (1, shard_numel) for matrices -- see matrices below
       full    (padded,) param_dtype leaf tensor: the gathered vector; its storage is freed (size 0) when not in use
       slots   (submodule, attribute, index): where each parameter lived; the attribute becomes a view into `full`
     """
 
-    def __init__(self, module, params, slots, names, param_dtype, rank, world_size):
-        self.module, self.slots, self.names = module, slots, names
+    def __init__(self, params, slots, names, param_dtype, rank, world_size, matrices):
+        self.slots, self.names = slots, names
         self.shapes = [p.shape for p in params]
         self.numels = [p.numel() for p in params]
         total = sum(self.numels)
@@ -100,15 +101,26 @@ class FlatUnit:
             flat = torch.zeros(self.padded, dtype=torch.float32, device=device)
             flat[:total] = torch.cat([p.detach().reshape(-1).float() for p in params])
             dist.broadcast(flat, src=0)  # rank 0's initialization wins, as with DDP
-            self.shard = nn.Parameter(flat[rank * self.shard_numel:(rank + 1) * self.shard_numel].clone())
+            shard = flat[rank * self.shard_numel:(rank + 1) * self.shard_numel].clone()
+            # NOTE: a shard of matrices is kept 2-D, (1, shard_numel), so that the usual optimizer rule "weight
+            # decay on p.dim() >= 2, not on gains and biases" (nanoGPT, train.py) still picks the right shards
+            self.shard = nn.Parameter(shard.view(1, -1) if matrices else shard)
         del flat
         # A leaf that requires grad: views of it become the module's weights, so autograd sums their gradients
-        # into full.grad (one (padded,) bf16 tensor) and then calls our post-accumulate-grad hook.
+        # into full.grad (one (padded,) tensor) and then calls our post-accumulate-grad hook.
         self.full = torch.empty(self.padded, dtype=param_dtype, device=device, requires_grad=True)
         self.full.untyped_storage().resize_(0)
         self.state = 'free'  # 'free' -> 'gathering' (all-gather in flight) -> 'ready'
         self.work = None  # the in-flight all-gather
         self.gather_src = None  # the bf16 copy of the shard it reads from (kept alive until it finishes)
+
+
+class Unit:
+    """A module sharded as one piece (a Transformer block, or the root): one FlatParam for its matrices, one for
+    its vectors (norm gains, biases), gathered and freed together."""
+
+    def __init__(self, module, flats):
+        self.module, self.flats = module, flats
 
 
 class FSDP(nn.Module):
@@ -139,14 +151,14 @@ class FSDP(nn.Module):
         for name, p in module.named_parameters(remove_duplicate=False):
             names_of.setdefault(id(p), []).append(name)
         self._sd_keys = list(module.state_dict().keys())
-        self._buffer_keys = [k for k in self._sd_keys if not any(k in n for n in names_of.values())]
+        param_keys = {n for names in names_of.values() for n in names}
+        self._buffer_keys = [k for k in self._sd_keys if k not in param_keys]
         owner = {}  # id(param) -> unit index, to catch a parameter shared between two units
         self.units = []
         root_subs = [m for m in module.modules() if id(m) not in in_unit]
         members = [(module, root_subs)] + [(u, list(u.modules())) for u in unit_modules]
         for ui, (unit_module, subs) in enumerate(members):
-            params, slots, names = [], [], []
-            index = {}
+            groups = {True: ([], [], [], {}), False: ([], [], [], {})}  # matrices?: (params, slots, names, index)
             for sub in subs:
                 for attr, p in list(sub._parameters.items()):
                     if p is None:
@@ -155,62 +167,71 @@ class FSDP(nn.Module):
                     assert owner.get(id(p), ui) == ui, \
                         f"{names_of[id(p)]} is shared between two FSDP units: tie only parameters of one unit"
                     owner[id(p)] = ui
+                    params, slots, names, index = groups[p.dim() >= 2]
                     if id(p) not in index:
                         index[id(p)] = len(params)
                         params.append(p)
                         names.append(names_of[id(p)])
                     slots.append((sub, attr, index[id(p)]))
-            if not params:
+            flats = [FlatParam(params, slots, names, param_dtype, self.rank, self.world_size, matrices)
+                     for matrices, (params, slots, names, _) in groups.items() if params]
+            if not flats:
                 continue
-            unit = FlatUnit(unit_module, params, slots, names, param_dtype, self.rank, self.world_size)
-            for sub, attr, _ in slots:
-                del sub._parameters[attr]  # from now on a plain attribute, set to a view before each use
-            self.units.append(unit)
-        del params
+            for f in flats:
+                for sub, attr, _ in f.slots:
+                    if attr in sub._parameters:
+                        del sub._parameters[attr]  # from now on a plain attribute, set to a view before each use
+            self.units.append(Unit(unit_module, flats))
+        del groups
+        self.flats = [f for u in self.units for f in u.flats]
         # the shards are this module's parameters: FSDP(...).parameters() is what the optimizer sees
-        self.shards = nn.ParameterList([u.shard for u in self.units])
+        self.shards = nn.ParameterList([f.shard for f in self.flats])
         self._order = []  # units in forward execution order, recorded during the first forward (for prefetch)
         self._recording = True
-        self._pending = []  # (unit, work, reduced bf16 shard gradient, full gradient kept alive) in flight
+        self._pending = []  # (flat, work, reduced shard gradient, full gradient kept alive) in flight
         self.max_gathered = 0  # most units gathered at once (statistic for tests and the bench)
         for u in self.units:
             u.module.register_forward_pre_hook(lambda m, args, u=u: self._pre_forward(u))
             u.module.register_forward_hook(lambda m, args, out, u=u: self._post_forward(u, out))
-            u.full.register_post_accumulate_grad_hook(lambda full, u=u: self._grad_ready(u))
+            for f in u.flats:
+                f.full.register_post_accumulate_grad_hook(lambda full, f=f: self._grad_ready(f))
 
     # ---- gathering and freeing -------------------------------------------------
     def _gather_async(self, u):
-        """Start the all-gather of u's shards into u.full (bf16)."""
-        if u.state != 'free':
-            return
-        u.full.untyped_storage().resize_(u.padded * u.full.element_size())  # re-allocate the freed storage
-        u.gather_src = u.shard.detach().to(self.param_dtype)  # (shard_numel,) cast before sending: half the bytes
-        # NOTE: write through .data: it shares the storage but not the version counter, so autograd does not
-        # complain that tensors it saved for backward (views of full) were modified in place -- we refill them
-        # with the very same values on purpose
-        u.work = _all_gather(u.full.data, u.gather_src, async_op=True)
-        u.state = 'gathering'
-        self.max_gathered = max(self.max_gathered, sum(v.state != 'free' for v in self.units))
+        """Start the all-gathers of u's shards into the full vectors (bf16)."""
+        for f in u.flats:
+            if f.state != 'free':
+                continue
+            f.full.untyped_storage().resize_(f.padded * f.full.element_size())  # re-allocate the freed storage
+            f.gather_src = f.shard.detach().reshape(-1).to(self.param_dtype)  # cast before sending: half the bytes
+            # NOTE: write through .data: it shares the storage but not the version counter, so autograd does not
+            # complain that tensors it saved for backward (views of full) were modified in place -- we refill them
+            # with the very same values on purpose
+            f.work = _all_gather(f.full.data, f.gather_src, async_op=True)
+            f.state = 'gathering'
+        self.max_gathered = max(self.max_gathered,
+                                sum(any(f.state != 'free' for f in v.flats) for v in self.units))
 
     def _wait(self, u, set_views):
         self._gather_async(u)
-        if u.work is not None:
-            u.work.wait()
-            u.work, u.gather_src = None, None
-        u.state = 'ready'
-        if set_views:
-            # the module's weights become views of the gathered vector: (padded,) -> pieces -> original shapes.
-            # split() makes one SplitWithSizesBackward node: in backward the pieces' gradients are concatenated once
-            pieces = u.full.split(u.split_sizes)
-            for sub, attr, i in u.slots:
-                setattr(sub, attr, pieces[i].view(u.shapes[i]))
+        for f in u.flats:
+            if f.work is not None:
+                f.work.wait()
+                f.work, f.gather_src = None, None
+            f.state = 'ready'
+            if set_views:
+                # the module's weights become views of the gathered vector: (padded,) -> pieces -> original shapes.
+                # split() makes one SplitWithSizesBackward node: in backward the pieces' gradients are concatenated
+                pieces = f.full.split(f.split_sizes)
+                for sub, attr, i in f.slots:
+                    setattr(sub, attr, pieces[i].view(f.shapes[i]))
 
-    def _free(self, u):
-        if u.work is not None:  # a prefetch nobody used: finish it before dropping its buffer
-            u.work.wait()
-            u.work, u.gather_src = None, None
-        u.full.untyped_storage().resize_(0)  # the views (and what autograd saved) keep their shape, lose the memory
-        u.state = 'free'
+    def _free_flat(self, f):
+        if f.work is not None:  # a prefetch nobody used: finish it before dropping its buffer
+            f.work.wait()
+            f.work, f.gather_src = None, None
+        f.full.untyped_storage().resize_(0)  # the views (and what autograd saved) keep their shape, lose the memory
+        f.state = 'free'
 
     def _neighbour(self, u, step):
         if self._recording or u not in self._order:
@@ -229,7 +250,8 @@ class FSDP(nn.Module):
                 self._gather_async(nxt)
 
     def _post_forward(self, u, output):
-        self._free(u)
+        for f in u.flats:
+            self._free_flat(f)
         if torch.is_grad_enabled():
             # "pre-backward hook": the gradient w.r.t. the unit's output arrives just before the unit's backward
             for t in _tensors(output):
@@ -237,21 +259,21 @@ class FSDP(nn.Module):
                     t.register_hook(lambda grad, u=u: self._pre_backward(u))
 
     def _pre_backward(self, u):
-        self._wait(u, set_views=False)  # autograd already holds views of u.full: refill their storage
+        self._wait(u, set_views=False)  # autograd already holds views of the full vectors: refill their storage
         if self.prefetch:
             prv = self._neighbour(u, -1)  # backward runs the units in reverse order
             if prv is not None:
                 self._gather_async(prv)
 
-    def _grad_ready(self, u):
-        """All of u's gradients have been summed into u.full.grad: reduce-scatter it, free the gathered weights."""
-        grad = u.full.grad  # (padded,) in param_dtype
-        u.full.grad = None
-        self._free(u)  # the unit's backward is done: no op needs its full weights any more
+    def _grad_ready(self, f):
+        """All of f's gradients have been summed into f.full.grad: reduce-scatter it, free the gathered weights."""
+        grad = f.full.grad  # (padded,) in param_dtype
+        f.full.grad = None
+        self._free_flat(f)  # every op that used these weights has finished its backward
         grad.div_(self.world_size)  # average (before the sum: no overflow risk in low precision)
-        out = torch.empty(u.shard_numel, dtype=grad.dtype, device=grad.device)
+        out = torch.empty(f.shard_numel, dtype=grad.dtype, device=grad.device)
         work = _reduce_scatter(out, grad, async_op=True)  # out = sum over ranks of our slice of grad
-        self._pending.append((u, work, out, grad))
+        self._pending.append((f, work, out, grad))
 
     # ---- the DDP-like interface train.py uses -------------------------------------
     def forward(self, *args, **kwargs):
@@ -263,17 +285,17 @@ class FSDP(nn.Module):
 
     def finish_gradient_synchronization(self):
         """Wait for the reduce-scatters and accumulate the gradient shards into shard.grad in fp32."""
-        for u, work, out, _ in self._pending:
+        for f, work, out, _ in self._pending:
             work.wait()
-            g = out.float()
-            if u.shard.grad is None:
-                u.shard.grad = g
+            g = out.float().view_as(f.shard)
+            if f.shard.grad is None:
+                f.shard.grad = g
             else:
-                u.shard.grad.add_(g)
+                f.shard.grad.add_(g)
         self._pending.clear()
-        for u in self.units:
-            if u.state != 'free':
-                self._free(u)
+        for f in self.flats:
+            if f.state != 'free':
+                self._free_flat(f)
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -292,13 +314,13 @@ class FSDP(nn.Module):
         A collective: every rank must call it. Returns {} on ranks other than 0 when rank0_only.
         """
         params = {}
-        for u in self.units:
-            full = torch.empty(u.padded, dtype=torch.float32, device=u.shard.device)
-            _all_gather(full, u.shard.detach())  # fp32: the checkpoint keeps the master weights, not bf16
+        for f in self.flats:
+            full = torch.empty(f.padded, dtype=torch.float32, device=f.shard.device)
+            _all_gather(full, f.shard.detach().reshape(-1))  # fp32: the checkpoint keeps the master weights
             full = full.cpu()
-            for i, piece in enumerate(full.split(u.split_sizes)[:-1]):
-                t = piece.view(u.shapes[i]).clone()
-                for name in u.names[i]:
+            for i, piece in enumerate(full.split(f.split_sizes)[:-1]):
+                t = piece.view(f.shapes[i]).clone()
+                for name in f.names[i]:
                     params[name] = t
         if rank0_only and self.rank != 0:
             return {}
@@ -313,10 +335,10 @@ class FSDP(nn.Module):
         if missing or unexpected:
             raise KeyError(f"state dict does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
                            " (a checkpoint of another model config?)")
-        for u in self.units:
-            flat = torch.zeros(u.padded, dtype=torch.float32)
-            flat[:sum(u.numels)] = torch.cat([state_dict[n[0]].reshape(-1).float().cpu() for n in u.names])
-            u.shard.copy_(flat[self.rank * u.shard_numel:(self.rank + 1) * u.shard_numel])
+        for f in self.flats:
+            flat = torch.zeros(f.padded, dtype=torch.float32)
+            flat[:sum(f.numels)] = torch.cat([state_dict[n[0]].reshape(-1).float().cpu() for n in f.names])
+            f.shard.copy_(flat[self.rank * f.shard_numel:(self.rank + 1) * f.shard_numel].view_as(f.shard))
         buffers = dict(self.module.named_buffers())
         for k in self._buffer_keys:
             buffers[k].copy_(state_dict[k])
@@ -491,7 +513,8 @@ def run_bench():
         param_bytes = sum(p.numel() for p in m.parameters()) * 4
         opt_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
                         if torch.is_tensor(t) and t.dim() > 0)
-        largest_unit = max(u.padded for u in m.units) * torch.finfo(m.param_dtype).bits // 8 if sharded else 0
+        largest_unit = (max(sum(f.padded for f in u.flats) for u in m.units) * torch.finfo(m.param_dtype).bits // 8
+                        if sharded else 0)
         rows.append(dict(variant=variant, step_ms=1e3 * step.item(), P=P,
                          analytic_states_MB=16 * P / (world if sharded else 1) / MB, params_MB=param_bytes / MB,
                          opt_state_MB=opt_bytes / MB, gathered_max=m.max_gathered if sharded else '',

@@ -87,10 +87,12 @@ def max_diff(a, b):
     return max((pa - pb).abs().max().item() for pa, pb in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def _worker(rank, world, port, path):
+def _worker(rank, world, port, path, data_dir, out_root, impls):
     ddp.setup_process_group(rank, world, port, 'gloo')
     torch.set_num_threads(1)
     report = _checks(rank)
+    if impls:  # train.py runs, in the same processes (starting processes is the slow part)
+        report['train'] = train_py_losses(data_dir, out_root, impls)
     # every rank's numbers must agree with every other rank's (the replicas stay identical)
     everyone = [None] * world
     dist.all_gather_object(everyone, report)
@@ -175,8 +177,15 @@ def _checks(rank):
 
 @pytest.fixture(scope='module')
 def report(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp('ddp') / 'report.json')
-    mp.spawn(_worker, args=(WORLD, ddp.find_free_port(), path), nprocs=WORLD, join=True)
+    tmp = tmp_path_factory.mktemp('ddp')
+    path = str(tmp / 'report.json')
+    impls = {}
+    train_src = open(os.path.join(os.path.dirname(ddp.__file__), 'train.py')).read()
+    if 'ddp_impl' in train_src and "'fsdp'" in train_src:
+        impls = {'torch': dict(ddp_impl='torch'), 'bucketed': dict(ddp_impl='bucketed', bucket_size_mb=0.01),
+                 'fsdp': dict(fsdp=True)}
+    data_dir = make_token_folder(tmp / 'tokens')
+    mp.spawn(_worker, args=(WORLD, ddp.find_free_port(), path, data_dir, str(tmp), impls), nprocs=WORLD, join=True)
     return json.load(open(path))
 
 
@@ -239,44 +248,36 @@ TRAIN_TINY = dict(compile=False, dtype='float32', device='cpu', d_model=32, num_
                   optimizer='adamw', max_iters=4, eval_interval=0, gradient_accumulation_steps=4, save_checkpoint=False)
 
 
-def _train_worker(rank, world, port, data_dir, out_root, impls):
-    import train
-    ddp.setup_process_group(rank, world, port, 'gloo')  # train() uses the group we made (and leaves it to us)
-    torch.set_num_threads(1)
-    for impl in impls:
-        cfg = dict(TRAIN_TINY, data_dir=data_dir, out_dir=os.path.join(out_root, impl), **impls[impl])
-        train.train(cfg)
-    ddp.cleanup_process_group()
-
-
-def run_train_py(tmp_path, impls):
-    """Run train.train() on 2 gloo processes once per entry of impls {name: extra cfg}; return {name: losses}."""
+def make_token_folder(data_dir):
+    """A token folder for train.py: a learnable repeating pattern of 50 ids, vocab 64."""
     import numpy as np
-    data_dir = tmp_path / 'tokens'
     data_dir.mkdir()
-    rng = np.random.default_rng(0)
-    stream = np.tile(rng.integers(1, 64, size=50), 400).astype('uint16')  # a learnable repeating pattern
+    stream = np.tile(np.random.default_rng(0).integers(1, 64, size=50), 400).astype('uint16')
     stream.tofile(data_dir / 'train.bin')
     stream[:3000].tofile(data_dir / 'val.bin')
     (data_dir / 'meta.json').write_text(json.dumps({'vocab_size': 64, 'dtype': 'uint16', 'eot_id': 0,
                                                     'tokenizer_dir': ''}))
-    mp.spawn(_train_worker, args=(WORLD, ddp.find_free_port(), str(data_dir), str(tmp_path), impls), nprocs=WORLD)
+    return str(data_dir)
+
+
+def train_py_losses(data_dir, out_root, impls):
+    """In a worker: train.train() once per entry of impls {name: extra cfg}; returns {name: train losses}."""
+    import train
     out = {}
-    for impl in impls:
-        with open(tmp_path / impl / 'log.jsonl') as f:
+    for impl in impls:  # train() uses the process group we made (and leaves it to us)
+        cfg = dict(TRAIN_TINY, data_dir=data_dir, out_dir=os.path.join(out_root, impl), **impls[impl])
+        train.train(cfg)
+        dist.barrier()  # rank 0 has written the log
+        with open(os.path.join(out_root, impl, 'log.jsonl')) as f:
             out[impl] = [r['train_loss'] for r in map(json.loads, f) if 'train_loss' in r]
     return out
 
 
 @pytest.fixture(scope='module')
-def train_losses(tmp_path_factory):
-    import train
-    if 'ddp_impl' not in train.config or 'fsdp' not in train.config:
+def train_losses(report):
+    if 'train' not in report:
         pytest.skip("train.py has no ddp_impl / fsdp switch")
-    # one spawn for the three runs (starting processes is the slow part)
-    return run_train_py(tmp_path_factory.mktemp('train'), {
-        'torch': dict(ddp_impl='torch'), 'bucketed': dict(ddp_impl='bucketed', bucket_size_mb=0.01),
-        'fsdp': dict(fsdp=True)})
+    return report['train']
 
 
 def test_train_py_bucketed_matches_torch_ddp(train_losses):

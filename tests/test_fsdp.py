@@ -60,11 +60,18 @@ def batches(steps, micro=1):
     return [torch.randint(0, VOCAB, (WORLD * B_LOCAL * micro, T + 1), generator=g) for _ in range(steps)]
 
 
+def decay_groups(params):
+    """train.py's rule: weight decay on matrices only. FSDP keeps matrix shards 2-D so the same rule works."""
+    params = list(params)
+    return [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': 0.1},
+            {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+
+
 def reference(model, data, micro=1):
     """One process, fp32, SGD on the whole global batch; returns (model, losses).
     SGD, not Adam: Adam's update does not change when gradients are scaled, so it would hide a missing average."""
     model = copy.deepcopy(model)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    opt = torch.optim.SGD(decay_groups(model.parameters()), lr=0.5, momentum=0.9)
     losses = []
     for batch in data:
         total = 0.0
@@ -80,7 +87,7 @@ def reference(model, data, micro=1):
 
 def fsdp_train(model, data, rank, micro=1, **kw):
     m = fsdp.FSDP(copy.deepcopy(model), **kw)
-    opt = torch.optim.SGD(m.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    opt = torch.optim.SGD(decay_groups(m.parameters()), lr=0.5, momentum=0.9)
     losses = []
     for batch in data:
         total = torch.zeros(())
@@ -126,8 +133,9 @@ def _checks(rank):
     report['n_units'] = len(m.units)
     report['tied_in_sd'] = sd['head.weight'].data_ptr() == sd['emb.weight'].data_ptr()
     # nothing stays gathered between steps, and the shards are 1/WORLD of each (padded) unit
-    report['all_freed'] = all(u.full.untyped_storage().nbytes() == 0 for u in m.units)
-    report['shard_sizes_ok'] = all(u.shard.numel() * WORLD == u.padded >= sum(u.numels) for u in m.units)
+    report['all_freed'] = all(f.full.untyped_storage().nbytes() == 0 for f in m.flats)
+    report['shard_sizes_ok'] = all(f.shard.numel() * WORLD == f.padded >= sum(f.numels) for f in m.flats)
+    report['shard_dims'] = [f.shard.dim() for f in m.flats]  # matrices (1, n), vectors (n,), per unit
     rank0 = m.full_state_dict()
     report['rank0_only_empty'] = (len(rank0) == 0) if rank != 0 else (len(rank0) == len(ref_sd))
 
@@ -147,8 +155,8 @@ def _checks(rank):
     loss.backward()
     mb.finish_gradient_synchronization()
     hook.remove()
-    report['bf16_dtypes'] = dict(dtypes, loss=str(loss.dtype), shard=str(mb.units[1].shard.dtype),
-                                 grad=str(mb.units[1].shard.grad.dtype))
+    report['bf16_dtypes'] = dict(dtypes, loss=str(loss.dtype), shard=str(mb.units[1].flats[0].shard.dtype),
+                                 grad=str(mb.units[1].flats[0].shard.grad.dtype))
     report['bf16_loss_diff'] = max(abs(a - b) for a, b in zip(losses_bf16, ref_losses))
     report['bf16_weight_diff'] = sd_diff(mb.full_state_dict(rank0_only=False), ref_sd)
 
@@ -205,6 +213,7 @@ def test_fp32_fsdp_matches_single_process(report, rank, prefetch):
 def test_units_freed_and_sharded(report):
     r = report['rank0']
     assert r['n_units'] == 4  # root + 3 blocks
+    assert r['shard_dims'] == [2, 1] * 4, r['shard_dims']  # each unit: a matrix shard and a vector shard
     assert r['all_freed'] and r['shard_sizes_ok'] and r['tied_in_sd']
     # without prefetch one block (plus the root, gathered for the whole pass) is resident; with prefetch one more
     assert r['max_gathered_prefetchFalse'] == 2, r['max_gathered_prefetchFalse']
