@@ -318,8 +318,8 @@ class KVCache:
         """Write k, v (B, nkv, T, hs) at slots pos..pos+T-1 of one layer; return that layer's full cache."""
         T = k.shape[2]
         idx = self.pos + torch.arange(T, device=k.device)
-        self.k[layer_idx].index_copy_(2, idx, k.to(self.k.dtype))
-        self.v[layer_idx].index_copy_(2, idx, v.to(self.v.dtype))
+        self.k[layer_idx][:, :, idx] = k.to(self.k.dtype)  # an in-place index_put: torch.compile keeps it in place
+        self.v[layer_idx][:, :, idx] = v.to(self.v.dtype)
         return self.k[layer_idx], self.v[layer_idx]
 
     def advance(self, T):
@@ -395,24 +395,34 @@ class TransformerLM(nn.Module):
         e = torch.empty_like(probs).exponential_(generator=generator)
         return (probs / e).argmax(dim=-1)
 
-    def _decode_step(self, tok, cache, use_graph):
+    def _decode_forward(self, tok, cache):
+        return self(tok, kv_cache=cache)[:, -1]  # (B, 1) -> (B, V)
+
+    def _decode_step(self, tok, cache, use_graph, compile=False):
         """One token per row: tok (B,) -> logits (B, V). On CUDA the step is captured once in a CUDA graph and
-        replayed: ~10 kernels per layer launch as one, which is what makes batch-1 decoding fast."""
+        replayed: the ~40 small kernels per layer launch as one graph (no Python, no per-kernel launch cost), which
+        is what makes small-batch decoding fast. compile=True first fuses those kernels with torch.compile
+        (compiled once per batch size and cache length, ~1 min for a 124M model)."""
+        fn = self._decode_forward
+        if compile:
+            if getattr(self, '_compiled_decode', None) is None:
+                self._compiled_decode = torch.compile(self._decode_forward, dynamic=False)
+            fn = self._compiled_decode
         if not use_graph:
-            return self(tok[:, None], kv_cache=cache)[:, -1]
-        key = id(cache)
+            return fn(tok[:, None], cache)
+        key = (id(cache), compile)
         if key not in self._graphs:
             static_tok = tok[:, None].clone()
-            # warm up on a side stream (cuBLAS/SDPA pick their kernels), as torch.cuda.graph's docs ask; this warm-up
-            # is a real decode step, so its logits are returned
+            # warm up on a side stream (cuBLAS/SDPA pick their kernels, torch.compile compiles), as torch.cuda.graph's
+            # docs ask; this warm-up is a real decode step, so its logits are returned
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s):
-                logits = self(static_tok, kv_cache=cache)[:, -1]
+                logits = fn(static_tok, cache)
             torch.cuda.current_stream().wait_stream(s)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):  # recorded, not run: the cache position does not move here
-                static_logits = self(static_tok, kv_cache=cache)[:, -1]
+                static_logits = fn(static_tok, cache)
             self._graphs[key] = (graph, static_tok, static_logits)
             return logits
         graph, static_tok, static_logits = self._graphs[key]
@@ -433,10 +443,11 @@ class TransformerLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0, eos_id=None, seed=None,
-                 use_cache=True, cuda_graph=True):
+                 use_cache=True, cuda_graph=True, compile=False):
         """Sample continuations of a batch of prompts (lists of token ids, any lengths) with a KV cache.
         Returns the new tokens of each prompt (a list of lists); a row stops after it emits eos_id (which is kept).
-        temperature=0 is greedy. use_cache=False runs the reference: the whole sequence again for every token."""
+        temperature=0 is greedy. use_cache=False runs the reference: the whole sequence again for every token.
+        On CUDA the decode step runs as a CUDA graph (cuda_graph=True); compile=True also fuses its kernels."""
         if isinstance(prompts[0], int):
             raise TypeError("prompts must be a list of token-id lists (a batch), e.g. [[1, 2, 3]]")
         device = self.lm_head.weight.device
@@ -477,7 +488,7 @@ class TransformerLM(nn.Module):
             out[:, t] = tok
             if t == max_new_tokens - 1 or (eos_id is not None and t % 16 == 15 and bool(done.all())):  # sync
                 break
-            logits = self._decode_step(tok, cache, use_graph)
+            logits = self._decode_step(tok, cache, use_graph, compile and device.type == 'cuda')
         result = []
         for row in out[:, :t + 1].tolist():
             if eos_id is not None and eos_id in row:

@@ -99,6 +99,8 @@ top_p = 0.95
 # benchmark (--mode=bench)
 bench_iters = 30  # timed training steps after warm-up
 bench_generate = False  # also time KV-cache generation (batch 64 and 1, 128-token prompts, 256 new tokens, bf16)
+bench_profile = False  # print torch.profiler's table of the kernels of a few training steps
+compile_tuning = False  # inductor's coordinate-descent tuning of its kernels: slower compile, often faster steps
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(ROOT, 'configurator.py')).read())  # overrides from the command line or a config file
 config = {k: globals()[k] for k in _config_keys}  # noqa: F821 (defined by configurator.py)
@@ -350,6 +352,16 @@ def setup_distributed(device_cfg):
     return dist.get_rank(), local_rank, dist.get_world_size(), dev, ours
 
 
+def compile_model(model, cfg):
+    """torch.compile fuses the many small elementwise ops (norms, RoPE, SwiGLU, the loss) into few kernels."""
+    if not cfg['compile']:
+        return model
+    if cfg['compile_tuning']:
+        import torch._inductor.config as inductor_config
+        inductor_config.coordinate_descent_tuning = True
+    return torch.compile(model)
+
+
 def build_model_args(cfg, vocab):
     args = dict(vocab_size=vocab, context_length=cfg['context_length'], d_model=cfg['d_model'],
                 num_layers=cfg['num_layers'], num_heads=cfg['num_heads'], d_ff=cfg['d_ff'] or None,
@@ -509,7 +521,7 @@ def train(cfg):
         iter_num, best_val = ckpt['iter_num'], ckpt.get('best_val_loss', float('inf'))
         print0(f"resuming from {ckpt_file} at iteration {iter_num}")
 
-    model = torch.compile(raw_model) if cfg['compile'] else raw_model
+    model = compile_model(raw_model, cfg)
     use_fsdp = cfg['fsdp'] and world_size > 1
     custom_ddp = world_size > 1 and (use_fsdp or cfg['ddp_impl'] != 'torch')
     if world_size > 1:
@@ -681,7 +693,8 @@ def train(cfg):
                    iters=iter_num, tokens=iter_num * tokens_per_iter, time_s=total_time, train_time_s=train_time,
                    tokens_per_s=tokens_per_s,
                    mfu=estimate_mfu(raw_model, tokens_per_s, cfg['peak_flops']) if device_type == 'cuda' else 0.0,
-                   n_params=n_params, out_dir=cfg['out_dir'], ckpt_path=ckpt_file if out_dir else '',
+                   n_params=n_params, out_dir=cfg['out_dir'],
+                   ckpt_path=ckpt_file if (out_dir and cfg['save_checkpoint']) else '',
                    log_path=logger.path, plot_path='', world_size=world_size, sample=None)
     print0(f"done: {iter_num} iterations, {summary['tokens'] / 1e6:.2f}M tokens in {total_time:.1f}s "
            f"(eval {eval_time:.1f}s); steady {tokens_per_s / 1e6:.3f}M tok/s, mfu {summary['mfu'] * 100:.1f}%; "
@@ -690,8 +703,6 @@ def train(cfg):
         summary['plot_path'] = os.path.join(out_dir, 'loss.png')
         plot_losses(logger.path, summary['plot_path'], title=f"{cfg['data_dir']}: {model_args['num_layers']} layers "
                     f"x {model_args['d_model']}, {n_params / 1e6:.1f}M params")
-        with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
-            json.dump(summary, f, indent=1)
     if master and cfg['max_new_tokens'] > 0 and cfg['num_samples'] > 0 and not use_fsdp:
         tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
         raw_model.eval()
@@ -702,6 +713,9 @@ def train(cfg):
         summary['sample'] = texts[0]
         for t in texts:
             print(f"--- sample ---\n{t}\n")
+    if out_dir:
+        with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
+            json.dump(summary, f, indent=1)
     if wandb_run:
         wandb_run.finish()
     if we_initialized:
@@ -751,7 +765,7 @@ def bench(cfg):
     vocab = cfg['vocab_size'] if cfg['vocab_size'] > 0 else 10000
     model_args = build_model_args(cfg, vocab)
     raw_model = TransformerLM(**model_args).to(dev)
-    model = torch.compile(raw_model) if cfg['compile'] else raw_model
+    model = compile_model(raw_model, cfg)
     B, T = cfg['batch_size'], cfg['context_length']
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if cfg['dtype'] == 'bfloat16' else nullcontext()
     data = torch.randint(0, vocab, (8, B, T + 1), device=dev)
@@ -791,6 +805,20 @@ def bench(cfg):
         print(f"train step ({opt_name}): {dt * 1000:.2f} ms/iter, {tok_s / 1e6:.3f}M tokens/s, "
               f"MFU {mfu * 100:.1f}% (warm-up incl. compile {warm:.1f}s)")
         del optimizer
+    if cfg['bench_profile']:
+        from torch.profiler import profile, ProfilerActivity
+        optimizer = configure_optimizer(raw_model.parameters(), {**cfg, 'optimizer': 'torch_adamw'}, device_type)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == 'cuda' else [])
+        for i in range(3):
+            step(i)
+        with profile(activities=acts) as prof:
+            for i in range(5):
+                step(i)
+            sync()
+        sort = 'cuda_time_total' if device_type == 'cuda' else 'cpu_time_total'
+        table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=60)
+        print(table)
+        results['profile'] = table
     if device_type == 'cuda':
         results['peak_memory_gb'] = torch.cuda.max_memory_allocated() / 2**30
         print(f"peak memory: {results['peak_memory_gb']:.1f} GiB")
@@ -799,22 +827,23 @@ def bench(cfg):
         gen_model = gen_model.to(dev, dtype=torch.bfloat16 if device_type == 'cuda' else torch.float32).eval()
         for gb in (64, 1):
             prompts = torch.randint(0, vocab, (gb, 128)).tolist()
-            gen_model.generate(prompts, 256, temperature=0)  # warm-up: allocates the cache, captures the graph
-            sync()
-            t = time.time()
-            out = gen_model.generate(prompts, 256, temperature=0)
-            sync()
-            dt = time.time() - t
-            n_new = sum(len(o) for o in out)
-            results[f'generate_batch{gb}'] = dict(new_tokens_per_s=n_new / dt, seconds=dt)
-            print(f"generate: batch {gb}, 128-token prompts, 256 new tokens: {n_new / dt:,.0f} new tokens/s "
-                  f"({dt:.3f} s)")
-            t = time.time()
-            out = gen_model.generate(prompts[:1] if gb == 1 else prompts, 256, temperature=0, cuda_graph=False)
-            sync()
-            dt = time.time() - t
-            results[f'generate_batch{gb}_no_graph'] = dict(new_tokens_per_s=sum(map(len, out)) / dt)
-            print(f"  same without the CUDA graph: {sum(map(len, out)) / dt:,.0f} new tokens/s")
+            ref = None
+            for name, kw in (('eager', dict(cuda_graph=False)), ('cuda_graph', dict()),
+                             ('compile+cuda_graph', dict(compile=True))):
+                if name != 'eager':  # warm-up: allocates the cache, compiles, captures the graph
+                    gen_model.generate(prompts, 256, temperature=0, **kw)
+                sync()
+                t = time.time()
+                out = gen_model.generate(prompts, 256, temperature=0, **kw)
+                sync()
+                dt = time.time() - t
+                n_new = sum(len(o) for o in out)
+                same = ref is None or sum(a == b for a, b in zip(out, ref)) / len(out)
+                ref = ref or out
+                results[f'generate_batch{gb}_{name}'] = dict(new_tokens_per_s=n_new / dt, seconds=dt,
+                                                              same_as_eager=same)
+                print(f"generate ({name}): batch {gb}, 128-token prompts, 256 new tokens: "
+                      f"{n_new / dt:,.0f} new tokens/s ({dt:.3f} s); rows equal to eager's: {same}")
     return results
 
 
