@@ -7,8 +7,9 @@ DDP keeps everything on every GPU: fp32 weights (4 bytes/param), fp32 gradients 
 al. 2020; Zhao et al. 2023, "PyTorch FSDP", https://arxiv.org/abs/2304.11277) shards all of it over N ranks:
 
   - the model is cut into units (here: each Transformer block, plus a root unit for embeddings, final norm and head);
-    a unit's parameters are flattened into one fp32 vector, padded to a multiple of N, and each rank keeps 1/N
-    of it: the *shard*, an nn.Parameter that the optimizer updates (fp32 master weights, fp32 AdamW state);
+    a unit's parameters are flattened into fp32 vectors (one for its matrices, one for its gains and biases, so
+    that weight decay can still treat them differently), padded to a multiple of N, and each rank keeps 1/N of
+    each: the *shards*, nn.Parameters that the optimizer updates (fp32 master weights, fp32 AdamW state);
   - before a unit's forward, the shards are cast to bf16 and all-gathered into the full flat vector, and the
     module's weights become views into it; after the unit's forward the gathered copy is freed;
   - before the unit's backward it is gathered again (autograd saved views into it; we refill their storage);
