@@ -69,6 +69,7 @@ PRETOKEN_RE = regex.compile(SPLIT_PATTERN)
 # NOTE the footgun: after '  \n' the cut would change the run: at the end of a chunk `\s+(?!\S)` takes all of
 # '  \n', while in the whole text it takes '  ' and leaves '\n' alone. Hence the printable byte before it.
 CHUNK_CUT_RE = re.compile(rb'[\x21-\x7e]\n[\x21-\x7e]')
+LONG_WORD = 64  # pre-tokens longer than this (in bytes) use the heap-based BPE (Tokenizer._bpe_long)
 CHUNK_BYTES = 4 << 20  # target size of one worker chunk: bounds memory per worker (tests make it tiny)
 
 
@@ -449,6 +450,8 @@ class Tokenizer:
         if single is not None:
             return (single,)  # the whole pre-token is a token (merges always build up to it)
         ids = [self.byte_ids[c] for c in b]
+        if len(ids) > LONG_WORD:
+            return self._bpe_long(ids)
         ranks = self.merge_ranks
         while len(ids) > 1:
             best_pair, best = None, None
@@ -461,6 +464,35 @@ class Tokenizer:
             # merge every occurrence of the best pair, left to right (they all have the same rank)
             ids = _merge_word(ids, best_pair[0], best_pair[1], best[1])
         return tuple(ids)
+
+    def _bpe_long(self, ids):
+        """The same merges as _bpe's scan in O(n log n), for long pre-tokens (a 1 MB run of '=' would take the
+        O(n^2) scan hours). A heap of (rank, position) over a linked list of the tokens: popping the lowest rank,
+        leftmost first, merges exactly what the scan would, because a pair that contains a new token always has
+        a higher rank than the merge that made it (merges are learned in order)."""
+        ranks = self.merge_ranks
+        n = len(ids)
+        nxt = list(range(1, n)) + [-1]  # linked list over the positions still alive
+        prv = list(range(-1, n - 1))
+        alive = [True] * n
+        heap = [(r[0], i, r[1]) for i, r in enumerate(map(ranks.get, zip(ids, ids[1:]))) if r is not None]
+        heapq.heapify(heap)
+        while heap:
+            rank, i, new = heapq.heappop(heap)
+            j = nxt[i] if alive[i] else -1
+            if j < 0 or (ranks.get((ids[i], ids[j])) or (None,))[0] != rank:
+                continue  # stale: one side was merged away since this entry was pushed
+            ids[i] = new  # merge j into i, unlink j
+            alive[j] = False
+            nxt[i] = nxt[j]
+            if nxt[j] >= 0:
+                prv[nxt[j]] = i
+            for p, q in ((prv[i], i), (i, nxt[i])):  # the two pairs that now touch the new token
+                if p >= 0 and q >= 0:
+                    r = ranks.get((ids[p], ids[q]))
+                    if r is not None:
+                        heapq.heappush(heap, (r[0], p, r[1]))
+        return tuple(t for t, a in zip(ids, alive) if a)
 
     def _encode_words(self, words):
         """ids of a list of pre-tokens: each distinct one goes through BPE once, then the cache is reused."""

@@ -132,6 +132,19 @@ def test_tiktoken_equality_adversarial(gpt2, tiktoken_gpt2, text):
     assert gpt2.decode(ids) == text
 
 
+def test_long_pretokens_heap_bpe(gpt2, tiktoken_gpt2, monkeypatch):
+    # long pre-tokens take the O(n log n) heap path; it must agree with the scan and with tiktoken
+    rng = random.Random(0)
+    words = [''.join(rng.choice('aeiouthnrsl') for _ in range(rng.randint(65, 300))) for _ in range(50)]
+    for w in words:
+        heap = gpt2._bpe_long([gpt2.byte_ids[c] for c in w.encode()])
+        monkeypatch.setattr(bpe, 'LONG_WORD', 10**9)
+        assert heap == gpt2._bpe(w) and list(heap) == tiktoken_gpt2.encode_ordinary(w)
+        monkeypatch.setattr(bpe, 'LONG_WORD', 64)
+    for text in ('=' * 20000, 'ab' * 5000, ' ' + 'x' * 3000 + '!'):
+        assert gpt2.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
 def test_gpt2_special_and_sizes(gpt2):
     assert gpt2.vocab_size == 50257 and gpt2.eot_id == 50256
     assert gpt2.special_token_ids == {'<|endoftext|>': 50256}
