@@ -41,6 +41,8 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
+tqdm.monitor_interval = 0  # no tqdm monitor thread: this file forks worker processes, and fork + threads can deadlock
+
 # -----------------------------------------------------------------------------
 # default config values (override on the command line: --key=value; --help lists them)
 mode = 'train'  # 'train' (input -> tokenizer files) | 'encode' (text -> flat token file) | 'bench'
@@ -867,7 +869,7 @@ if __name__ == '__main__':
         vocab, merges = train_bpe(input, vocab_size, special_tokens, num_workers or None)
         save_tokenizer(vocab, merges, special_tokens, out_dir)
         own, kids = peak_rss_mb()
-        longest = max(vocab.values(), key=len)
+        longest = max(list(vocab.values())[len(special_tokens):], key=len)  # special tokens excluded
         print(f"wrote {out_dir}/vocab.json, merges.txt, special_tokens.json: vocab {len(vocab)}, "
               f"{len(merges)} merges")
         print(f"summary: {time.time() - t0:.2f}s total, peak memory {own:.0f} MB (main) / {kids:.0f} MB "
