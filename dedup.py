@@ -33,8 +33,9 @@ Run:
     python dedup.py --mode=exact --inputs=../shared/data/a4/documents_with_line_duplicates --output_dir=out/lines
     python dedup.py --inputs=corpus/ --output_dir=out/dedup --jaccard_threshold=0.8
     python dedup.py --inputs='data/*.jsonl' --output_dir=out/dedup --engine=ray --ray_address=auto
-    python dedup.py --mode=curve --num_hashes=128 --jaccard_threshold=0.8
-    python dedup.py --mode=bench            # writes results/dedup_bench.md (add --bench_large=False to skip 100k)
+    python dedup.py --mode=curve --num_hashes=128 --jaccard_threshold=0.8   # table + results/dedup_s_curve.png
+    python dedup.py --mode=bench            # vs datasketch -> results/dedup_bench.md (--bench_large=False skips 100k)
+    python dedup.py --mode=bench_ray --bench_docs=5000   # local pool vs Ray, 2 workers -> results/dedup_ray.md
 As a library:
     from dedup import exact_line_dedup, minhash_dedup, minhash_near_duplicates
 """
@@ -111,31 +112,31 @@ def normalize_text(text):
 _LOWER = bytes(range(256)).translate(bytes.maketrans(string.ascii_uppercase.encode() + b'\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f',
                                                      string.ascii_lowercase.encode() + b' ' * 9))
 _PUNCT_BYTES = string.punctuation.encode()
-_NON_ASCII = regex.compile(r'[^\x00-\x7f]+')
-
-
-_FIXED_RUNS = {}  # non-ASCII run -> its normalized form (web text repeats the same few: quotes, dashes)
+_NON_ASCII = regex.compile(rb'[\x80-\xff]+')  # a run of non-ASCII characters, in UTF-8 bytes
+_FIXED_RUNS = {}  # non-ASCII run -> its normalized bytes (web text repeats the same few: quotes, dashes)
 
 
 def _fix_non_ascii(m):
     run = m.group()
     fixed = _FIXED_RUNS.get(run)
     if fixed is None:
-        fixed = ''.join(' ' if c.isspace() else c for c in _MARKS_PUNCT.sub('', run))  # Unicode spaces split words
+        # NFD and lower() per run equal doing them on the whole text: decomposition is per character, and
+        # the only reordering NFD does is among combining marks, which we delete anyway
+        s = _MARKS_PUNCT.sub('', unicodedata.normalize('NFD', run.decode('utf-8', errors='replace')).lower())
+        fixed = ''.join(' ' if c.isspace() else c for c in s).encode('utf-8')  # Unicode spaces split words
         if len(_FIXED_RUNS) < 100_000:
             _FIXED_RUNS[run] = fixed
     return fixed
 
 
 def _normalized_bytes(text):
-    """Normalized UTF-8 bytes of a document; words are separated by b' ' (one or more)."""
-    if text.isascii():
-        return text.encode('ascii').translate(_LOWER, _PUNCT_BYTES)
-    if not unicodedata.is_normalized('NFD', text):  # a quick check, cheaper than normalizing
-        text = unicodedata.normalize('NFD', text)
-    text = text.lower()
-    text = _NON_ASCII.sub(_fix_non_ascii, text)
-    return text.encode('utf-8', errors='replace').translate(_LOWER, _PUNCT_BYTES)
+    """Normalized UTF-8 bytes of a document; words are separated by b' ' (one or more).
+    ASCII is lowercased and stripped of punctuation by one bytes.translate (C speed); only the few,
+    short runs of non-ASCII bytes go through Unicode NFD, lower() and the marks/punctuation regex."""
+    data = text.encode('utf-8', errors='replace')
+    if len(data) != len(text):  # some non-ASCII characters
+        data = _NON_ASCII.sub(_fix_non_ascii, data)
+    return data.translate(_LOWER, _PUNCT_BYTES)  # after the runs: NFD can yield ASCII ('É' -> 'E' + accent)
 
 
 _BASE = 0x100000001B3 * 2 + 1  # odd, so invertible mod 2^64: the multiplier of the polynomial word hash
@@ -188,8 +189,9 @@ def _batch_word_hashes(texts):
     pw, ipw = _pow_tables(N + 1)
     S = np.empty(N + 1, np.uint64)
     S[0] = 0
-    c = np.add(arr, np.uint64(1), dtype=np.uint64)  # (N,) byte + 1, so that NUL bytes count
+    c = arr.astype(np.uint64)  # (N,)
     np.multiply(c, pw[:N], out=c)
+    np.add(c, pw[:N], out=c)  # (byte + 1) * BASE^k: the + 1 makes NUL bytes count
     np.cumsum(c, out=S[1:])  # wraps mod 2^64
     w = _mix64((S[ends] - S[starts]) * ipw[starts])
     doc_start = np.cumsum([0] + [len(p) + 1 for p in parts[:-1]])  # (D,) byte offset of each document
@@ -378,6 +380,33 @@ def print_s_curve(num_hashes, threshold, min_recall=0.99):
     return bands, rows
 
 
+def plot_s_curve(num_hashes, threshold, path, min_recall=0.99):
+    """Save the S-curves of every (bands, rows) split of num_hashes as a PNG, the pick in bold."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    bands, rows = choose_bands(num_hashes, threshold, min_recall)
+    s = np.linspace(0, 1, 501)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for b in range(1, num_hashes + 1):
+        if num_hashes % b == 0 and 1 < b < num_hashes:
+            r = num_hashes // b
+            ax.plot(s, candidate_probability(s, b, r), lw=3 if b == bands else 1,
+                    label=f"{b} bands x {r} rows" + (' (pick)' if b == bands else ''))
+    ax.axvline(threshold, color='k', ls='--', lw=1, label=f"threshold {threshold}")
+    ax.set_xlabel('true Jaccard similarity s')
+    ax.set_ylabel('P(candidate) = 1 - (1 - s^r)^b')
+    ax.set_title(f"LSH S-curves, {num_hashes} hashes")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    fig.savefig(path + '.tmp.png', dpi=110)
+    os.replace(path + '.tmp.png', path)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 _BAND_MULT = np.random.default_rng(0x62616E64).integers(1, 2**63, size=1024, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
 
@@ -488,14 +517,17 @@ def priorities(names, seed):
 
 
 def choose_removed(n_docs, dup_pairs, prio):
-    """Cluster the duplicate pairs and return (removed doc ids (sorted int64), number of clusters)."""
+    """Cluster the duplicate pairs and return (removed doc ids (sorted int64), number of clusters).
+    Only documents that appear in a pair enter the union-find, so its memory follows the number of
+    duplicated documents, not the corpus size."""
     if len(dup_pairs) == 0:
         return np.zeros(0, np.int64), 0
-    uf = UnionFind(n_docs)
-    for i, j in dup_pairs.tolist():
+    members = np.unique(dup_pairs)  # (m,) doc ids
+    local = np.searchsorted(members, dup_pairs)  # pairs in 0..m-1
+    uf = UnionFind(len(members))
+    for i, j in local.tolist():
         uf.union(i, j)
-    members = np.unique(dup_pairs)
-    roots = np.array([uf.find(i) for i in members.tolist()], dtype=np.int64)
+    roots = np.array([uf.find(i) for i in range(len(members))], dtype=np.int64)
     order = np.lexsort((members, prio[members], roots))  # per root: lowest priority first (ties: lowest id)
     members, roots = members[order], roots[order]
     first = np.ones(len(roots), bool)
@@ -1011,7 +1043,12 @@ def minhash_dedup(input_files, num_hashes, num_bands, ngrams, jaccard_threshold,
     timings['verify_s'] = time.time() - t_stage
     t_stage = time.time()
 
-    # 4) Union-find on the driver: clusters of duplicates, one seeded survivor per cluster
+    # 4) Union-find on the driver: clusters of duplicates, one seeded survivor per cluster.
+    # How far this holds: the union-find takes only documents that are in a duplicate pair (~100 bytes
+    # each in Python lists), and the driver keeps ~100 bytes per document of the corpus (name and
+    # location), so tens of millions of documents fit a driver with 8 GB. Beyond that, find the
+    # connected components with distributed tasks instead (label propagation / local contractions,
+    # Lacki et al. 2018, as text-dedup and NeMo Curator do) and keep document locations on disk.
     removed, n_clusters = choose_removed(n_docs, dup_pairs, priorities(names, seed))
     stats['clusters'] = n_clusters
     stats['docs_removed'] = int(len(removed))
@@ -1402,6 +1439,7 @@ def list_inputs(spec):
 if __name__ == '__main__':
     if mode == 'curve':
         print_s_curve(num_hashes, jaccard_threshold)
+        plot_s_curve(num_hashes, jaccard_threshold, os.path.join(os.path.dirname(bench_out) or '.', 'dedup_s_curve.png'))
     elif mode == 'bench':
         run_bench(bench_docs, bench_large, bench_out, k=num_hashes, n=ngrams, threshold=jaccard_threshold,
                   workers=num_workers or None)
