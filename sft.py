@@ -1449,8 +1449,8 @@ DEMO_PRESETS = {
                 # make every CPU step 5x slower (GSM8K below still uses r1_zero)
                 template='User: {question}\nAssistant: <think>',
                 task=dict(min_steps=1, max_steps=1, max_number=9), n_train=4000, n_val=50,
-                pretrain=dict(max_iters=2000, batch_size=32, gradient_accumulation_steps=1, learning_rate=3e-3,
-                              time_budget_s=70),
+                pretrain=dict(max_iters=3000, batch_size=32, gradient_accumulation_steps=1, learning_rate=3e-3,
+                              time_budget_s=150),
                 sft_examples=128, sft=dict(max_iters=40, batch_size=16, gradient_accumulation_steps=1,
                                            learning_rate=1e-3, time_budget_s=25),
                 ei=dict(n_steps=2, questions_per_step=32, rollouts=4), ei_lr=3e-4,
