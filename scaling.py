@@ -567,12 +567,16 @@ def model_shapes(head_dim=64, max_d_model=1024, min_layers=1, max_layers=24, min
 
 
 def shape_for(n_target, shapes, aspect=64.0, exclude=()):
-    """The shape whose N is closest to n_target in log space, preferring d_model/num_layers near `aspect`
-    (Kaplan et al. 2020, fig. 5: loss depends weakly on shape over a wide range of aspect ratios).
+    """The shape whose N is closest to n_target in log space, among those with d_model/num_layers within 2x of
+    `aspect` (all shapes if none is). Keeping the aspect ratio in a band makes width grow smoothly with N: loss
+    depends weakly on shape inside such a band (Kaplan et al. 2020, fig. 5), but a 1-layer-wide and a 5-layer-narrow
+    model of one N differ a lot when they are this small (the embedding width changes with d_model).
     Shapes whose N is in `exclude` are skipped: two shapes of one size add no point to an IsoFLOP curve."""
     def score(s):
-        return abs(math.log(s["N"] / n_target)) + 0.5 * abs(math.log(s["d_model"] / s["num_layers"] / aspect))
+        return abs(math.log(s['N'] / n_target)) + 0.1 * abs(math.log(s['d_model'] / s['num_layers'] / aspect))
     candidates = [s for s in shapes if s['N'] not in exclude]
+    banded = [s for s in candidates if 0.5 <= s['d_model'] / s['num_layers'] / aspect <= 2.0]
+    candidates = banded or candidates
     return min(candidates, key=score) if candidates else None
 
 
@@ -974,6 +978,7 @@ PRESETS = {
     # a CPU: models of 12k-200k parameters on a small token file (e.g. data/docs), a few minutes
     'cpu': dict(budgets=(2e10, 6e10, 2e11), size_spread=16.0, size_spread_later=8.0, total_budget=2e12,
                 target_ratio=3.0, time_limit_s=0.0, context_length=64, batch_size=16, learning_rate=3e-3, head_dim=32,
+                aspect_ratio=32.0,
                 train_overrides={'compile': False, 'device': 'cpu'}),
     # the course's API (--backend=remote): 2e18 FLOPs in all, only its train_flops values, lr <= 1e-3;
     # the question it asked: the optimal model and loss at 1e19 FLOPs (predicted, not trainable there)
