@@ -398,8 +398,10 @@ def grade_answer(given, ground_truth):
     """True when the given answer equals the ground truth: same normalized string, same exact number, or (cheap)
     symbolically equal."""
     a, b = normalize_answer(given), normalize_answer(ground_truth)
-    if not a or not b:
+    if not a or not b:  # an empty answer is never right (not even against an empty ground truth)
         return False
+    # cheapest test first: identical strings; then exact numbers (Fraction, so 0.1 + 0.2 == 0.3 exactly and
+    # 1/3 != 0.333); sympy only for what is left
     if a == b or a.lower() == b.lower():
         return True
     fa, fb = _to_fraction(_frac_to_division(a)), _to_fraction(_frac_to_division(b))
@@ -807,15 +809,17 @@ class Engine:
         cache = model._get_cache(B, S, device, dtype)
         cache.reset(pad)
         use_graph = self.cuda_graph and device.type == 'cuda'
-        stops_b = [s.encode('utf-8') for s in stop]
-        out = torch.zeros(B, budget, dtype=torch.long, device=device)
-        rows = [[] for _ in range(B)]
-        done = [False] * B
+        stops_b = [s.encode('utf-8') for s in stop]  # stop strings are matched on bytes (exact for bpe.py vocabs)
+        out = torch.zeros(B, budget, dtype=torch.long, device=device)  # new tokens stay on the device until a check
+        rows = [[] for _ in range(B)]  # new tokens per row, on the CPU, as far as checked
+        done = [False] * B  # rows that hit end-of-text / a stop string (they keep decoding; the tail is cut later)
         logits = model(idx.to(device), kv_cache=cache)[:, -1].float()  # prefill, (B, V)
         checked = 0
         for t in range(budget):
             tok = self._sample(logits, t, temperature, top_p, min_tokens, generator)  # (B,)
             out[:, t] = tok
+            # checking every token would sync the GPU every step; every check_every tokens costs at most
+            # check_every - 1 wasted decode steps at the end of the batch
             if (t + 1) % self.check_every == 0 or t == budget - 1:
                 for b, new in enumerate(out[:, checked:t + 1].tolist()):  # NOTE: a CPU-GPU sync point
                     if not done[b]:
@@ -864,6 +868,7 @@ class Engine:
         reason = 'length'
         if self.eos_id is not None and self.eos_id in toks:
             toks, reason = toks[:toks.index(self.eos_id)], 'eos'  # the end-of-text token is not part of the text
+        # byte offsets of token ends: cum[i] = bytes in toks[:i+1]; maps a stop string's end back to a token
         cum, parts = [], []
         for t in toks:
             parts.append(self.token_bytes(t))
@@ -1204,6 +1209,7 @@ def train_sft(model, tokenizer, examples, max_iters=300, batch_size=32, gradient
             g['lr'] = lr
         idx = batch_indices(step)
         loss_sum = 0.0
+        # 1) gradient accumulation: micro-batches add their gradients (sft_microbatch_train_step never zeroes)
         for m in range(gradient_accumulation_steps):
             part = [data[i] for i in idx[m * micro:(m + 1) * micro]]
             b = collate_prompt_and_output([p for p, _ in part], [r for _, r in part], pad)
@@ -1213,6 +1219,7 @@ def train_sft(model, tokenizer, examples, max_iters=300, batch_size=32, gradient
             norm = mask.sum() / mask.shape[0]  # mean response length of this micro-batch -> per-token loss
             loss, _ = sft_microbatch_train_step(lp, mask, gradient_accumulation_steps, normalize_constant=norm)
             loss_sum += loss.item()  # NOTE: a CPU-GPU sync point (fine at this size)
+        # 2) clip the global norm (the course's 1.0), 3) step, 4) only now zero the gradients
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
