@@ -143,7 +143,8 @@ def iter_records(path, counts=None, warns=None, quiet=False):
                 # consume=False buffers the body so that we can still read it afterwards
                 if record.headers.get('WARC-Block-Digest') and not record.verify_block_digest(consume=False):
                     counts['truncated_records'] += 1
-                    _warn(warns, quiet, f"{path}: record {n} ({url}) is truncated or corrupt (block digest mismatch); skipped")
+                    _warn(warns, quiet, f"{path}: record {n} ({url}) is truncated or corrupt "
+                                        f"(block digest mismatch); skipped")
                     continue
                 if record.record_type == WarcRecordType.response:
                     record.parse_http()
@@ -152,10 +153,12 @@ def iter_records(path, counts=None, warns=None, quiet=False):
                     yield url, 'html', body, ctype
                 else:
                     yield url, 'text', record.reader.read(), 'text/plain'
-    except OSError as e:  # FastWARC raises OSError('Invalid WARC header') on bytes that are not a WARC
+    except Exception as e:  # FastWARC raises OSError("Invalid WARC header") on bytes that are not a WARC;
+        # anything else a broken file throws at us is bad input too: count it, warn, keep what we have
         key = 'bad_files' if n == 0 else 'truncated_records'
         counts[key] += 1
-        _warn(warns, quiet, f"{path}: {e} after {n} records ({'not a WARC/WET file?' if n == 0 else 'file cut short?'});"
+        why = 'not a WARC/WET file?' if n == 0 else 'file cut short?'
+        _warn(warns, quiet, f"{path}: {e} after {n} records ({why});"
               f" skipped the rest of the file")
         return
     if n == 0:
@@ -164,7 +167,8 @@ def iter_records(path, counts=None, warns=None, quiet=False):
     elif counts['truncated_records'] == n_truncated and not _gzip_tail_complete(path, last_pos):
         # FastWARC stops quietly at a gzip member cut short, so we look at the file's tail ourselves
         counts['truncated_records'] += 1
-        _warn(warns, quiet, f"{path}: gzip stream cut short after {n} records (truncated download?); kept the records before")
+        _warn(warns, quiet, f"{path}: gzip stream cut short after {n} records (truncated download?); "
+                            f"kept the records before")
 
 
 def _gzip_tail_complete(path, offset):
@@ -175,6 +179,11 @@ def _gzip_tail_complete(path, offset):
             return True  # not gzip: a plain WARC cut inside a record fails its block digest instead
         f.seek(offset)
         data = f.read()
+        if data and data[:2] != b'\x1f\x8b':
+            # one gzip stream for the whole file (gzip file.warc), not one member per record: offsets are not
+            # member starts, so check the whole stream (rare; costs one more decompression of the file)
+            f.seek(0)
+            data = f.read()
     while data:
         d = zlib.decompressobj(wbits=31)  # 31 = gzip header and trailer
         try:
@@ -737,9 +746,23 @@ def _run_ray(todo, out_dir, cfg, num_workers, address, max_retries, on_done):
         else:  # a local instance on this machine with num_workers CPUs
             ray.init(num_cpus=num_workers, include_dashboard=False, log_to_driver=True)
         started = True
-    # Ship this module's functions by value: workers need the libraries, not a copy of this file on their path.
-    ray.cloudpickle.register_pickle_by_value(sys.modules[process_file.__module__])
-    task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(process_file)
+    script = os.path.abspath(__file__)
+
+    def run_file(in_path, out_dir, cfg):
+        # The task body, shipped by value (a nested function): in the worker it imports this script by its path
+        # (on shared storage, like the data; once per worker process) and calls the same process_file as the
+        # local engine. Why not ship process_file itself: by value it would drag the module's globals along
+        # (loaded fastText models do not pickle); by reference it needs cc_filter on every worker's sys.path.
+        import importlib.util
+        import sys
+        mod = sys.modules.get('cc_filter')
+        if mod is None or getattr(mod, '__file__', None) != script:
+            spec = importlib.util.spec_from_file_location('cc_filter', script)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)  # as an import: configurator.py parses no argv
+            sys.modules['cc_filter'] = mod
+        return mod.process_file(in_path, out_dir, cfg)
+    task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(run_file)
     startup_s = time.time() - t0  # Ray's fixed cost: starting the head node and the worker processes
     refs = {task.remote(os.path.abspath(p), os.path.abspath(out_dir), cfg): p for p in todo}
     failed, pending = {}, list(refs)
@@ -780,6 +803,9 @@ def write_token_folder(out_dir, stems):
                         out.write(f.read())
         os.replace(tmp, path)
         n[split] = os.path.getsize(path) // 2
+        if n[split] == 0:
+            print(f"warning: {path} is empty (no kept document fell in this split): train.py needs both splits; "
+                  f"filter more data or change --val_fraction", file=sys.stderr)
     meta = {'vocab_size': 50257, 'dtype': 'uint16', 'eot_id': EOT_ID, 'tokenizer': 'tiktoken:gpt2',
             'tokenizer_dir': 'tiktoken:gpt2',  # no folder: tiktoken's own gpt2 encoding
             'n_tokens_train': n['train'], 'n_tokens_val': n['val'], 'source': 'cc_filter.py'}
@@ -864,7 +890,8 @@ def run_pipeline(inputs, out_dir, cfg=None, engine='local', num_workers=0, ray_a
         report['tokens'] = write_token_folder(out_dir, done_stems)
     _atomic_write_bytes(os.path.join(out_dir, 'report.json'), json.dumps(report, indent=1).encode('utf-8'))
     if failed:
-        print('!' * 80 + f"\n{len(failed)} file(s) failed (rerun the same command to retry only them):", file=sys.stderr)
+        print('!' * 80 + f"\n{len(failed)} file(s) failed (rerun the same command to retry only them):",
+              file=sys.stderr)
         for p, err in sorted(failed.items()):
             print(f"  {p}: {err}", file=sys.stderr)
         print('!' * 80, file=sys.stderr)

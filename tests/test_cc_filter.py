@@ -322,8 +322,8 @@ def test_bad_input_counted_and_skipped(crawl, cfg, data_dir, tmp_path):
     (d / 'text.warc.wet').write_bytes(b'just some text\nthat is not a WARC file\n' * 50)
     # a record whose body is no text in any encoding, between two good records
     en = ' '.join(['This is a perfectly ordinary English sentence about Debian packages.'] * 10).encode()
-    (d / 'undecodable.warc.wet').write_bytes(wet_record('http://a/1', en) + wet_record('http://a/2', b'\x81\x8d\x8f' * 40)
-                                             + wet_record('http://a/3', en))
+    undecodable = wet_record('http://a/2', b'\x81\x8d\x8f' * 40)
+    (d / 'undecodable.warc.wet').write_bytes(wet_record('http://a/1', en) + undecodable + wet_record('http://a/3', en))
     out = str(tmp_path / 'out')
     report = cc_filter.run_pipeline(str(d / '*'), out, cfg, num_workers=2, progress=False)
     stats = {f.split('.')[0]: json.load(open(os.path.join(out, 'stats', f)))

@@ -75,6 +75,8 @@ def local_out(crawl, cfg, tmp_path_factory):
 
 
 def test_ray_equals_local(ray_local, crawl, cfg, local_out, tmp_path):
+    # a model loaded in the driver must not get in the way (it cannot be pickled into the tasks)
+    assert cc_filter.identify_language('hello world', cfg['lid_model'])[0] == 'en'
     out = str(tmp_path / 'ray')
     report = cc_filter.run_pipeline(str(crawl / '*'), out, cfg, engine='ray', progress=False)
     assert report['processed'] == 4 and not report['failed']
