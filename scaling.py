@@ -923,41 +923,52 @@ def run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, tokens_pe
 
 
 def predict_and_check(sweep, runs, target_C, make_query, shapes, aspect, delta, train_target=True, time_left=None,
-                      plan=None):
+                      plan=None, min_target_ratio=2.0):
     """Fit the sweep, pick the optimal shape for target_C, predict its loss, then (optionally) train it.
     Primary predictor, chosen before any target run: the parametric fit L(N, D) at the trained N and D.
-    Secondary: the power law through the IsoFLOP minima (parabola vertices)."""
+    Secondary: the power law through the IsoFLOP minima (parabola vertices).
+    With time_left, a target run predicted to overrun shrinks (down to min_target_ratio x the largest sweep
+    budget) rather than being dropped: the check of the prediction is the point of the sweep."""
     groups = group_by_budget(runs)
-    n_pred = predict_optimum(runs, target_C)
-    shape = shape_for(n_pred, shapes, aspect)
-    q = make_query(shape, target_C)
-    if plan is not None:
-        N, _, tokens = plan(q)
-    else:
-        N = non_embedding_params(shape['d_model'], shape['num_layers'])
-        tokens = target_C / (6 * N)
     N_all = np.concatenate([g[0] for g in groups.values()])
     L_all = np.concatenate([g[1] for g in groups.values()])
     D_all = np.concatenate([g[2] for g in groups.values()])
     par = fit_parametric(N_all, D_all, L_all, delta)
     rows = isoflop_optima(groups, 'parabola')
     a, gamma = fit_power_law(np.array([r['C'] for r in rows]), np.array([r['L_opt'] for r in rows]))
+    timer = TimeModel()
+    for r in runs:
+        timer.add(r)
+
+    def choose(C):
+        """The optimal shape predicted for budget C: (query, N, tokens, N predicted)."""
+        n_pred = predict_optimum(runs, C)
+        q = make_query(shape_for(n_pred, shapes, aspect), C)
+        if plan is not None:
+            N, _, tokens = plan(q)
+        else:
+            N = non_embedding_params(q['d_model'], q['num_layers'])
+            tokens = C / (6 * N)
+        return q, N, tokens, n_pred
+
+    q, N, tokens, n_pred = choose(target_C)
+    if train_target and time_left is not None and plan is not None:
+        floor = min_target_ratio * max(groups)
+        while timer.estimate(N, tokens) > time_left and target_C * 0.8 >= floor:
+            target_C *= 0.8
+            q, N, tokens, n_pred = choose(target_C)
+        need = timer.estimate(N, tokens)
+        if need > time_left:
+            print(f"target run skipped: needs ~{need:.0f}s, {time_left:.0f}s left")
+            train_target = False
     target = dict(C=float(target_C), ratio=float(target_C / max(groups)), N_pred=float(n_pred), N_opt=float(N),
-                  D_opt=float(tokens), shape=f"d_model={shape['d_model']} num_layers={shape['num_layers']} "
-                                             f"num_heads={shape['num_heads']}",
+                  D_opt=float(tokens), shape=f"d_model={q['d_model']} num_layers={q['num_layers']} "
+                                             f"num_heads={q['num_heads']}",
                   predicted=float(parametric_loss(par, N, tokens)), predicted_minima=float(a * target_C ** gamma),
                   achieved=None, query=q)
     print(f"target C={target_C:.3g}: predicted N_opt={n_pred:.3g} -> {target['shape']} (N={N:.3g}, "
           f"D={tokens:.3g}); predicted loss {target['predicted']:.4f} (parametric), "
           f"{target['predicted_minima']:.4f} (IsoFLOP minima power law)")
-    if train_target and time_left is not None and plan is not None:
-        timer = TimeModel()
-        for r in runs:
-            timer.add(r)
-        need = timer.estimate(N, tokens)
-        if need > time_left:
-            print(f"target run skipped: needs ~{need:.0f}s, {time_left:.0f}s left")
-            train_target = False
     if train_target:
         rec, _ = sweep.query(q, counted=False, role='target')
         target['achieved'] = rec['final_loss']
@@ -978,8 +989,7 @@ PRESETS = {
     # a CPU: models of 12k-200k parameters on a small token file (e.g. data/docs), a few minutes
     'cpu': dict(budgets=(2e10, 6e10, 2e11), size_spread=16.0, size_spread_later=8.0, total_budget=2e12,
                 target_ratio=3.0, time_limit_s=0.0, context_length=64, batch_size=16, learning_rate=3e-3, head_dim=32,
-                aspect_ratio=32.0,
-                train_overrides={'compile': False, 'device': 'cpu'}),
+                aspect_ratio=32.0, train_overrides={'compile': False, 'device': 'cpu'}),
     # the course's API (--backend=remote): 2e18 FLOPs in all, only its train_flops values, lr <= 1e-3;
     # the question it asked: the optimal model and loss at 1e19 FLOPs (predicted, not trainable there)
     'remote': dict(budgets=(1e16, 3e16, 1e17, 3e17), sizes_per_budget=4, size_spread=8.0, size_spread_later=4.0,

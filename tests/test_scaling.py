@@ -192,13 +192,13 @@ def test_sweep_strategy_predicts_target_loss(tmp_path):
     sweep = scaling.Sweep(str(tmp_path / 'runs.json'), 12 * sum(budgets), be)
     shapes = scaling.model_shapes(head_dim=32)
     make_query = scaling.make_query_fn(16, 3e-3)
-    done, _ = scaling.run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, plan=be.plan)
+    done, _ = scaling.run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, aspect=32.0, plan=be.plan)
     assert len({r['compute_budget'] for r in done}) == 3 and len(done) >= 15
     assert sweep.flops_used <= sweep.total_budget
     # each budget's grid brackets its minimum (refinement extends a grid whose minimum sits at an end)
     for C, (N, L, _) in scaling.group_by_budget(done).items():
         assert 0 < int(np.argmin(L)) < len(N) - 1, (C, N, L)
-    target = scaling.predict_and_check(sweep, done, 1e14, make_query, shapes, 64.0, 1e-3, plan=be.plan)
+    target = scaling.predict_and_check(sweep, done, 1e14, make_query, shapes, 32.0, 1e-3, plan=be.plan)
     assert abs(target['error']) < 0.02, target
     true_n = scaling.parametric_frontier(FAKE, 1e14)[0]
     assert 0.5 < target['N_pred'] / true_n < 2, (target['N_pred'], true_n)
@@ -223,9 +223,9 @@ def _timed_sweep(tmp_path, limit):
     be = fake_backend(slow_train)
     sweep = scaling.Sweep(str(tmp_path / f'runs{limit}.json'), 1e15, be, clock=lambda: now[0])
     make_query, shapes = scaling.make_query_fn(16, 3e-3), scaling.model_shapes(32)
-    done, target_C = scaling.run_sweep(sweep, (3e12, 1e13, 3e13), make_query, shapes, plan=be.plan,
+    done, target_C = scaling.run_sweep(sweep, (3e12, 1e13, 3e13), make_query, shapes, aspect=32.0, plan=be.plan,
                                        time_limit_s=limit, target_C=1.2e14)
-    target = scaling.predict_and_check(sweep, done, target_C, make_query, shapes, 64.0, 1e-3,
+    target = scaling.predict_and_check(sweep, done, target_C, make_query, shapes, 32.0, 1e-3,
                                        time_left=(limit - now[0]) if limit else None, plan=be.plan)
     return done, target, now[0]
 
