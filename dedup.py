@@ -42,7 +42,6 @@ As a library:
 import glob
 import hashlib
 import json
-import math
 import os
 import shutil
 import string
@@ -55,7 +54,7 @@ import regex
 
 # -----------------------------------------------------------------------------
 # what to do
-mode = 'minhash'  # 'minhash' (fuzzy document dedup) | 'exact' (line dedup) | 'curve' (S-curve helper) | 'bench' | 'bench_ray'
+mode = 'minhash'  # 'minhash' (fuzzy docs) | 'exact' (lines) | 'curve' (S-curve helper) | 'bench' | 'bench_ray'
 inputs = ''  # a folder (every file in it, recursively), a glob ('data/*.jsonl'), or a comma-separated list of files
 output_dir = 'out/dedup'  # outputs keep their input file names here
 # minhash + lsh
@@ -109,8 +108,9 @@ def normalize_text(text):
 
 
 # bytes.translate table: ASCII upper -> lower; every ASCII separator of str.split() -> b' '
-_LOWER = bytes(range(256)).translate(bytes.maketrans(string.ascii_uppercase.encode() + b'\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f',
-                                                     string.ascii_lowercase.encode() + b' ' * 9))
+_SEPARATORS = b'\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f'
+_LOWER = bytes(range(256)).translate(bytes.maketrans(string.ascii_uppercase.encode() + _SEPARATORS,
+                                                     string.ascii_lowercase.encode() + b' ' * len(_SEPARATORS)))
 _PUNCT_BYTES = string.punctuation.encode()
 _NON_ASCII = regex.compile(rb'[\x80-\xff]+')  # a run of non-ASCII characters, in UTF-8 bytes
 _FIXED_RUNS = {}  # non-ASCII run -> its normalized bytes (web text repeats the same few: quotes, dashes)
@@ -143,7 +143,7 @@ _BASE = 0x100000001B3 * 2 + 1  # odd, so invertible mod 2^64: the multiplier of 
 _POW = np.ones(1, np.uint64)  # _BASE^i mod 2^64, grown on demand
 _INV_POW = np.ones(1, np.uint64)  # _BASE^-i mod 2^64
 # odd 64-bit constants that weigh the words of an n-gram by position (so 'a b' != 'b a')
-_POS_MULT = np.random.default_rng(0x6E6772616D).integers(1, 2**63, size=64, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+_POS_MULT = np.random.default_rng(0x6E6772616D).integers(1, 2**63, size=64, dtype=np.uint64) * np.uint64(2) + 1
 
 
 def _mix64(z):
@@ -407,7 +407,7 @@ def plot_s_curve(num_hashes, threshold, path, min_recall=0.99):
     print(f"wrote {path}")
 
 
-_BAND_MULT = np.random.default_rng(0x62616E64).integers(1, 2**63, size=1024, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+_BAND_MULT = np.random.default_rng(0x62616E64).integers(1, 2**63, size=1024, dtype=np.uint64) * np.uint64(2) + 1
 
 
 def band_keys(sig, bands):
@@ -551,17 +551,25 @@ def minhash_near_duplicates(texts, num_hashes=128, num_bands=0, ngrams=5, jaccar
     return set(removed.tolist())
 
 
+_SHARED_TEXTS = None  # the texts of _in_memory_dedup, inherited by forked pool workers (no pickling)
+
+
 def _sig_ngrams_shard(args):
-    texts, num_hashes, ngrams, seed = args
-    return minhash_signatures(texts, num_hashes, ngrams, seed, return_ngrams=True)
+    lo, hi, num_hashes, ngrams, seed = args
+    return minhash_signatures(_SHARED_TEXTS[lo:hi], num_hashes, ngrams, seed, return_ngrams=True)
 
 
 def _in_memory_dedup(texts, num_hashes, num_bands, ngrams, threshold, seed, max_bucket=200, workers=1):
     """The whole pipeline on in-memory texts. Keeps every document's n-gram hashes from the signature
     pass (8 bytes per n-gram) for the true-Jaccard check. Returns (removed ids, duplicate pairs, timings)."""
+    global _SHARED_TEXTS
     t0 = time.time()
-    shards = [(texts[i:i + 1000], num_hashes, ngrams, seed) for i in range(0, len(texts), 1000)]
-    res = list(_local_map(_sig_ngrams_shard, shards, workers, 'signatures', False))
+    shards = [(i, i + 1000, num_hashes, ngrams, seed) for i in range(0, len(texts), 1000)]
+    _SHARED_TEXTS = texts  # set before the pool forks: workers read the texts from shared memory
+    try:
+        res = list(_local_map(_sig_ngrams_shard, shards, workers, 'signatures', False))
+    finally:
+        _SHARED_TEXTS = None
     sig = np.concatenate([r[0] for r in res]) if res else np.zeros((0, num_hashes), np.uint32)
     X = np.concatenate([r[1] for r in res]) if res else np.zeros(0, np.uint64)
     off = np.cumsum(np.concatenate([[0]] + [r[2] for r in res]))  # document d's n-grams: X[off[d]:off[d+1]]
@@ -681,8 +689,7 @@ def signature_shard(task):
             stats['docs'] += 1
             stats['bytes'] += len(text)
     params = hash_params(task['num_hashes'], task['seed'])
-    sig = (np.concatenate([minhash_signatures(texts[i:i + 1000], task['num_hashes'], task['ngrams'], task['seed'], params)
-                           for i in range(0, len(texts), 1000)]) if texts else np.zeros((0, task['num_hashes']), np.uint32))
+    sig = minhash_signatures(texts, task['num_hashes'], task['ngrams'], task['seed'], params)
     stats['empty'] = int((sig == SIG_EMPTY).all(axis=1).sum())  # no words after normalization
     out = {k: np.array(cols[k], dtype=np.int64) for k in ('file_idx', 'offset', 'length')}
     out['names'], out['sig'], out['stats'] = cols['names'], sig, stats
@@ -1033,7 +1040,8 @@ def minhash_dedup(input_files, num_hashes, num_bands, ngrams, jaccard_threshold,
     for blk in blocks:
         docs = np.unique(blk)
         locs = {int(d): (files[file_idx[d]], int(offset[d]), int(length[d])) for d in docs}
-        vtasks.append({'pairs': blk, 'locs': locs, 'ngrams': ngrams, 'text_key': text_key, 'threshold': jaccard_threshold})
+        vtasks.append({'pairs': blk, 'locs': locs, 'ngrams': ngrams, 'text_key': text_key,
+                       'threshold': jaccard_threshold})
     if ray is not None:
         masks = _ray_map(ray, verify_block, vtasks, 'verify', progress)
     else:
@@ -1240,9 +1248,13 @@ def _datasketch_shingles(text, n):
 def _datasketch_end_to_end(texts, k, bands, n, threshold, workers):
     """datasketch as people use it: MinHash.update_batch per document (in a process pool of the same
     size as ours), then MinHashLSH insert + query with the same (bands, rows)."""
+    global _SHARED_TEXTS
     t0 = time.time()
-    shards = [texts[i:i + 1000] for i in range(0, len(texts), 1000)]
-    mhs = [m for part in _local_map(_datasketch_sig_shard, [(s, k, n) for s in shards], workers, 'ds', False) for m in part]
+    _SHARED_TEXTS = texts  # the same shared-memory hand-off to the pool as ours
+    parts = _local_map(_datasketch_sig_range, [(i, i + 1000, k, n) for i in range(0, len(texts), 1000)],
+                       workers, 'datasketch', False)
+    mhs = [m for part in parts for m in part]
+    _SHARED_TEXTS = None
     t_sig = time.time() - t0
     t1 = time.time()
     pairs = _datasketch_lsh(mhs, k, bands, threshold)
@@ -1259,6 +1271,11 @@ def _datasketch_lsh(mhs, k, bands, threshold):
             pairs.add((j, i))
         lsh.insert(i, m)
     return pairs
+
+
+def _datasketch_sig_range(args):
+    lo, hi, k, n = args
+    return _datasketch_sig_shard((_SHARED_TEXTS[lo:hi], k, n))
 
 
 def _datasketch_sig_shard(args):
@@ -1334,7 +1351,8 @@ def run_bench(bench_docs, large, out_path, k=128, n=5, threshold=0.8, workers=No
             sp = (f"**{ds['total_s'] / r['total_s']:.1f}x** | **{ds['cpu_s'] / r['cpu_s']:.1f}x**"
                   if name == 'dedup.py' else ' |')
             lines.append(f"| {size:,} | {mb:.0f} | {name} | {r['sig_s']:.2f} s | {size / r['sig_s']:,.0f} | "
-                         f"{mb / r['sig_s']:.1f} | {size / r['lsh_s']:,.0f} | {r['total_s']:.2f} s | {r['cpu_s']:.2f} s | "
+                         f"{mb / r['sig_s']:.1f} | {size / r['lsh_s']:,.0f} | {r['total_s']:.2f} s | "
+                         f"{r['cpu_s']:.2f} s | "
                          f"{mem / 2**20:,.0f} MiB | {len(r['pairs']):,} | {p:.4f} | {rc:.4f} | {sp} |")
         lines.append(f"| | | truth | | | | | | | | {len(truth):,} | | | | |")
         print('\n'.join(lines[-3:]), flush=True)
@@ -1380,7 +1398,8 @@ def run_engine_bench(n_docs, out_path, workers=2):
         t_init = time.time() - t
         for name, fn in (('exact lines, 692 pages', lambda o, e: exact_line_dedup(files, o, workers, e)),
                          (f"minhash, 692 pages + {n_docs:,} JSONL docs",
-                          lambda o, e: minhash_dedup(files + jsonl, output_dir=o, num_workers=workers, engine=e, **args))):
+                          lambda o, e: minhash_dedup(files + jsonl, output_dir=o, num_workers=workers, engine=e,
+                                                     **args))):
             res = {}
             for eng in ('local', 'ray', 'local', 'ray'):  # twice each, alternating; the best of two counts
                 out = os.path.join(tmp, f"out_{eng}_{len(rows)}")
@@ -1394,9 +1413,11 @@ def run_engine_bench(n_docs, out_path, workers=2):
         ray.shutdown()
     lines = ["# dedup.py: local process pool vs Ray (issue 17)", "",
              f"Command: `python dedup.py --mode=bench_ray --bench_docs={n_docs}`; {workers} workers on both sides "
-             f"(local: fork pool; Ray: local instance, num_cpus={workers}), {platform.processor() or platform.machine()}, "
+             f"(local: fork pool; Ray: local instance, num_cpus={workers}), "
+             f"{platform.processor() or platform.machine()}, "
              f"ray {ray.__version__}. Input {mb:.1f} MB. Ray start-up (not counted below): {t_init:.1f} s.", "",
-             "| job | local | ray | ray / local | same outputs | stages, local | stages, ray |", "|---|---:|---:|---:|---|---|---|"]
+             "| job | local | ray | ray / local | same outputs | stages, local | stages, ray |",
+             "|---|---:|---:|---:|---|---|---|"]
     stage_keys = ('signatures_s', 'lsh_s', 'verify_s', 'cluster_s', 'write_s')
     for name, a, b, eq in rows:
         st = lambda s: ', '.join(f"{k[:-2]} {s[k]:.2f}" for k in stage_keys if k in s) or '-'  # noqa: E731
@@ -1439,7 +1460,8 @@ def list_inputs(spec):
 if __name__ == '__main__':
     if mode == 'curve':
         print_s_curve(num_hashes, jaccard_threshold)
-        plot_s_curve(num_hashes, jaccard_threshold, os.path.join(os.path.dirname(bench_out) or '.', 'dedup_s_curve.png'))
+        png = os.path.join(os.path.dirname(bench_out) or '.', 'dedup_s_curve.png')
+        plot_s_curve(num_hashes, jaccard_threshold, png)
     elif mode == 'bench':
         run_bench(bench_docs, bench_large, bench_out, k=num_hashes, n=ngrams, threshold=jaccard_threshold,
                   workers=num_workers or None)
