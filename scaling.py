@@ -1085,8 +1085,10 @@ if __name__ == '__main__':
                                    train_target, time_left, plan)
         info = dict(backend=backend, preset=preset, runs=len(done), flops_used=sweep.flops_used,
                     wall_s=round(time.time() - t0, 1), recipe=getattr(be, 'recipe', {}), runs_file=sweep_path)
-        summary = analyze(done, out_dir, name, (target_C,) + tuple(extrapolate_to), n_bootstrap, huber_delta,
-                          seed, title=f"sweep ({backend})", target=target, info=info)
+        # extrapolate to the target budget (and to --extrapolate_to only when asked: 1e23 from 1e14 is a stretch)
+        extrapolate = (target['C'],) + (tuple(extrapolate_to) if 'extrapolate_to' in given else ())
+        summary = analyze(done, out_dir, name, extrapolate, n_bootstrap, huber_delta, seed,
+                          title=f"sweep ({backend})", target=target, info=info)
         print_summary(summary)
         print(f"sweep done in {info['wall_s']:.0f}s: {len(done)} runs, {sweep.flops_used:.3g} FLOPs; "
               f"wrote {out_dir}/{name}.md, .json and 3 plots")
