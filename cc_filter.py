@@ -16,7 +16,7 @@ Run it (the shared sample is a WET file of 1,483 pages; any glob of .warc(.gz) /
     python cc_filter.py --mode=bench          # documents/s per core for each stage, and the cost projection
     python cc_filter.py --mode=scale --input=... --bench_copies=32 --bench_workers=1,2,4,8,16
 
-What you get in out_dir:
+What you get in out_dir (<file> = the input's name without .gz):
     docs/<file>.jsonl        kept documents {"url", "lang", "lang_score", "text"} (PII masked), one per line
     tokens/<file>.{train,val}.bin   their GPT-2 tokens (uint16), split by a hash of the URL
     stats/<file>.json        per-file counts and stage timings; written LAST, it marks the file as done
@@ -35,6 +35,11 @@ Why this shape:
 - Engines: --engine=local runs a process pool on this machine; --engine=ray runs the SAME per-file
   function (process_file) as Ray tasks on a cluster, with Ray's retries (Ray is imported only then).
   The output directory must be on storage every worker sees (NFS, Lustre, a mounted bucket).
+
+Scaling out with Ray (pip install ray): `ray start --head` on one node, `ray start --address=<head>:6379` on
+the others; put the inputs, this script (workers import it by its path) and out_dir on shared storage; then
+    python cc_filter.py --input='/shared/crawl/*.wet.gz' --out_dir=/shared/cc --engine=ray --ray_address=auto
+Rerunning the same command after a crash or a lost node redoes only the unfinished files.
 """
 import glob
 import hashlib
@@ -109,7 +114,7 @@ fail_once = '' # fault injection for tests: path of a marker file; the first tas
                # and raises, so Ray's retry (or the local failure report) can be exercised
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-config = {k: globals()[k] for k in _config_keys}
+config = {k: globals()[k] for k in _config_keys}  # noqa: F821 (defined by configurator.py)
 # -----------------------------------------------------------------------------
 
 # =============================================================================
@@ -842,6 +847,14 @@ def run_pipeline(inputs, out_dir, cfg=None, engine='local', num_workers=0, ray_a
     cfg = dict(config if cfg is None else cfg)
     paths = expand_inputs(inputs) if isinstance(inputs, str) else sorted(inputs)
     assert paths, f"no input files match {inputs!r}"
+    # a missing model would fail every record of every file: stop now, saying where to get it
+    for key, what, url in (('lid_model', 'language ID model', 'https://dl.fbaipublicfiles.com/fasttext/'
+                            'supervised-models/lid.176.bin'), ('nsfw_model', 'NSFW classifier', NSFW_URL),
+                           ('toxic_model', 'toxic-speech classifier', TOXIC_URL),
+                           ('quality_model', 'quality classifier', '`python cc_filter.py --mode=train_quality`')):
+        if (cfg[key] or key == 'lid_model') and not os.path.exists(cfg[key]):
+            off = '' if key == 'lid_model' else f", or pass --{key}='' to switch the filter off"
+            raise FileNotFoundError(f"--{key}={cfg[key]!r}: {what} not found. Get it from {url}{off}")
     os.makedirs(out_dir, exist_ok=True)
     num_workers = num_workers or os.cpu_count()
     todo = [p for p in paths if not os.path.exists(os.path.join(out_dir, 'stats', output_stem(p) + '.json'))]

@@ -5,21 +5,24 @@ Tests for cc_filter.py: every stage on its own, then the pipeline (resume, bad i
 
 Inputs are small slices (whole gzip members) of the shared crawl in ../shared/data/a4, written to tmp_path.
 """
+import base64
 import gzip
 import hashlib
-import base64
 import io
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
 import pytest
-import fasttext
 import tiktoken
 from fastwarc.warc import ArchiveIterator
 
 import cc_filter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # -----------------------------------------------------------------------------
@@ -146,18 +149,32 @@ def test_mask_pii_all():
 # -----------------------------------------------------------------------------
 # 5) harmful content: the Dolma models are not here; a tiny fastText model trained in the test stands in
 
-def _train_tiny(tmp_path, name, pos_label, neg_label, pos, neg):
-    examples = [(pos_label, t) for t in pos] + [(neg_label, t) for t in neg]
-    model_path = str(tmp_path / f'{name}.bin')
-    cc_filter.train_fasttext(examples * 20, model_path, epochs=50, lr=0.1, dim=50, bucket=20_000)
-    return model_path
+BAD = ["you are a disgusting stupid idiot", "shut up you worthless moron", "stupid idiot go away moron"]
+GOOD = ["thanks for fixing the article", "the citation needs a page number", "see the talk page for sources"]
 
 
-def test_harmful_classifiers(tmp_path):
-    bad = ["you are a disgusting stupid idiot", "shut up you worthless moron", "stupid idiot go away moron"]
-    good = ["thanks for fixing the article", "the citation needs a page number", "see the talk page for sources"]
-    nsfw = _train_tiny(tmp_path, 'nsfw', 'nsfw', 'non-nsfw', bad, good)
-    toxic = _train_tiny(tmp_path, 'toxic', 'toxic', 'non-toxic', bad, good)
+@pytest.fixture(scope='module')
+def tiny_models(tmp_path_factory):
+    """Small fastText stand-ins for Dolma's NSFW / toxic models (and a quality model), trained on a dozen snippets.
+    NOTE: trained in a fresh Python process: inside pytest's process fastText training sometimes ends in
+    'Encountered NaN' on such tiny data whatever the seed and learning rate (never in a plain process)."""
+    d = tmp_path_factory.mktemp('models')
+    script = f"""
+import sys; sys.path.insert(0, {ROOT!r})
+import cc_filter
+bad, good = {BAD!r}, {GOOD!r}
+for name, pos, neg in [('nsfw', 'nsfw', 'non-nsfw'), ('toxic', 'toxic', 'non-toxic')]:
+    cc_filter.train_fasttext([(pos, t) for t in bad] * 20 + [(neg, t) for t in good] * 20, {str(d)!r} + f'/{{name}}.bin',
+                             epochs=50, lr=0.1, dim=50, bucket=20_000)
+cc_filter.train_quality_classifier(good * 10, ['Home | Login | Register | Search'] * 10, {str(d)!r} + '/quality.bin',
+                                   epochs=10, bucket=20_000)
+"""
+    subprocess.run([sys.executable, '-c', script], check=True)
+    return {name: str(d / f'{name}.bin') for name in ('nsfw', 'toxic', 'quality')}
+
+
+def test_harmful_classifiers(tiny_models):
+    nsfw, toxic = tiny_models['nsfw'], tiny_models['toxic']
     label, score = cc_filter.classify_nsfw("what a stupid idiot\nmoron", nsfw)
     assert label == 'nsfw' and 0.5 < score <= 1.0
     assert cc_filter.classify_nsfw("please add a citation to the article", nsfw)[0] == 'non-nsfw'
@@ -166,7 +183,11 @@ def test_harmful_classifiers(tmp_path):
     assert label == 'non-toxic' and 0.0 <= score <= 1.0
 
 
-def test_harmful_model_missing_names_download(tmp_path):
+def test_harmful_model_missing_names_download(tmp_path, cfg):
+    # the pipeline checks before it starts (else every record of every file would fail)
+    with pytest.raises(FileNotFoundError, match='dolma-artifacts.org.*hatespeech'):
+        cc_filter.run_pipeline([str(tmp_path / 'x.warc.wet')], str(tmp_path / 'out'),
+                               dict(cfg, toxic_model=str(tmp_path / 'missing.bin')), progress=False)
     with pytest.raises(FileNotFoundError, match='dolma-artifacts.org.*nsfw'):
         cc_filter.classify_nsfw("text", str(tmp_path / 'missing.bin'))
     with pytest.raises(FileNotFoundError, match='dolma-artifacts.org.*hatespeech'):
@@ -356,3 +377,15 @@ def test_local_failure_is_reported_by_file(crawl, cfg, tmp_path):
                                     num_workers=2, progress=False)
     assert len(report['failed']) == 1 and 'injected failure' in next(iter(report['failed'].values()))
     assert report['processed'] == 2
+
+
+def test_pipeline_with_harm_and_quality_models(crawl, cfg, tiny_models, tmp_path):
+    nsfw, toxic, quality = tiny_models['nsfw'], tiny_models['toxic'], tiny_models['quality']
+    c = dict(cfg, nsfw_model=nsfw, toxic_model=toxic, quality_model=quality)
+    stats = cc_filter.process_file(str(crawl / 'a.warc.wet.gz'), str(tmp_path / 'out'), c)
+    n = stats['counts']
+    assert n['in_nsfw'] == n['in_gopher'] - sum(v for k, v in n.items() if k.startswith('drop_gopher'))
+    assert n['in_toxic'] == n['in_nsfw'] - n.get('drop_nsfw', 0)
+    assert n['in_quality'] == n['in_toxic'] - n.get('drop_toxic', 0)
+    assert n['kept'] == n['in_quality'] - n.get('drop_quality', 0)
+    assert {'nsfw', 'toxic', 'quality'} <= set(stats['stage_cpu_s'])
