@@ -66,6 +66,7 @@ import tiktoken
 _DATA = os.environ.get('LMSCRATCH_DATA',
                        os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'data'))
 _DATA = os.path.abspath(_DATA)
+_A4 = os.path.join(_DATA, 'a4')  # the course's assignment-4 files
 # tiktoken downloads its BPE files unless they are cached; these machines are offline, so point it at the
 # shared copy when the user has not chosen a cache of their own (must happen before get_encoding)
 if 'TIKTOKEN_CACHE_DIR' not in os.environ and os.path.isdir(os.path.join(_DATA, 'tiktoken_cache')):
@@ -84,7 +85,7 @@ ray_max_retries = 2 # Ray retries a failed file this many times before reporting
 # filters (a '' model path switches that filter off)
 languages = 'en' # keep these fastText language codes (comma separated); '' = keep every language
 min_lang_score = 0.5 # ... when fastText's probability for the top language is at least this
-lid_model = os.path.join(_DATA, 'a4', 'lid.176.ftz') # fastText language ID (lid.176.bin or the .ftz)
+lid_model = os.path.join(_A4, 'lid.176.ftz') # fastText language ID (lid.176.bin or the .ftz)
 gopher = True # apply the Gopher quality rules (Rae et al. 2021, appendix A)
 nsfw_model = '' # Dolma jigsaw_fasttext_bigrams_nsfw_final.bin; '' = off
 toxic_model = '' # Dolma jigsaw_fasttext_bigrams_hatespeech_final.bin; '' = off
@@ -95,17 +96,15 @@ pii_masking = True # replace emails, US phone numbers and IPv4 addresses with ||
 # tokens
 tokenize = True # write GPT-2 tokens (uint16) and the train.bin/val.bin/meta.json token folder
 val_fraction = 0.05 # documents whose URL hash falls in this fraction go to val.bin (stable across runs)
-# quality classifier training (--mode=train_quality); sources are comma separated, see load_quality_texts
-quality_positives = (os.path.join(_DATA, 'a4', 'high_quality_wiki_reference.txt') + ','
-                     + 'main:' + os.path.join(_DATA, 'a4', 'docs_crawl.warc.gz'))
-quality_negatives = (os.path.join(_DATA, 'a4', 'low_quality_cc.txt') + ','
-                     + 'boilerplate:' + os.path.join(_DATA, 'a4', 'docs_crawl.warc.gz'))
+# quality classifier training (--mode=train_quality): comma-separated sources, see load_quality_texts
+quality_positives = f'{_A4}/high_quality_wiki_reference.txt,main:{_A4}/docs_crawl.warc.gz' # 'wiki' examples
+quality_negatives = f'{_A4}/low_quality_cc.txt,boilerplate:{_A4}/docs_crawl.warc.gz' # 'cc' examples
 quality_out = 'out/quality/quality.bin' # where train_quality writes the model
 quality_epochs = 20 # fastText epochs
 quality_holdout = 0.2 # fraction of source documents (by hash) held out for precision/recall
 # benchmarks (--mode=bench / --mode=scale)
-bench_warc = os.path.join(_DATA, 'a4', 'docs_crawl.warc.gz') # a WARC for the HTML-extraction stage
-bench_wet = os.path.join(_DATA, 'a4', 'docs_crawl.warc.wet.gz') # a WET for everything else
+bench_warc = os.path.join(_A4, 'docs_crawl.warc.gz') # a WARC for the HTML-extraction stage
+bench_wet = os.path.join(_A4, 'docs_crawl.warc.wet.gz') # a WET for everything else
 bench_copies = 32 # --mode=scale: replicate --input (default: bench_wet) into this many files
 bench_workers = '1,2' # --mode=scale: worker counts to time, e.g. '1,2,4,8,16'
 bench_engines = 'local' # --mode=scale: 'local', 'ray' or 'local,ray'
