@@ -282,14 +282,16 @@ class KVCache:
     """Keys and values of every layer for a batch of sequences, preallocated at full size so that every decode
     step has the same tensor shapes (which is what lets the step be compiled or captured in a CUDA graph).
 
-    k, v: (num_layers, B, num_kv_heads, max_seq_len, head_dim). `pos` (a 0-d tensor on the device, so that a
+    k, v: one (B, num_kv_heads, max_seq_len, head_dim) tensor per layer (separate tensors rather than one stacked
+    array: torch.compile then updates each in place, where writing into a slice of a stacked input made it copy the
+    whole cache every layer). `pos` (a 0-d tensor on the device, so that a
     captured graph can advance it) is the slot the next token goes to; `pad` (B,) is the number of left-padding
     slots of each row (prompts of different lengths are right-aligned, so all rows write the same slot)."""
 
     def __init__(self, num_layers, batch_size, num_kv_heads, max_seq_len, head_dim, device=None, dtype=None):
-        shape = (num_layers, batch_size, num_kv_heads, max_seq_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, num_kv_heads, max_seq_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.pos = torch.zeros((), dtype=torch.long, device=device)
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.max_seq_len = max_seq_len
@@ -318,8 +320,9 @@ class KVCache:
         """Write k, v (B, nkv, T, hs) at slots pos..pos+T-1 of one layer; return that layer's full cache."""
         T = k.shape[2]
         idx = self.pos + torch.arange(T, device=k.device)
-        self.k[layer_idx][:, :, idx] = k.to(self.k.dtype)  # an in-place index_put: torch.compile keeps it in place
-        self.v[layer_idx][:, :, idx] = v.to(self.v.dtype)
+        k_cache, v_cache = self.k[layer_idx], self.v[layer_idx]
+        k_cache[:, :, idx] = k.to(k_cache.dtype)  # an in-place index_put: torch.compile keeps it in place
+        v_cache[:, :, idx] = v.to(v_cache.dtype)
         return self.k[layer_idx], self.v[layer_idx]
 
     def advance(self, T):
