@@ -1466,7 +1466,7 @@ DEMO_PRESETS = {
                 template='r1_zero',
                 task=dict(min_steps=2, max_steps=3, max_number=20), n_train=60000, n_val=500,
                 pretrain=dict(max_iters=20000, batch_size=128, gradient_accumulation_steps=1, learning_rate=1.5e-3,
-                              time_budget_s=200),
+                              time_budget_s=180),
                 sft_examples=512, sft=dict(max_iters=240, batch_size=32, gradient_accumulation_steps=1,
                                            learning_rate=5e-4, time_budget_s=45),
                 ei=dict(n_steps=4, questions_per_step=1024, rollouts=4), ei_lr=2e-4,
