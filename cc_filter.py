@@ -52,7 +52,7 @@ import tempfile
 import time
 import warnings
 import zlib
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 
 import numpy as np
 from tqdm import tqdm
@@ -768,16 +768,24 @@ def _run_ray(todo, out_dir, cfg, num_workers, address, max_retries, on_done):
         return mod.process_file(in_path, out_dir, cfg)
     task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(run_file)
     startup_s = time.time() - t0  # Ray's fixed cost: starting the head node and the worker processes
-    refs = {task.remote(os.path.abspath(p), os.path.abspath(out_dir), cfg): p for p in todo}
-    failed, pending = {}, list(refs)
+    # Backpressure: keep at most 4 tasks per CPU in flight and submit more as they finish. With 100,000 files,
+    # submitting everything at once would hold 100,000 task specs and make every ray.wait scan them all.
+    max_in_flight = 4 * max(int(ray.cluster_resources().get('CPU', 1)), 1)
+    queue, refs, failed = deque(todo), {}, {}
+    cfg_ref = ray.put(cfg)  # one copy in the object store instead of one per task
     try:
-        while pending:  # the driver collects results as they finish and drives the progress bar
-            done, pending = ray.wait(pending, num_returns=1)
+        while queue or refs:
+            while queue and len(refs) < max_in_flight:
+                p = queue.popleft()
+                refs[task.remote(os.path.abspath(p), os.path.abspath(out_dir), cfg_ref)] = p
+            # the driver collects results as they finish and drives the progress bar
+            done, _ = ray.wait(list(refs), num_returns=1)
             for ref in done:
+                path = refs.pop(ref)
                 try:
                     on_done(ray.get(ref))
                 except Exception as e:  # RayTaskError after the retries
-                    failed[refs[ref]] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}"
+                    failed[path] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}"
     finally:
         if started:
             ray.shutdown()
@@ -858,9 +866,14 @@ def run_pipeline(inputs, out_dir, cfg=None, engine='local', num_workers=0, ray_a
     num_workers = num_workers or os.cpu_count()
     todo = [p for p in paths if not os.path.exists(os.path.join(out_dir, 'stats', output_stem(p) + '.json'))]
     # temporary files of an interrupted run are garbage (the renamed outputs are what counts): remove them
-    for stem in map(output_stem, todo):
-        for tmp in glob.glob(os.path.join(glob.escape(out_dir), '*', glob.escape(stem) + '.*.tmp.*')):
-            os.remove(tmp)
+    # (one listing per folder, not one glob per file: 100,000 files must not make this quadratic)
+    todo_stems = {output_stem(p) for p in todo}
+    todo_outputs = {f'{stem}{ext}' for stem in todo_stems for ext in ('.jsonl', '.train.bin', '.val.bin', '.json')}
+    for sub in ('docs', 'tokens', 'stats'):
+        folder = os.path.join(out_dir, sub)
+        for name in (os.listdir(folder) if os.path.isdir(folder) else []):
+            if '.tmp.' in name and name.rsplit('.tmp.', 1)[0] in todo_outputs:  # <output>.tmp.<pid>
+                os.remove(os.path.join(folder, name))
     n_skipped = len(paths) - len(todo)
     bar = tqdm(total=len(paths), initial=n_skipped, unit='file', desc=f'cc_filter ({engine})', disable=not progress)
     t0 = time.time()
@@ -897,7 +910,7 @@ def run_pipeline(inputs, out_dir, cfg=None, engine='local', num_workers=0, ray_a
               'throughput': throughput(counts, times, sum(s['cpu_s'] for s in all_stats),
                                        sum(s['input_bytes'] for s in all_stats))}
     report['docs_per_s_wall'] = sum(s['counts'].get('records', 0) for s in all_stats
-                                    if s['stem'] in {output_stem(p) for p in todo}) / max(wall_s, 1e-9)
+                                    if s['stem'] in todo_stems) / max(wall_s, 1e-9)
     if cfg['tokenize']:
         report['tokens'] = write_token_folder(out_dir, done_stems)
     _atomic_write_bytes(os.path.join(out_dir, 'report.json'), json.dumps(report, indent=1).encode('utf-8'))
