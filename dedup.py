@@ -113,7 +113,16 @@ _LOWER = bytes(range(256)).translate(bytes.maketrans(string.ascii_uppercase.enco
                                                      string.ascii_lowercase.encode() + b' ' * len(_SEPARATORS)))
 _PUNCT_BYTES = string.punctuation.encode()
 _NON_ASCII = regex.compile(rb'[\x80-\xff]+')  # a run of non-ASCII characters, in UTF-8 bytes
-_FIXED_RUNS = {}  # non-ASCII run -> its normalized bytes (web text repeats the same few: quotes, dashes)
+
+
+class _Cache(dict):
+    """A per-process cache. Pickles as an empty one: when Ray ships this module's functions by value,
+    their globals go along, and a warm cache (or the power tables below) would add megabytes per task."""
+    def __reduce__(self):
+        return (type(self), ())
+
+
+_FIXED_RUNS = _Cache()  # non-ASCII run -> its normalized bytes (web text repeats the same few: quotes, dashes)
 
 
 def _fix_non_ascii(m):
@@ -140,8 +149,7 @@ def _normalized_bytes(text):
 
 
 _BASE = 0x100000001B3 * 2 + 1  # odd, so invertible mod 2^64: the multiplier of the polynomial word hash
-_POW = np.ones(1, np.uint64)  # _BASE^i mod 2^64, grown on demand
-_INV_POW = np.ones(1, np.uint64)  # _BASE^-i mod 2^64
+_POWERS = _Cache()  # 'pow': _BASE^i mod 2^64 and 'inv': _BASE^-i mod 2^64, grown on demand
 # odd 64-bit constants that weigh the words of an n-gram by position (so 'a b' != 'b a')
 _POS_MULT = np.random.default_rng(0x6E6772616D).integers(1, 2**63, size=64, dtype=np.uint64) * np.uint64(2) + 1
 
@@ -157,13 +165,12 @@ def _mix64(z):
 
 def _pow_tables(n):
     """(BASE^i, BASE^-i) mod 2^64 for i < n (at least), grown geometrically and kept."""
-    global _POW, _INV_POW
-    if n > len(_POW):
+    if n > len(_POWERS.get('pow', ())):
         m = max(2 * n, 1 << 16)
-        _POW = np.concatenate([np.ones(1, np.uint64), np.multiply.accumulate(np.full(m - 1, _BASE, np.uint64))])
-        inv = pow(_BASE, -1, 2**64)
-        _INV_POW = np.concatenate([np.ones(1, np.uint64), np.multiply.accumulate(np.full(m - 1, inv, np.uint64))])
-    return _POW, _INV_POW
+        for key, base in (('pow', _BASE), ('inv', pow(_BASE, -1, 2**64))):
+            acc = np.multiply.accumulate(np.full(m - 1, base, np.uint64))  # wraps mod 2^64
+            _POWERS[key] = np.concatenate([np.ones(1, np.uint64), acc])
+    return _POWERS['pow'], _POWERS['inv']
 
 
 def _batch_word_hashes(texts):
@@ -741,6 +748,11 @@ def write_output(task):
     return 1
 
 
+def write_outputs(tasks):
+    """A group of write_output tasks (one Ray task or pool task per group, not per file)."""
+    return sum(write_output(t) for t in tasks)
+
+
 # =============================================================================
 # Executors: a local process pool, or Ray tasks
 # =============================================================================
@@ -852,10 +864,16 @@ def rewrite_unique_lines(task):
     return kept, dropped
 
 
-def _hash_partition_lines(path, P):
-    h = line_hashes(path)
+def _hash_partition_lines(paths, P):
+    """Map task: the line hashes of a group of files, split into P partitions by hash."""
+    h = np.concatenate([line_hashes(p) for p in paths]) if paths else np.zeros(0, np.uint64)
     part = (h % np.uint64(P)).astype(np.int64)
     return tuple(h[part == p] for p in range(P))
+
+
+def _rewrite_group(pairs, dups):
+    """Rewrite task: a group of (src, dst) files against the repeated hashes."""
+    return [rewrite_unique_lines({'src': s, 'dst': d, 'dups': dups}) for s, d in pairs]
 
 
 def _dup_hashes(*parts):
@@ -877,20 +895,21 @@ def exact_line_dedup(input_files, output_dir, num_workers=None, engine='local', 
     if engine == 'ray':
         ray = _import_ray()
         _ray_init(ray, ray_address, num_workers)
-        P = max(1, min(16, len(files)))
+        groups = [list(range(i, min(i + 32, len(files)))) for i in range(0, len(files), 32)]  # 32 files a task
+        P = max(1, min(16, len(groups)))
         # 1) hash lines in tasks, each output split into P hash partitions
         mapper = _ray_remote(ray, _hash_partition_lines, num_returns=P)
-        maps = [mapper.remote(p, P) for p in files]
+        maps = [mapper.remote([files[i] for i in g], P) for g in groups]
         maps = [m if P > 1 else [m] for m in maps]
         # 2) group by hash: one reduce task per partition finds the repeated hashes
         red = _ray_remote(ray, _dup_hashes)
-        dups_refs = [red.remote(*[m[p] for m in maps]) for p in range(P)]
-        dups = np.sort(np.concatenate(ray.get(dups_refs)))
-        n_lines = sum(len(h) for h in ray.get([x for m in maps for x in m]))
+        dups = np.sort(np.concatenate(ray.get([red.remote(*[m[p] for m in maps]) for p in range(P)])))
         # 3) rewrite files in tasks (the repeated hashes go once into the object store)
         dups_ref = ray.put(dups)
-        rw = _ray_remote(ray, _rewrite_with_ref)
-        results = ray.get([rw.remote(s, d, dups_ref) for s, d in zip(files, dsts)])
+        rw = _ray_remote(ray, _rewrite_group)
+        results = [r for rs in ray.get([rw.remote([(files[i], dsts[i]) for i in g], dups_ref) for g in groups])
+                   for r in rs]
+        n_lines = sum(r[0] + r[1] for r in results)
     else:
         hashes = list(_local_map(line_hashes, files, workers, 'hash lines', progress))
         n_lines = sum(len(h) for h in hashes)
@@ -903,10 +922,6 @@ def exact_line_dedup(input_files, output_dir, num_workers=None, engine='local', 
     removed = sum(r[1] for r in results)
     return {'files': len(files), 'lines': int(n_lines), 'lines_removed': int(removed),
             'repeated_line_hashes': int(len(dups)), 'time_s': round(time.time() - t0, 3)}
-
-
-def _rewrite_with_ref(src, dst, dups):
-    return rewrite_unique_lines({'src': src, 'dst': dst, 'dups': dups})
 
 
 def _check_inputs(input_files, output_dir):
@@ -1080,10 +1095,11 @@ def minhash_dedup(input_files, num_hashes, num_bands, ngrams, jaccard_threshold,
     for t in wtasks:
         if not t.get('keep', True) and os.path.exists(t['dst']):
             os.remove(t['dst'])
+    wgroups = [wtasks[i:i + 64] for i in range(0, len(wtasks), 64)]  # one task writes up to 64 files
     if ray is not None:
-        written = _ray_map(ray, write_output, wtasks, 'write', progress)
+        written = _ray_map(ray, write_outputs, wgroups, 'write', progress)
     else:
-        written = list(_local_map(write_output, wtasks, workers, 'write', progress))
+        written = list(_local_map(write_outputs, wgroups, workers, 'write', progress))
     stats['files_written'] = int(sum(written))
     timings['write_s'] = time.time() - t_stage
     shutil.rmtree(work_dir, ignore_errors=True)
