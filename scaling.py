@@ -330,13 +330,18 @@ def plot_isoflops(groups, par, path, title):
         xs = np.linspace(np.log10(N.min()) - 0.1, np.log10(N.max()) + 0.1, 100)
         if fit is not None:
             ax.plot(10 ** xs, np.polyval(fit[0], xs), color=color, lw=1.2)
+        if fit is not None and not fit[3]:
             ax.scatter([fit[1]], [fit[2]], color=color, marker='*', s=160, edgecolor='k', zorder=5)
+        else:  # no minimum inside the sizes: the best run stands in for it (hollow star)
+            i = int(np.argmin(L))
+            ax.scatter([N[i]], [L[i]], facecolor='none', marker='*', s=160, edgecolor=color, zorder=5)
         if par is not None:
             ax.plot(10 ** xs, parametric_loss(par, 10 ** xs, C / (6 * 10 ** xs)), color=color, ls=':', lw=1)
     ax.set_xscale('log')
     ax.set_xlabel('parameters N (non-embedding)')
     ax.set_ylabel('final loss')
-    ax.set_title(f"{title}: IsoFLOP curves (solid: parabola in log N, star: its minimum, dotted: L(N,D) fit)")
+    ax.set_title(f"{title}: IsoFLOP curves\n(solid: parabola in log N, star: its minimum, hollow star: best run when "
+                 f"the minimum is outside the sizes, dotted: L(N,D) fit)", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3, which='both')
     _save(fig, path)
