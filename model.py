@@ -588,7 +588,6 @@ if __name__ == '__main__':
         print(f"{count_parameters(model):,} parameters (excluding embeddings); {asdict(model.config)}")
         print(model.generate([[1, 2, 3], [4]], max_new_tokens=8, temperature=0, seed=0))
     else:
-        import json
         from bpe import Tokenizer
         ckpt = torch.load(args.ckpt, map_location='cpu', weights_only=False)
         model = TransformerLM.from_checkpoint(args.ckpt).eval()

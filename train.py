@@ -85,7 +85,7 @@ dtype = 'bfloat16'  # 'bfloat16' (autocast, float32 master weights) | 'float32'
 compile = True  # torch.compile the model (first iterations are slow while it compiles)
 tf32 = True  # TensorFloat-32 for the float32 matmuls that remain
 seed = 1337
-ddp_impl = 'torch'  # under torchrun: 'torch' (DistributedDataParallel) | ddp.py's 'naive' | 'flat' | 'individual' | 'bucketed'
+ddp_impl = 'torch'  # under torchrun: 'torch' (DistributedDataParallel) | ddp.py's 'naive'|'flat'|'individual'|'bucketed'
 bucket_size_mb = 25.0  # for ddp_impl='bucketed'
 fsdp = False  # shard parameters with fsdp.py's FSDP instead of DDP
 peak_flops = 989e12  # for MFU: H100 SXM dense bf16
@@ -307,7 +307,9 @@ def configure_optimizer(params, cfg, device_type):
 # Checkpoints
 
 
-def save_checkpoint(model, optimizer, iteration, out, **extra):
+# NOTE: the course names this function save_checkpoint, like the config key above; the config value lives on in
+# the `config` dict (taken before this point), while the module name now means the function.
+def save_checkpoint(model, optimizer, iteration, out, **extra):  # noqa: F811
     """Write {'model', 'optimizer', 'iter_num', **extra} atomically: to a temp file first, then os.replace, so an
     interruption never leaves a half-written ckpt.pt behind (nanoGPT's torch.save straight to the file can)."""
     model = getattr(model, '_orig_mod', model)  # torch.compile wraps the module; save the plain one's names
@@ -633,6 +635,9 @@ def train(cfg):
         iter_num += 1
 
         done = iter_num >= cfg['max_iters']
+        if world_size == 1 and 0 < cfg['max_time_s'] < time.time() - t_start:
+            done = True  # one process: check the clock every step (with several, rank 0 decides at log steps)
+            print0(f"stopping at iteration {iter_num}: max_time_s={cfg['max_time_s']} reached")
         if iter_num % cfg['log_interval'] == 0 or done:
             if world_size > 1:
                 dist.all_reduce(loss_accum)
@@ -655,7 +660,7 @@ def train(cfg):
             logger.log(**last)
             if wandb_run:
                 wandb_run.log(last, step=iter_num)
-            if cfg['max_time_s'] > 0:  # rank 0's clock decides, for everyone
+            if cfg['max_time_s'] > 0 and world_size > 1 and not done:  # rank 0's clock decides, for everyone
                 stop = torch.tensor(float(time.time() - t_start > cfg['max_time_s']), device=dev)
                 if world_size > 1:
                     dist.broadcast(stop, 0)
@@ -689,7 +694,8 @@ def train(cfg):
     # 4) Summary, plot, sample
     total_time = time.time() - t_start
     tokens_per_s = steady_tokens / steady_time if steady_time > 0 else last.get('tokens_per_s', 0.0)
-    summary = dict(val_loss=last.get('val_loss'), val_bpb=last.get('val_bpb'), best_val_loss=best_val, train_loss=last.get('train_loss'),
+    summary = dict(val_loss=last.get('val_loss'), val_bpb=last.get('val_bpb'), best_val_loss=best_val,
+                   train_loss=last.get('train_loss'),
                    iters=iter_num, tokens=iter_num * tokens_per_iter, time_s=total_time, train_time_s=train_time,
                    tokens_per_s=tokens_per_s,
                    mfu=estimate_mfu(raw_model, tokens_per_s, cfg['peak_flops']) if device_type == 'cuda' else 0.0,
@@ -738,7 +744,8 @@ def sample(cfg):
     tokenizer_dir = ckpt_meta.get('tokenizer_dir')
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
     eot = tokenizer.eot_id if tokenizer is not None else None
-    ctx = torch.autocast('cuda', dtype=torch.bfloat16) if 'cuda' in dev and cfg['dtype'] == 'bfloat16' else nullcontext()
+    use_bf16 = 'cuda' in dev and cfg['dtype'] == 'bfloat16'
+    ctx = torch.autocast('cuda', dtype=torch.bfloat16) if use_bf16 else nullcontext()
     with ctx:
         texts = sample_text(model, tokenizer, eot, cfg['prompt'], cfg['num_samples'], cfg['max_new_tokens'],
                             cfg['temperature'], cfg['top_p'], cfg['seed'])

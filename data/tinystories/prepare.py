@@ -89,11 +89,11 @@ def make_story(rng):
     turn = rng.choice([f'"Can you help me?" asked {n}. "Yes, I can help you," said {f}.',
                        f"Then {f} came to help. They looked under the leaves and behind the rocks.",
                        f"{n} said sorry to {f}, and {f} smiled.",
-                       f"Suddenly it started to rain, so they ran home together."])
+                       "Suddenly it started to rain, so they ran home together."])
     ending = rng.choice([f"In the end, {n} was {feel} and {f} was happy too.",
                          f"From that day on, {n} and {f} were best friends.",
                          f"{n} learned that sharing is good. The end.",
-                         f"They went home and had cake. It was a good day."])
+                         "They went home and had cake. It was a good day."])
     return ' '.join([opening, middle, turn, ending])
 
 
