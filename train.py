@@ -313,7 +313,8 @@ def save_checkpoint(model, optimizer, iteration, out, **extra):  # noqa: F811
     """Write {'model', 'optimizer', 'iter_num', **extra} atomically: to a temp file first, then os.replace, so an
     interruption never leaves a half-written ckpt.pt behind (nanoGPT's torch.save straight to the file can)."""
     model = getattr(model, '_orig_mod', model)  # torch.compile wraps the module; save the plain one's names
-    ckpt = {'model': model.state_dict(), 'optimizer': optimizer.state_dict() if optimizer is not None else None,
+    state = model if isinstance(model, dict) else model.state_dict()  # a state dict may be passed directly (FSDP)
+    ckpt = {'model': state, 'optimizer': optimizer.state_dict() if optimizer is not None else None,
             'iter_num': iteration, **extra}
     if isinstance(out, (str, os.PathLike)):
         tmp = f"{out}.tmp"
@@ -590,12 +591,8 @@ def train(cfg):
             return
         extra = dict(model_args=model_args, config=cfg, best_val_loss=best_val, tokenizer_dir=tokenizer_dir,
                      rng={'torch': torch.get_rng_state(), 'sampler': train_sampler.generator.get_state()})
-        save_checkpoint(raw_model, None if use_fsdp else optimizer, it, ckpt_file, **extra)
-        if state is not None:  # the full weights gathered from the shards replace the local ones
-            c = torch.load(ckpt_file, weights_only=False)
-            c['model'] = state
-            torch.save(c, ckpt_file + '.tmp')
-            os.replace(ckpt_file + '.tmp', ckpt_file)
+        # FSDP: the full weights gathered from the shards; its optimizer state stays sharded and is not saved
+        save_checkpoint(raw_model if state is None else state, None if use_fsdp else optimizer, it, ckpt_file, **extra)
 
     # 3) Training loop
     print0(f"training on {dev} ({world_size} process{'es' if world_size > 1 else ''}, {cfg['dtype']}, "
