@@ -221,3 +221,17 @@ def test_flops_and_mfu_formula():
     assert n == 4 * (4 * 512 * 512 + 3 * 512 * 1344 + 2 * 512) + 512 + 10000 * 512
     assert M.flops_per_token(cfg) == 6 * n + 12 * 4 * 512 * 256
     assert M.estimate_mfu(cfg, 1e6) == pytest.approx(M.flops_per_token(cfg) * 1e6 / 989e12)
+
+
+def test_flash_impl_matches_sdpa_forward_and_backward():
+    """attn_impl='flash' (flash_attn.py's Triton kernel; on a CPU through TRITON_INTERPRET=1, set in conftest.py)."""
+    pytest.importorskip('flash_attn')
+    ref = tiny(num_layers=1, num_heads=2, attn_impl='sdpa')  # head dim 16: a size the kernel supports
+    flash = tiny(num_layers=1, num_heads=2, attn_impl='flash')
+    flash.load_state_dict(ref.state_dict())
+    x = torch.randint(0, 97, (2, 20))
+    ref(x, targets=x).backward()
+    flash(x, targets=x).backward()
+    torch.testing.assert_close(flash(x), ref(x), atol=1e-5, rtol=1e-5)
+    for p, q in zip(flash.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4)
