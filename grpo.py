@@ -586,7 +586,7 @@ GRPO_PRESETS = {
                           sft_examples=128, sft=dict(max_iters=10, batch_size=16, gradient_accumulation_steps=1,
                                                      learning_rate=1e-3),
                           gen_batch_size=128, max_new_tokens=64),
-                sft_chunk=5, sft_max_chunks=6, sft_target=0.3, sft_target_format=0.5, probe_n=64,
+                sft_chunk=5, sft_max_chunks=6, sft_target=0.3, sft_target_sampled=0.15, probe_n=64,
                 main=dict(n_grpo_steps=200, time_budget_s=45, rollout_batch_size=64, group_size=8,
                           train_batch_size=64, gradient_accumulation_steps=1, learning_rate=1e-4,
                           sampling_temperature=0.7, sampling_max_tokens=64, eval_interval=5, eval_n=-1,
@@ -595,7 +595,7 @@ GRPO_PRESETS = {
                               train_batch_size=32, gradient_accumulation_steps=1, learning_rate=1e-4,
                               sampling_temperature=0.7, sampling_max_tokens=64, eval_interval=3, eval_n=-1,
                               gen_batch_size=128)),
-    # one H100, about 8 minutes in all: pretraining 120 s, short SFT ~20 s, main GRPO 150 s, 6 ablations x 25 s
+    # one H100, about 8 minutes in all: pretraining 120 s, short SFT ~20 s, main GRPO 140 s, 6 ablations x 22 s
     'gpu': dict(base=dict(model=dict(d_model=384, num_layers=6, num_heads=6, context_length=512),
                           template=SHORT_TEMPLATE, task=dict(min_steps=2, max_steps=3, max_number=20),
                           n_train=60000, n_val=1024,
@@ -604,12 +604,12 @@ GRPO_PRESETS = {
                           sft_examples=512, sft=dict(max_iters=4, batch_size=32, gradient_accumulation_steps=1,
                                                      learning_rate=5e-4),
                           gen_batch_size=1024, max_new_tokens=128),
-                sft_chunk=3, sft_max_chunks=20, sft_target=0.35, sft_target_format=0.5, probe_n=256,
-                main=dict(n_grpo_steps=1000, time_budget_s=150, rollout_batch_size=256, group_size=8,
+                sft_chunk=3, sft_max_chunks=20, sft_target=0.35, sft_target_sampled=0.15, probe_n=256,
+                main=dict(n_grpo_steps=1000, time_budget_s=140, rollout_batch_size=256, group_size=8,
                           train_batch_size=256, gradient_accumulation_steps=2, learning_rate=1e-4,
                           sampling_temperature=0.7, sampling_max_tokens=128, eval_interval=20, eval_n=-1,
                           gen_batch_size=1024),
-                ablation=dict(n_grpo_steps=60, time_budget_s=25, rollout_batch_size=128, group_size=8,
+                ablation=dict(n_grpo_steps=60, time_budget_s=22, rollout_batch_size=128, group_size=8,
                               train_batch_size=128, gradient_accumulation_steps=1, learning_rate=1e-4,
                               sampling_temperature=0.7, sampling_max_tokens=128, eval_interval=15, eval_n=512,
                               gen_batch_size=1024)),
@@ -631,23 +631,31 @@ def ablation_variants(base):
 
 
 def short_sft(D, P, log=print):
-    """Continue the demo's SFT in small chunks until, on a probe set of training questions, accuracy reaches
-    P['sft_target'] or the format rate reaches P['sft_target_format'] (or P['sft_max_chunks'] chunks): a policy that
-    has half-learnt the <think>/<answer> format, far from perfect, yet right often enough to give RL a signal."""
+    """Continue the demo's SFT in small chunks until, on a probe set of training questions, greedy accuracy reaches
+    P['sft_target'] or accuracy when SAMPLING at the rollout temperature reaches P['sft_target_sampled'] (or
+    P['sft_max_chunks'] chunks): a policy far from perfect, yet right often enough in its samples to give RL a
+    signal (a half-trained policy can look fine greedily and still almost never sample a well-formed answer)."""
     model, tok = D['model'], D['tok']
     probe = D['ei_pool'][-P['probe_n']:]
-    probe_eval = D['make_eval'](model, probe, 'sft_probe')
-    m, total = probe_eval(0), D['h_sft']['steps']
+    eng = sft.Engine(model, tok, batch_size=P['base']['gen_batch_size'])
+    temp = P['main'].get('sampling_temperature', config['sampling_temperature'])
+
+    def probe_eval():
+        kw = dict(max_new_tokens=P['base']['max_new_tokens'], seed=0, n_entropy=0)
+        return (sft.evaluate(eng, probe, temperature=0.0, **kw)['accuracy'],
+                sft.evaluate(eng, probe, temperature=temp, **kw)['accuracy'])
+    (greedy, sampled), total = probe_eval(), D['h_sft']['steps']
     for k in range(P['sft_max_chunks'] + 1):
-        log(f"short SFT: {total} steps, probe accuracy {m['accuracy']:.3f} (target {P['sft_target']}), format rate "
-            f"{m['format_rate']:.3f} (target {P['sft_target_format']})")
-        if m['accuracy'] >= P['sft_target'] or m['format_rate'] >= P['sft_target_format'] or k == P['sft_max_chunks']:
+        log(f"short SFT: {total} steps, probe accuracy greedy {greedy:.3f} (target {P['sft_target']}), sampled at "
+            f"T={temp} {sampled:.3f} (target {P['sft_target_sampled']})")
+        if greedy >= P['sft_target'] or sampled >= P['sft_target_sampled'] or k == P['sft_max_chunks']:
             break
         sft_kw = {kk: v for kk, v in P['base']['sft'].items() if kk != 'max_iters'}
         h = sft.train_sft(model, tok, D['sft_set'], max_iters=P['sft_chunk'], seed=k + 1, tag=f'sft_chunk{k + 1}',
                           quiet=True, **sft_kw)
         total += h['steps']
-        m = probe_eval(total)
+        greedy, sampled = probe_eval()
+    model.eval()
     return total
 
 
@@ -707,8 +715,8 @@ def run_demo(preset='cpu', out_dir='out-grpo-demo', results_dir='results', seed=
          f"(greedy decoding, r1_zero grader, prompt {P['base']['template']!r}). Policy: model.py TransformerLM "
          f"{P['base']['model']}, byte-level, {count_parameters(model):,} non-embedding parameters, pretrained for "
          f"{D['h_pre']['steps']} steps on plain worked solutions, then SFT for only {sft_steps} steps on gold "
-         f"<think>/<answer> traces (stopped once probe accuracy >= {P['sft_target']} or format rate >= "
-         f"{P['sft_target_format']} on training questions), so that RL has room.", "",
+         f"<think>/<answer> traces (stopped once, on training questions, greedy accuracy >= {P['sft_target']} or "
+         f"sampled accuracy >= {P['sft_target_sampled']}), so that RL has room.", "",
          "## Main run", "",
          f"GRPO {M['loss_type']}, std normalization {M['use_std_normalization']}, {M['length_normalization']}, "
          f"rollout batch {M['rollout_batch_size']} = {M['rollout_batch_size'] // M['group_size']} questions x "

@@ -271,7 +271,7 @@ def test_demo_pipeline_runs(tmp_path, monkeypatch):
                           sft_examples=16, sft=dict(max_iters=2, batch_size=8, gradient_accumulation_steps=1,
                                                     learning_rate=1e-3),
                           gen_batch_size=64, max_new_tokens=12),
-                sft_chunk=1, sft_max_chunks=1, sft_target=0.5, sft_target_format=0.5, probe_n=8,
+                sft_chunk=1, sft_max_chunks=1, sft_target=0.5, sft_target_sampled=0.5, probe_n=8,
                 main=dict(n_grpo_steps=2, rollout_batch_size=8, group_size=4, train_batch_size=8,
                           gradient_accumulation_steps=1, learning_rate=1e-3, sampling_max_tokens=12, eval_interval=1,
                           eval_n=-1, gen_batch_size=64),
