@@ -84,6 +84,7 @@ device = 'auto'  # 'auto' (cuda if available) | 'cpu' | 'cuda' | 'cuda:1' ...
 dtype = 'bfloat16'  # 'bfloat16' (autocast, float32 master weights) | 'float32'
 compile = True  # torch.compile the model (first iterations are slow while it compiles)
 tf32 = True  # TensorFloat-32 for the float32 matmuls that remain
+cpu_threads = 0  # torch threads on a CPU; 0 = torch's default. On a busy machine 1 can be many times faster
 seed = 1337
 ddp_impl = 'torch'  # under torchrun: 'torch' (DistributedDataParallel) | ddp.py's 'naive'|'flat'|'individual'|'bucketed'
 bucket_size_mb = 25.0  # for ddp_impl='bucketed'
@@ -471,6 +472,8 @@ def train(cfg):
     if accum == 0:
         accum = 1
     global_micro = accum * world_size
+    if cfg['cpu_threads'] > 0:
+        torch.set_num_threads(cfg['cpu_threads'])  # OpenMP threads spin-wait for each other: shared cores hurt
     torch.manual_seed(cfg['seed'])  # same initial weights on every rank (DDP also broadcasts rank 0's)
     if cfg['tf32']:
         torch.backends.cuda.matmul.allow_tf32 = True
