@@ -34,6 +34,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
 DATA="${LMSCRATCH_DATA:-$ROOT/../shared/data}"
+DATA="$(cd "$DATA" 2>/dev/null && pwd || echo "$DATA")"  # absolute: every command sees the same folder
 PY="${PYTHON:-python}"
 STAGES=(data tokenizer pretrain sft grpo eval report)
 
@@ -86,15 +87,17 @@ gpu|gpu24)
     TASK_REPEAT=4         # the task's worked solutions enter pre-training this many times (~10% of the tokens)
     # pre-training: the A1 shape made 6 layers deep (4x512 is ANCHORS' 300-s shape; arithmetic likes depth)
     D_MODEL=512 N_LAYERS=6 N_HEADS=8 D_FF=1344 CTX=256 BATCH=128 ACCUM=1
-    MAX_ITERS=16000       # 524M tokens: ~300 s at ~1.8M tok/s, what a 6x512 model should reach (4x512: >= 3M)
-    MAX_TIME_S=360        # ... and a hard stop (compilation included) so the stage stays < 7 minutes
+    # 11,000 x 32,768 = 360M tokens: ~270 s at ~1.35M tokens/s (the A1 shape ran at 2.0M tokens/s on the H100,
+    # results/train_docs_a1shape_log.jsonl; 6 layers and a 16K vocabulary cost ~1.5x the FLOPs per token)
+    MAX_ITERS=11000
+    MAX_TIME_S=330        # ... and a hard stop (compilation included) so the stage stays < 6.5 minutes
     LR=1.5e-3 MIN_LR=1.5e-4 WARMUP=300 EVAL_INTERVAL=2000 EVAL_ITERS=20 LOG_INTERVAL=100 OPTIMIZER=torch_adamw
     SAMPLE_TOKENS=128
     # SFT: a few thousand gold traces, short on purpose: RL needs a policy that is right only some of the time
     SFT_EXAMPLES=20000 SFT_ITERS=200 SFT_BATCH=32 SFT_ACCUM=1 SFT_LR=3e-4 SFT_WARMUP=20
     SFT_EVAL_INTERVAL=50 SFT_EVAL_N=200
-    # GRPO: grpo.py's GPU demo preset (256 rollouts = 32 questions x 8, on-policy, lr 1e-4), 5.5 minutes
-    GRPO_STEPS=500 GRPO_TIME_S=330 GRPO_ROLLOUT=256 GRPO_GROUP=8 GRPO_TRAIN_BATCH=256 GRPO_ACCUM=2
+    # GRPO: grpo.py's GPU demo preset (256 rollouts = 32 questions x 8, on-policy, lr 1e-4), 5 minutes
+    GRPO_STEPS=500 GRPO_TIME_S=300 GRPO_ROLLOUT=256 GRPO_GROUP=8 GRPO_TRAIN_BATCH=256 GRPO_ACCUM=2
     GRPO_LR=1e-4 GRPO_EVAL_INTERVAL=25 GRPO_EVAL_N=256
     MAX_NEW=96 GEN_BATCH=512 GSM8K_N=300 GSM8K_MODELS="base sft grpo"
     if [[ "$PROFILE" == gpu24 ]]; then  # same global batches, 4x smaller micro-batches
@@ -105,8 +108,8 @@ cpu)
     PYSRC_MB=4
     VOCAB=2048
     TASK_N_TRAIN=4000 TASK_N_VAL=100 TASK_MIN_STEPS=1 TASK_MAX_STEPS=1 TASK_MAX_NUMBER=9 TASK_REPEAT=4
-    D_MODEL=128 N_LAYERS=4 N_HEADS=4 D_FF=0 CTX=128 BATCH=16 ACCUM=1 MAX_ITERS=1500 MAX_TIME_S=150
-    LR=3e-3 MIN_LR=3e-4 WARMUP=50 EVAL_INTERVAL=250 EVAL_ITERS=10 LOG_INTERVAL=50 OPTIMIZER=adamw SAMPLE_TOKENS=64
+    D_MODEL=128 N_LAYERS=4 N_HEADS=4 D_FF=0 CTX=128 BATCH=16 ACCUM=1 MAX_ITERS=600 MAX_TIME_S=150
+    LR=3e-3 MIN_LR=3e-4 WARMUP=30 EVAL_INTERVAL=150 EVAL_ITERS=10 LOG_INTERVAL=25 OPTIMIZER=adamw SAMPLE_TOKENS=64
     SFT_EXAMPLES=2000 SFT_ITERS=60 SFT_BATCH=16 SFT_ACCUM=1 SFT_LR=1e-3 SFT_WARMUP=5
     SFT_EVAL_INTERVAL=-1 SFT_EVAL_N=50
     GRPO_STEPS=200 GRPO_TIME_S=60 GRPO_ROLLOUT=32 GRPO_GROUP=4 GRPO_TRAIN_BATCH=32 GRPO_ACCUM=1
@@ -127,6 +130,9 @@ tiny)  # the test's size: every stage in seconds; shows the chain works, not wha
 *) die "unknown profile $PROFILE" ;;
 esac
 NW=0  # worker processes of the data scripts: 0 = all cores
+# CPU profiles: one torch thread per process. Small models gain little from a second thread, and on a busy machine
+# OpenMP threads that wait for each other made a training step 5-7x slower (3.8 s vs 0.6 s per step here)
+[[ "$DEVICE" == cpu ]] && export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # torchrun keeps the global batch: gradient_accumulation_steps is the count over all ranks (train.py)
 if (( NPROC > 1 )); then
     if (( ACCUM % NPROC != 0 )); then
@@ -136,6 +142,18 @@ if (( NPROC > 1 )); then
 fi
 TRAIN_LAUNCH=("$PY")
 (( NPROC > 1 )) && TRAIN_LAUNCH=(torchrun --standalone "--nproc_per_node=$NPROC")
+
+# The crawl: a glob (or comma-separated globs) that must name at least one non-empty file
+shopt -s nullglob
+CRAWL_FILES=()
+IFS=',' read -r -a _globs <<< "$CRAWL"
+for g in "${_globs[@]}"; do for f in $g; do [[ -f "$f" ]] && CRAWL_FILES+=("$f"); done; done
+shopt -u nullglob
+if (( FRESH )) || [[ ! -f "$RUN_DIR/data/DONE" ]]; then
+    (( ${#CRAWL_FILES[@]} )) || die "--crawl='$CRAWL' matches no file. Give a glob of WARC/WET files (quoted), e.g.
+  --crawl='../shared/data/a4/*.warc.gz', or set LMSCRATCH_DATA to the shared data folder (now: $DATA)"
+    for f in "${CRAWL_FILES[@]}"; do [[ -s "$f" ]] || die "crawl file '$f' is empty"; done
+fi
 
 # -----------------------------------------------------------------------------
 # The configuration of this run folder: a folder made with other sizes or inputs is refused (unless --fresh)
@@ -160,18 +178,6 @@ if [[ -f "$RUN_DIR/config.env" ]]; then
 else
     [[ -z "$(ls -A "$RUN_DIR")" ]] || die "$RUN_DIR is not empty and has no config.env: give an empty or new --run_dir"
     config_text > "$RUN_DIR/config.env.tmp" && mv "$RUN_DIR/config.env.tmp" "$RUN_DIR/config.env"
-fi
-
-# The crawl: a glob (or comma-separated globs) that must name at least one non-empty file
-shopt -s nullglob
-CRAWL_FILES=()
-IFS=',' read -r -a _globs <<< "$CRAWL"
-for g in "${_globs[@]}"; do for f in $g; do [[ -f "$f" ]] && CRAWL_FILES+=("$f"); done; done
-shopt -u nullglob
-if [[ ! -f "$RUN_DIR/data/DONE" ]]; then
-    (( ${#CRAWL_FILES[@]} )) || die "--crawl='$CRAWL' matches no file. Give a glob of WARC/WET files (quoted), e.g.
-  --crawl='../shared/data/a4/*.warc.gz', or set LMSCRATCH_DATA to the shared data folder (now: $DATA)"
-    for f in "${CRAWL_FILES[@]}"; do [[ -s "$f" ]] || die "crawl file '$f' is empty"; done
 fi
 
 # -----------------------------------------------------------------------------
@@ -272,6 +278,9 @@ def folder(name):
 stats = {name: folder(name)[1] for name in ('pages', 'lines')}
 texts, stats['dedup'] = folder('dedup')
 docs = [t.strip() for t in texts if t.strip()]
+if not docs:
+    sys.exit(f"no page of the crawl survived the filters and deduplication ({stats['pages']['docs']} kept by "
+             f"cc_filter.py, see {d}/cc/report.json): give a crawl with English text")
 with open(os.path.join(d, 'web.txt.tmp'), 'w', encoding='utf-8') as f:
     f.write('\n<|endoftext|>\n'.join(docs))
 os.replace(os.path.join(d, 'web.txt.tmp'), os.path.join(d, 'web.txt'))

@@ -1,0 +1,158 @@
+"""
+Tests of speedrun.sh: the whole chain at its --tiny size (seconds per stage), then resume, refusal of a run folder
+made with another configuration, a failing stage, and a missing crawl.
+
+    python -m pytest tests/test_speedrun.py -q --durations=5
+
+One full chain runs once per module (about a minute and a half on 2 busy cores); the other tests reuse its folder.
+The crawl is the first 150 records of the shared WARC (each record of a .warc.gz is its own gzip member, so the
+first members form a valid, smaller WARC).
+"""
+import json
+import os
+import shutil
+import subprocess
+import zlib
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = ['data', 'tokenizer', 'pretrain', 'sft', 'grpo', 'eval', 'report']
+
+
+def speedrun(*args, data_dir, timeout=600):
+    env = dict(os.environ, LMSCRATCH_DATA=data_dir)
+    return subprocess.run(['bash', os.path.join(ROOT, 'speedrun.sh'), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def first_records(src, dst, n):
+    """Copy the first n gzip members (WARC records) of src to dst."""
+    raw = open(src, 'rb').read()
+    pos, parts = 0, []
+    while pos < len(raw) and len(parts) < n:
+        d = zlib.decompressobj(31)  # 31: a gzip header
+        d.decompress(raw[pos:])
+        used = len(raw) - pos - len(d.unused_data)
+        parts.append(raw[pos:pos + used])
+        pos += used
+    with open(dst, 'wb') as f:
+        f.write(b''.join(parts))
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp('speedrun')
+    crawl = str(tmp / 'small.warc.gz')
+    first_records(os.path.join(data_dir, 'a4', 'docs_crawl.warc.gz'), crawl, 150)
+    run_dir = str(tmp / 'run')
+    args = ('--tiny', f'--run_dir={run_dir}', f'--crawl={crawl}')
+    # in two calls, as the GPU run is driven: --until stops after a stage, the next call goes on from there
+    first = speedrun(*args, '--until=tokenizer', data_dir=data_dir)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert not os.path.exists(os.path.join(run_dir, 'pretrain')), "--until=tokenizer ran past the tokenizer"
+    second = speedrun(*args, data_dir=data_dir)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    return {'dir': run_dir, 'args': args, 'crawl': crawl, 'tmp': tmp, 'out': second.stdout, 'data_dir': data_dir}
+
+
+def test_every_stage_produced_its_outputs(tiny_run):
+    d = tiny_run['dir']
+    for st in STAGES:
+        assert os.path.isfile(os.path.join(d, st, 'DONE')), st
+        events = [json.loads(line) for line in open(os.path.join(d, 'logs', f'{st}.jsonl'))]
+        assert events[0]['event'] == 'start' and events[-1]['event'] == 'done', st
+        cmds = [e for e in events if e['event'] == 'command']
+        assert cmds and all(e['rc'] == 0 for e in cmds), st
+    assert "stage 'data' already done" in tiny_run['out']  # the second call skipped what the first one did
+    expected = ['data/cc/report.json', 'data/web.txt', 'data/dedup_stats.json', 'data/task/task_sft.jsonl',
+                'data/task/task_val.jsonl', 'tokenizer/tokenizer/vocab.json', 'tokenizer/tokenizer/merges.txt',
+                'tokenizer/tokens/train.bin', 'tokenizer/tokens/val.bin', 'tokenizer/tokens/meta.json',
+                'pretrain/out/ckpt.pt', 'pretrain/out/summary.json', 'pretrain/out/loss.png', 'sft/out/ckpt.pt',
+                'grpo/out/ckpt.pt', 'grpo/out/grpo_log.jsonl', 'eval/task_base/eval_generations_step0.jsonl',
+                'eval/task_sft/eval_generations_step0.jsonl', 'eval/task_grpo/eval_generations_step0.jsonl',
+                'report.md', 'config.env']
+    for rel in expected:
+        assert os.path.getsize(os.path.join(d, rel)) > 0, rel
+    # the token folder follows INTERFACES.md, and its tokenizer is the one bpe.py trained here
+    meta = json.load(open(os.path.join(d, 'tokenizer/tokens/meta.json')))
+    assert meta['vocab_size'] == 512 and meta['dtype'] == 'uint16' and meta['eot_id'] is not None
+    assert os.path.samefile(meta['tokenizer_dir'], os.path.join(d, 'tokenizer/tokenizer'))
+    stats = json.load(open(os.path.join(d, 'data/cc/report.json')))['counts']
+    assert stats['records'] == 149 and 0 < stats['kept'] < stats['records']  # 150 records = warcinfo + 149 pages
+    summary = json.load(open(os.path.join(d, 'pretrain/out/summary.json')))
+    assert summary['iters'] == 16 and summary['val_bpb'] > 0
+    evals = [r for r in map(json.loads, open(os.path.join(d, 'pretrain/out/log.jsonl'))) if 'val_loss' in r]
+    assert len(evals) == 2  # periodic validation (every 8 of 16 iterations)
+
+
+def test_report_has_every_section(tiny_run):
+    md = open(os.path.join(tiny_run['dir'], 'report.md')).read()
+    for section in ['## Wall-clock per stage', '## 1. Data', '## 2. Tokenizer', '## 3. Pre-training', '## 4. SFT',
+                    '## 5. GRPO', '## 6. Evaluation', '## 7. Commands and versions']:
+        assert section in md, section
+    for needle in ['language', 'gopher', 'exact line dedup', 'MinHash', 'pycode', 'bytes / token', 'tokens/s', 'MFU',
+                   'bits per byte', 'task accuracy', 'format rate', 'GSM8K', 'Device:', 'torch']:
+        assert needle in md, needle
+    for st in STAGES[:-1]:
+        assert f'| {st} |' in md, st
+    for png in ['pretrain/out/loss.png', 'sft/out/sft_curves.png', 'grpo/out/grpo_curves.png']:
+        assert f']({png})' in md and os.path.exists(os.path.join(tiny_run['dir'], png)), png
+
+
+def test_resume_skips_done_stages_and_redoes_a_half_done_one(tiny_run):
+    d = tiny_run['dir']
+    mtime = os.path.getmtime(os.path.join(d, 'pretrain/out/ckpt.pt'))
+    # an interrupted report stage: its folder exists, without DONE, with a half-written file in it
+    os.remove(os.path.join(d, 'report', 'DONE'))
+    open(os.path.join(d, 'report', 'half-written.tmp'), 'w').write('x')
+    r = speedrun(*tiny_run['args'], data_dir=tiny_run['data_dir'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    for st in STAGES[:-1]:
+        assert f"stage '{st}' already done" in r.stdout, st
+    assert "stage 'report' was interrupted" in r.stdout
+    assert os.path.isfile(os.path.join(d, 'report', 'DONE'))
+    assert not os.path.exists(os.path.join(d, 'report', 'half-written.tmp'))
+    assert os.path.getmtime(os.path.join(d, 'pretrain/out/ckpt.pt')) == mtime
+
+
+def test_refuses_a_run_folder_of_another_configuration(tiny_run):
+    before = open(os.path.join(tiny_run['dir'], 'config.env')).read()
+    r = speedrun('--cpu', f"--run_dir={tiny_run['dir']}", f"--crawl={tiny_run['crawl']}",
+                 data_dir=tiny_run['data_dir'])
+    assert r.returncode == 2
+    assert 'another configuration' in r.stderr and '--fresh' in r.stderr and 'PROFILE=cpu' in r.stderr
+    assert open(os.path.join(tiny_run['dir'], 'config.env')).read() == before
+    # a folder that is not a speedrun's is never wiped by --fresh
+    other = tiny_run['tmp'] / 'not_a_run'
+    other.mkdir()
+    (other / 'precious.txt').write_text('keep me')
+    r = speedrun('--tiny', f'--run_dir={other}', f"--crawl={tiny_run['crawl']}", '--fresh', data_dir=tiny_run['data_dir'])
+    assert r.returncode == 2 and 'not wiping' in r.stderr and (other / 'precious.txt').exists()
+
+
+def test_a_failing_stage_stops_the_run_and_names_its_log(tiny_run):
+    # a copy of the finished run whose pre-trained checkpoint is broken and whose SFT stage has to run again
+    d = str(tiny_run['tmp'] / 'broken')
+    shutil.copytree(tiny_run['dir'], d)
+    shutil.rmtree(os.path.join(d, 'sft'))
+    with open(os.path.join(d, 'pretrain/out/ckpt.pt'), 'wb') as f:
+        f.write(b'not a checkpoint')
+    r = speedrun('--tiny', f'--run_dir={d}', f"--crawl={tiny_run['crawl']}", data_dir=tiny_run['data_dir'])
+    assert r.returncode == 1
+    assert "stage 'sft' FAILED" in r.stderr and os.path.join(d, 'logs', 'sft.log') in r.stderr
+    assert not os.path.exists(os.path.join(d, 'sft', 'DONE'))
+    assert all(os.path.exists(os.path.join(d, st, 'DONE')) for st in ('data', 'tokenizer', 'pretrain'))
+    events = [json.loads(line) for line in open(os.path.join(d, 'logs', 'sft.jsonl'))]
+    assert events[-1]['event'] == 'failed' and events[-2]['rc'] != 0
+
+
+def test_a_missing_or_empty_crawl_is_a_clear_error(tmp_path, data_dir):
+    r = speedrun('--tiny', f'--run_dir={tmp_path / "a"}', f'--crawl={tmp_path}/nothing/*.warc.gz', data_dir=data_dir)
+    assert r.returncode == 2 and 'matches no file' in r.stderr
+    empty = tmp_path / 'empty.warc.gz'
+    empty.write_bytes(b'')
+    r = speedrun('--tiny', f'--run_dir={tmp_path / "b"}', f'--crawl={empty}', data_dir=data_dir)
+    assert r.returncode == 2 and 'is empty' in r.stderr
+    r = speedrun('--tiny', '--until=nonsense', f'--run_dir={tmp_path / "c"}', data_dir=data_dir)
+    assert r.returncode == 2 and '--until=nonsense' in r.stderr
