@@ -5,7 +5,7 @@ One process on a CPU or one GPU:
     python train.py config/quick.py                      # CPU, a few minutes, on data/docs
     python train.py config/a1.py                         # the course's A1 run on one GPU
     python train.py config/a1.py --batch_size=64 --compile=False
-Many GPUs of one node (DDP; gradient_accumulation_steps is the global count, split across the ranks):
+Many GPUs of one node (DDP; a step sees batch_size x gradient_accumulation_steps sequences on any number of GPUs):
     torchrun --standalone --nproc_per_node=8 train.py config/a1.py
     torchrun --standalone --nproc_per_node=8 train.py config/a1.py --ddp_impl=bucketed   # ddp.py's own DDP
 Other modes:
@@ -49,7 +49,7 @@ wandb_run_name = 'run'
 # data
 data_dir = 'data/docs'  # folder with train.bin, val.bin, meta.json (written by data/*/prepare.py); relative to repo
 batch_size = 128  # sequences per micro-batch per process
-gradient_accumulation_steps = 1  # micro-batches per optimizer step, over all processes (divided by world size)
+gradient_accumulation_steps = 1  # micro-batches per step over all processes: a step is always batch_size x this
 context_length = 256  # tokens per sequence
 # model
 vocab_size = -1  # -1 = meta.json's vocab_size; larger values pad the embedding (e.g. 50304 for GPT-2's 50257)
@@ -465,12 +465,18 @@ def train(cfg):
     master = rank == 0
     print0 = print if master else (lambda *a, **k: None)
     device_type = 'cuda' if 'cuda' in dev else 'cpu'
-    if cfg['gradient_accumulation_steps'] % world_size:
-        raise ValueError(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible by "
-                         f"the number of processes ({world_size})")
-    accum = cfg['gradient_accumulation_steps'] // world_size  # micro-steps per rank
-    if accum == 0:
-        accum = 1
+    # A step always sees batch_size x gradient_accumulation_steps sequences, whatever the number of processes, so
+    # that one config gives the same run on 1 or N GPUs. N processes share the micro-steps (nanoGPT's rule) or,
+    # with fewer micro-steps than processes, split each micro-batch: 8 GPUs run config/a1.py as 8 x 16 sequences.
+    B, gas = cfg['batch_size'], cfg['gradient_accumulation_steps']
+    if gas % world_size == 0:
+        accum = gas // world_size  # micro-steps per rank
+    elif world_size % gas == 0 and (B * gas) % world_size == 0:
+        accum, B = 1, B * gas // world_size
+    else:
+        raise ValueError(f"cannot share {gas} micro-batches of {B} sequences among {world_size} processes: make "
+                         f"gradient_accumulation_steps a multiple of {world_size}, or batch_size x "
+                         f"gradient_accumulation_steps a multiple of it")
     global_micro = accum * world_size
     if cfg['cpu_threads'] > 0:
         torch.set_num_threads(cfg['cpu_threads'])  # OpenMP threads spin-wait for each other: shared cores hurt
@@ -494,7 +500,7 @@ def train(cfg):
     bytes_per_token = val_bytes_per_token(meta, len(val_tokens))
     train_sampler = TokenSampler(train_tokens, cfg['context_length'], dev, cfg['seed'])
     val_sampler = TokenSampler(val_tokens, cfg['context_length'], dev, cfg['seed'])
-    B, T = cfg['batch_size'], cfg['context_length']
+    T = cfg['context_length']
     tokens_per_iter = B * T * global_micro
     print0(f"data: {cfg['data_dir']}: {len(train_tokens):,} train / {len(val_tokens):,} val tokens, vocab {vocab}; "
            f"{'on the GPU' if train_sampler.on_gpu else 'memmap'}")
@@ -570,20 +576,23 @@ def train(cfg):
 
     @torch.no_grad()
     def evaluate():
-        """Mean loss on eval_iters batches of each split; always the same batches (a fixed generator), so that
-        evaluations compare, and split over the ranks."""
+        """Mean loss over eval_iters x batch_size sequences of each split: always the same ones (a fixed generator),
+        so that evaluations compare, and the same on any number of ranks (each takes a slice of every batch)."""
         out = {}
+        n_eval = cfg['eval_iters'] * cfg['batch_size']
         for split, sampler in (('val', val_sampler), ('train', train_sampler)):
             g = torch.Generator(device=sampler.generator.device).manual_seed(cfg['seed'] + 1)
             total = torch.zeros((), device=dev)
-            starts = sampler.starts(cfg['eval_iters'] * B, generator=g).view(cfg['eval_iters'], B)
-            for k in range(rank, cfg['eval_iters'], world_size):
-                x, y = sampler.batch(starts[k])
-                with autocast:
-                    total += model(x, targets=y).float()
+            starts = sampler.starts(n_eval, generator=g).view(cfg['eval_iters'], cfg['batch_size'])
+            for k in range(cfg['eval_iters']):
+                mine = torch.tensor_split(starts[k], world_size)[rank]
+                if len(mine):
+                    x, y = sampler.batch(mine)
+                    with autocast:
+                        total += model(x, targets=y).float() * len(mine)  # mean -> sum over this slice
             if world_size > 1:
                 dist.all_reduce(total)
-            out[split] = total.item() / cfg['eval_iters']  # .item(): a CPU-GPU sync point
+            out[split] = total.item() / n_eval  # .item(): a CPU-GPU sync point
         return out
 
     def checkpoint(it):

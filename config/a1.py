@@ -1,7 +1,7 @@
 # The course's assignment-1 run (CS336 2025): 4 layers x 512, 16 heads, d_ff 1344, context 256, vocab 10,000,
 # RoPE theta 10,000; 10,000 steps x 128 sequences x 256 tokens = 327.68M tokens.
 #   python train.py config/a1.py                               (one GPU)
-#   torchrun --standalone --nproc_per_node=8 train.py config/a1.py --gradient_accumulation_steps=8 --batch_size=16
+#   torchrun --standalone --nproc_per_node=8 train.py config/a1.py       (8 GPUs x 16 sequences: the same run)
 # The course trains on TinyStories (`python data/tinystories/prepare.py`, then --data_dir=data/tinystories; target:
 # validation loss <= 1.45). TinyStories cannot be downloaded on these offline machines, so the default here is the
 # docs corpus (`python data/docs/prepare.py`): 327M tokens are ~70 passes over it, so expect overfitting there.

@@ -149,8 +149,8 @@ def test_end_to_end_loss_falls_and_sample(data, tmp_path):
 
 
 def test_two_process_gloo_matches_one_process(data, tmp_path):
-    args = [f'--{k}={v}' for k, v in dict(TINY, data_dir=data, max_iters=4, eval_interval=0,
-                                          gradient_accumulation_steps=2).items()]
+    # the same command on 1 and 2 processes: each rank takes half of every batch of 8 sequences
+    args = [f'--{k}={v}' for k, v in dict(TINY, data_dir=data, max_iters=4, eval_interval=0, batch_size=8).items()]
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     one = subprocess.run([sys.executable, 'train.py', *args, f'--out_dir={tmp_path}/one'], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
@@ -159,7 +159,7 @@ def test_two_process_gloo_matches_one_process(data, tmp_path):
                           'train.py', *args, f'--out_dir={tmp_path}/two'], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert two.returncode == 0, two.stderr[-2000:]
-    assert '2 processes x 1 micro-steps' in two.stdout
+    assert '2 processes x 1 micro-steps x 4 x 16' in two.stdout
 
     def losses(d):
         with open(tmp_path / d / 'log.jsonl') as f:
