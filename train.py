@@ -86,7 +86,7 @@ compile = True  # torch.compile the model (first iterations are slow while it co
 tf32 = True  # TensorFloat-32 for the float32 matmuls that remain
 cpu_threads = 0  # torch threads on a CPU; 0 = torch's default. On a busy machine 1 can be many times faster
 seed = 1337
-ddp_impl = 'torch'  # under torchrun: 'torch' (torch's DistributedDataParallel) or ddp.py's naive|flat|individual|bucketed
+ddp_impl = 'torch'  # under torchrun: 'torch' (DistributedDataParallel) or ddp.py's naive|flat|individual|bucketed
 bucket_size_mb = 25.0  # for ddp_impl='bucketed'
 fsdp = False  # shard parameters with fsdp.py's FSDP instead of DDP
 peak_flops = 989e12  # for MFU: H100 SXM dense bf16
