@@ -334,8 +334,11 @@ def plot_grpo(path, log, evals, title):
     for a, key, t in ((ax[3], 'loss', 'loss'), (ax[4], 'grad_norm', 'grad norm (before clipping)'),
                       (ax[5], 'entropy', 'token entropy (rollouts)'), (ax[6], 'clip_fraction', 'clip fraction'),
                       (ax[7], 'response_len', 'mean response length (tokens)')):
-        a.plot(steps, [r.get(key, float('nan')) for r in log], lw=1)
+        ys = [r.get(key, float('nan')) for r in log]
+        a.plot(steps, ys, lw=1)
         a.set_title(t)
+        if all(math.isnan(y) for y in ys):  # e.g. no clip fraction for the on-policy losses
+            a.text(0.5, 0.5, 'n/a for this loss', ha='center', va='center', transform=a.transAxes)
     for a in ax:
         a.grid(alpha=0.3)
         if a is not ax[2]:
