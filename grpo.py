@@ -384,6 +384,7 @@ def train_grpo(policy, tokenizer, questions, val_questions, cfg, reward_fn=sft.r
 
     # the rollout policy: the policy itself, or a copy on the rollout device that we refresh after each step
     rollout_policy = policy
+    getattr(policy, '_graphs', {}).clear()  # cached KV caches / CUDA graphs must not be deep-copied
     if engine is None:
         if str(rdev) != str(dev):
             rollout_policy = copy.deepcopy(policy).to(rdev).eval().requires_grad_(False)
@@ -615,7 +616,8 @@ GRPO_PRESETS = {
                 ablation=dict(n_grpo_steps=60, time_budget_s=22, rollout_batch_size=128, group_size=8,
                               train_batch_size=128, gradient_accumulation_steps=1, learning_rate=1e-4,
                               sampling_temperature=0.7, sampling_max_tokens=128, eval_interval=15, eval_n=512,
-                              gen_batch_size=1024)),
+                              gen_batch_size=1024),
+                time_limit_s=500),
 }
 
 
@@ -665,7 +667,6 @@ def short_sft(D, P, log=print):
 def run_demo(preset='cpu', out_dir='out-grpo-demo', results_dir='results', seed=0):
     """base -> short SFT -> GRPO (main run) -> ablations; writes results/grpo_demo_<preset>.md, .png (accuracy vs
     step of every run), _curves.png (the main run's training curves) and _log.jsonl (its per-step log)."""
-    from model import count_parameters
     P = GRPO_PRESETS[preset]
     t_start = time.time()
     lines = []
@@ -683,7 +684,7 @@ def run_demo(preset='cpu', out_dir='out-grpo-demo', results_dir='results', seed=
     # 1) base model and a short SFT (sft.py's demo stages 1-3)
     D = sft.demo_base_and_sft(f'grpo_{preset}', out_dir, seed, log)
     sft_steps = short_sft(D, P, log)
-    model, tok, val_q = D['model'], D['tok'], D['val_q']
+    model, tok = D['model'], D['tok']
     sft_path = os.path.join(out_dir, 'sft_short.pt')
     sft.save_ckpt(sft_path, model, tokenizer='bytes')
     sft.Engine(model, tok).release()
@@ -696,15 +697,29 @@ def run_demo(preset='cpu', out_dir='out-grpo-demo', results_dir='results', seed=
         policy, _ = sft.load_policy(sft_path, device)
         cfg = {**budget_cfg, **overrides, 'seed': seed, 'device': device, 'dtype': dtype,
                'save_checkpoint': tag == 'main'}
-        return train_grpo(policy, tok, questions, val_q, cfg, out_dir=os.path.join(out_dir, tag), log=log, tag=tag)
+        return train_grpo(policy, tok, questions, D['val_q'], cfg, out_dir=os.path.join(out_dir, tag), log=log, tag=tag)
     h_main = grpo_run({}, 'main', P['main'])
-    # 3) ablations, each from the same SFT checkpoint with the same (smaller) budget
     ablations = []
+    write_report(preset, P, D, sft_steps, h_main, ablations, lines, time.time() - t_start, results_dir)
+    # 3) ablations, each from the same SFT checkpoint with the same (smaller) budget; the report is rewritten after
+    # each one, and a run that would not end within the preset's time limit is skipped (loudly)
     for name, ov in ablation_variants(P['ablation']):
+        if time.time() - t_start + P['ablation'].get('time_budget_s', 0) + 15 > P.get('time_limit_s', float('inf')):
+            log(f"{'!' * 60}\nskipping ablation '{name}': it would end past the preset's time limit of "
+                f"{P['time_limit_s']}s\n{'!' * 60}")
+            continue
         h = grpo_run(ov, f"abl{len(ablations)}", P['ablation'])
         ablations.append((name, ov, h))
-    total = time.time() - t_start
+        write_report(preset, P, D, sft_steps, h_main, ablations, lines, time.time() - t_start, results_dir)
+    write_report(preset, P, D, sft_steps, h_main, ablations, lines, time.time() - t_start, results_dir, final=True)
+    return {'sft': h_main['evals'][0], 'main': h_main['evals'][-1],
+            'ablations': {n: h['evals'][-1] for n, _, h in ablations}, 'h_main': h_main}
 
+
+def write_report(preset, P, D, sft_steps, h_main, ablations, lines, total, results_dir, final=False):
+    """results/grpo_demo_<preset>.md (+ .png, _curves.png, _log.jsonl) from what has run so far."""
+    from model import count_parameters
+    model, val_q = D['model'], D['val_q']
     # 4) the report
     sft_acc, main_acc = h_main['evals'][0], h_main['evals'][-1]
     dev_name = torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'
@@ -713,7 +728,8 @@ def run_demo(preset='cpu', out_dir='out-grpo-demo', results_dir='results', seed=
     gen_frac = h_main['gen_s'] / h_main['time_s']
     train_frac = h_main['train_s'] / h_main['time_s']
     eval_frac = h_main['eval_s'] / h_main['time_s']
-    L = [f"# grpo.py demo, preset '{preset}' ({dev_name}, {total:.0f} s end to end)", "",
+    L = [f"# grpo.py demo, preset '{preset}' ({dev_name}, {total:.0f} s "
+         f"{'end to end' if final else f'so far: in progress, {len(ablations)} ablations done'})", "",
          f"Command: `{cmd}`. Synthetic task of sft.py: {P['base']['task']}, held-out set of {len(val_q)} problems "
          f"(greedy decoding, r1_zero grader, prompt {P['base']['template']!r}). Policy: model.py TransformerLM "
          f"{P['base']['model']}, byte-level, {count_parameters(model):,} non-embedding parameters, pretrained for "
@@ -761,10 +777,7 @@ def run_demo(preset='cpu', out_dir='out-grpo-demo', results_dir='results', seed=
     plot_grpo(os.path.join(results_dir, f'grpo_demo_{preset}_curves.png'), h_main['log'], h_main['evals'],
               f"GRPO main run ({preset} preset)")
     _plot_accuracy(os.path.join(results_dir, f'grpo_demo_{preset}.png'), h_main, ablations)
-    print('\n'.join(L[:20]))
-    print(f"wrote {md}")
-    return {'sft': sft_acc, 'main': main_acc, 'ablations': {n: h['evals'][-1] for n, _, h in ablations},
-            'h_main': h_main}
+    print(f"wrote {md} ({len(ablations)} ablations so far)")
 
 
 def _plot_accuracy(path, h_main, ablations):
@@ -782,7 +795,8 @@ def _plot_accuracy(path, h_main, ablations):
     for name, _, h in ablations:
         a2.plot([e['step'] for e in h['evals']], [e['accuracy'] for e in h['evals']], marker='o', label=name)
     a2.set_title('ablations: held-out accuracy')
-    a2.legend(fontsize=7)
+    if ablations:
+        a2.legend(fontsize=7)
     for a in (a1, a2):
         a.set_xlabel('GRPO step')
         a.set_ylim(-0.02, 1.02)
