@@ -93,12 +93,14 @@ gpu|gpu24)
     MAX_TIME_S=330        # ... and a hard stop (compilation included) so the stage stays < 6.5 minutes
     LR=1.5e-3 MIN_LR=1.5e-4 WARMUP=300 EVAL_INTERVAL=2000 EVAL_ITERS=20 LOG_INTERVAL=100 OPTIMIZER=torch_adamw
     SAMPLE_TOKENS=128
-    # SFT: a few thousand gold traces, short on purpose: RL needs a policy that is right only some of the time
-    SFT_EXAMPLES=20000 SFT_ITERS=200 SFT_BATCH=32 SFT_ACCUM=1 SFT_LR=3e-4 SFT_WARMUP=20
-    SFT_EVAL_INTERVAL=50 SFT_EVAL_N=200
-    # GRPO: grpo.py's GPU demo preset (256 rollouts = 32 questions x 8, on-policy, lr 1e-4), 5 minutes
+    # SFT: ~2,000 gold traces (60 steps x 32), short on purpose: the format is learnt in a few dozen steps, and RL
+    # needs a policy that is right only some of the time (grpo.py's demo stops its SFT early for the same reason)
+    SFT_EXAMPLES=20000 SFT_ITERS=60 SFT_BATCH=32 SFT_ACCUM=1 SFT_LR=3e-4 SFT_WARMUP=10
+    SFT_EVAL_INTERVAL=20 SFT_EVAL_N=200
+    # GRPO: grpo.py's GPU demo preset (256 rollouts = 32 questions x 8 at temperature 0.7, on-policy, lr 1e-4),
+    # 5 minutes
     GRPO_STEPS=500 GRPO_TIME_S=300 GRPO_ROLLOUT=256 GRPO_GROUP=8 GRPO_TRAIN_BATCH=256 GRPO_ACCUM=2
-    GRPO_LR=1e-4 GRPO_EVAL_INTERVAL=25 GRPO_EVAL_N=256
+    GRPO_LR=1e-4 GRPO_TEMP=0.7 GRPO_EVAL_INTERVAL=25 GRPO_EVAL_N=256
     MAX_NEW=96 GEN_BATCH=512 GSM8K_N=300 GSM8K_MODELS="base sft grpo"
     if [[ "$PROFILE" == gpu24 ]]; then  # same global batches, 4x smaller micro-batches
         BATCH=32 ACCUM=4 SFT_ACCUM=4 GRPO_ACCUM=8 GEN_BATCH=256
@@ -110,10 +112,10 @@ cpu)
     TASK_N_TRAIN=4000 TASK_N_VAL=100 TASK_MIN_STEPS=1 TASK_MAX_STEPS=1 TASK_MAX_NUMBER=9 TASK_REPEAT=4
     D_MODEL=128 N_LAYERS=4 N_HEADS=4 D_FF=0 CTX=128 BATCH=16 ACCUM=1 MAX_ITERS=600 MAX_TIME_S=150
     LR=3e-3 MIN_LR=3e-4 WARMUP=30 EVAL_INTERVAL=150 EVAL_ITERS=10 LOG_INTERVAL=25 OPTIMIZER=adamw SAMPLE_TOKENS=64
-    SFT_EXAMPLES=2000 SFT_ITERS=60 SFT_BATCH=16 SFT_ACCUM=1 SFT_LR=1e-3 SFT_WARMUP=5
+    SFT_EXAMPLES=2000 SFT_ITERS=30 SFT_BATCH=16 SFT_ACCUM=1 SFT_LR=1e-3 SFT_WARMUP=3
     SFT_EVAL_INTERVAL=-1 SFT_EVAL_N=50
-    GRPO_STEPS=200 GRPO_TIME_S=60 GRPO_ROLLOUT=32 GRPO_GROUP=4 GRPO_TRAIN_BATCH=32 GRPO_ACCUM=1
-    GRPO_LR=3e-4 GRPO_EVAL_INTERVAL=-1 GRPO_EVAL_N=50
+    GRPO_STEPS=200 GRPO_TIME_S=60 GRPO_ROLLOUT=64 GRPO_GROUP=8 GRPO_TRAIN_BATCH=64 GRPO_ACCUM=1
+    GRPO_LR=1e-4 GRPO_TEMP=0.7 GRPO_EVAL_INTERVAL=-1 GRPO_EVAL_N=50
     MAX_NEW=32 GEN_BATCH=128 GSM8K_N=10 GSM8K_MODELS="grpo" ;;
 tiny)  # the test's size: every stage in seconds; shows the chain works, not what it learns
     DEVICE=cpu DTYPE=float32 COMPILE=False
@@ -125,7 +127,7 @@ tiny)  # the test's size: every stage in seconds; shows the chain works, not wha
     SFT_EXAMPLES=50 SFT_ITERS=4 SFT_BATCH=8 SFT_ACCUM=1 SFT_LR=1e-3 SFT_WARMUP=1
     SFT_EVAL_INTERVAL=-1 SFT_EVAL_N=16
     GRPO_STEPS=2 GRPO_TIME_S=30 GRPO_ROLLOUT=16 GRPO_GROUP=4 GRPO_TRAIN_BATCH=16 GRPO_ACCUM=1
-    GRPO_LR=3e-4 GRPO_EVAL_INTERVAL=-1 GRPO_EVAL_N=16
+    GRPO_LR=3e-4 GRPO_TEMP=0.7 GRPO_EVAL_INTERVAL=-1 GRPO_EVAL_N=16
     MAX_NEW=16 GEN_BATCH=64 GSM8K_N=2 GSM8K_MODELS="grpo" ;;
 *) die "unknown profile $PROFILE" ;;
 esac
@@ -159,9 +161,10 @@ fi
 # The configuration of this run folder: a folder made with other sizes or inputs is refused (unless --fresh)
 CONFIG_VARS=(PROFILE CRAWL PYSRC PYSRC_MB VOCAB TASK_N_TRAIN TASK_N_VAL TASK_MIN_STEPS TASK_MAX_STEPS
     TASK_MAX_NUMBER TASK_REPEAT D_MODEL N_LAYERS N_HEADS D_FF CTX BATCH ACCUM MAX_ITERS MAX_TIME_S LR MIN_LR WARMUP
-    EVAL_INTERVAL EVAL_ITERS OPTIMIZER SAMPLE_TOKENS DEVICE DTYPE COMPILE NPROC SFT_EXAMPLES SFT_ITERS SFT_BATCH SFT_ACCUM SFT_LR
+    EVAL_INTERVAL EVAL_ITERS OPTIMIZER SAMPLE_TOKENS DEVICE DTYPE COMPILE NPROC SFT_EXAMPLES SFT_ITERS SFT_BATCH
+    SFT_ACCUM SFT_LR
     SFT_WARMUP SFT_EVAL_INTERVAL SFT_EVAL_N GRPO_STEPS GRPO_TIME_S GRPO_ROLLOUT GRPO_GROUP GRPO_TRAIN_BATCH
-    GRPO_ACCUM GRPO_LR GRPO_EVAL_INTERVAL GRPO_EVAL_N MAX_NEW GSM8K_N GSM8K_MODELS)
+    GRPO_ACCUM GRPO_LR GRPO_TEMP GRPO_EVAL_INTERVAL GRPO_EVAL_N MAX_NEW GSM8K_N GSM8K_MODELS)
 config_text() { for v in "${CONFIG_VARS[@]}"; do printf '%s=%s\n' "$v" "${!v}"; done; }
 if (( FRESH )); then
     # only what this script writes: never a folder that is not a speedrun's
@@ -220,7 +223,10 @@ stage() {
     if [[ -f "$dir/DONE" ]]; then
         echo "== speedrun: stage '$STAGE' already done ($dir/DONE), skipped"
     else
-        [[ -d "$dir" ]] && { echo "== speedrun: stage '$STAGE' was interrupted: redoing it from scratch"; rm -rf "$dir"; }
+        if [[ -d "$dir" ]]; then
+            echo "== speedrun: stage '$STAGE' was interrupted: redoing it from scratch"
+            rm -rf "$dir"
+        fi
         mkdir -p "$dir"
         : > "$LOGS/$STAGE.log"
         : > "$LOGS/$STAGE.jsonl"
@@ -230,7 +236,8 @@ stage() {
         "stage_$STAGE" "$dir"
         local wall; wall="$(elapsed "$t0")"
         log_event "\"event\": \"done\", \"wall_s\": $wall"
-        printf '{"stage": "%s", "wall_s": %s, "finished": "%s"}\n' "$STAGE" "$wall" "$(date -u +%FT%TZ)" > "$dir/DONE.tmp"
+        printf '{"stage": "%s", "wall_s": %s, "finished": "%s"}\n' "$STAGE" "$wall" "$(date -u +%FT%TZ)" \
+            > "$dir/DONE.tmp"
         mv "$dir/DONE.tmp" "$dir/DONE"  # written last: only now is the stage done
         echo "== speedrun: stage '$STAGE' done in ${wall}s"
     fi
@@ -406,7 +413,8 @@ stage_grpo() {
         --dtype=$DTYPE --train_path="$D/task/task_sft.jsonl" --val_path="$D/task/task_val.jsonl" \
         --prompt_template="$D/task/template.txt" --n_grpo_steps=$GRPO_STEPS --time_budget_s=$GRPO_TIME_S \
         --rollout_batch_size=$GRPO_ROLLOUT --group_size=$GRPO_GROUP --train_batch_size=$GRPO_TRAIN_BATCH \
-        --gradient_accumulation_steps=$GRPO_ACCUM --learning_rate=$GRPO_LR --sampling_max_tokens=$MAX_NEW \
+        --gradient_accumulation_steps=$GRPO_ACCUM --learning_rate=$GRPO_LR --sampling_temperature=$GRPO_TEMP \
+        --sampling_max_tokens=$MAX_NEW \
         --eval_interval=$GRPO_EVAL_INTERVAL --eval_n=$GRPO_EVAL_N --gen_batch_size=$GEN_BATCH
 }
 
@@ -474,7 +482,8 @@ def jsonl(path):
 
 
 def table(header, rows):
-    out = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' if i == 0 else '---:' for i in range(len(header))) + '|']
+    out = ['| ' + ' | '.join(header) + ' |',
+           '|' + '|'.join('---' if i == 0 else '---:' for i in range(len(header))) + '|']
     return out + ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows]
 
 
@@ -492,7 +501,8 @@ def image(rel, title):
         L.extend(['', f'![{title}]({rel})'])
 
 
-stage_s = {st: (load(f'{st}/DONE') or {}).get('wall_s') for st in ('data', 'tokenizer', 'pretrain', 'sft', 'grpo', 'eval')}
+stage_s = {st: (load(f'{st}/DONE') or {}).get('wall_s')
+           for st in ('data', 'tokenizer', 'pretrain', 'sft', 'grpo', 'eval')}
 dev = torch.cuda.get_device_name() if torch.cuda.is_available() and cfg['DEVICE'] == 'cuda' else \
     f"CPU ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})"
 try:
@@ -510,8 +520,9 @@ L += [f"# lmscratch speedrun: profile '{cfg['PROFILE']}'", '',
       f"Command: `bash speedrun.sh --{cfg['PROFILE']}`" + (f" (--nproc={cfg['NPROC']})" if cfg['NPROC'] != '1' else '')
       + f"; crawl `{cfg['CRAWL']}`. Wall-clock of the stages: **{total / 60:.1f} minutes** in all.", '',
       '## Wall-clock per stage', '']
-L += table(['stage', 'seconds', 'minutes'], [(k, f"{v:.0f}" if v else '-', f"{v / 60:.1f}" if v else '-')
-                                              for k, v in stage_s.items()] + [('**total**', f"{total:.0f}", f"{total / 60:.1f}")])
+L += table(['stage', 'seconds', 'minutes'],
+           [(k, f"{v:.0f}" if v else '-', f"{v / 60:.1f}" if v else '-') for k, v in stage_s.items()]
+           + [('**total**', f"{total:.0f}", f"{total / 60:.1f}")])
 
 # 1) data
 rep, dd = load('data/cc/report.json', {}), load('data/dedup_stats.json', {})
@@ -523,16 +534,19 @@ L += ['', '## 1. Data', '', f"Crawl: {rep.get('files', 0)} file(s), {c.get('reco
 rows, n = [], c.get('records', 0)
 for name, key in [('not HTML', 'drop_not_html'), ('undecodable', 'drop_undecodable'), ('empty text', 'drop_empty'),
                   ('language (not English / unsure)', 'drop_lang'), ('gopher: word count', 'drop_gopher_words'),
-                  ('gopher: mean word length', 'drop_gopher_word_length'), ('gopher: ellipsis lines', 'drop_gopher_ellipsis'),
+                  ('gopher: mean word length', 'drop_gopher_word_length'),
+                  ('gopher: ellipsis lines', 'drop_gopher_ellipsis'),
                   ('gopher: words with a letter', 'drop_gopher_alpha')]:
-    rows.append((name, n, c.get(key, 0), n - c.get(key, 0), pct(c.get(key, 0), n)))
+    rows.append((name, f"{n:,}", f"{c.get(key, 0):,}", f"{n - c.get(key, 0):,}", pct(c.get(key, 0), n)))
     n -= c.get(key, 0)
 pages, lines, dedup = dd.get('pages', {}), dd.get('lines', {}), dd.get('dedup', {})
 if pages:
-    rows.append(('exact line dedup: pages left empty', pages['docs'], pages['docs'] - lines['nonempty_docs'],
-                 lines['nonempty_docs'], pct(pages['docs'] - lines['nonempty_docs'], pages['docs'])))
-    rows.append(('MinHash near-duplicate pages', lines['nonempty_docs'], lines['nonempty_docs'] - dedup['nonempty_docs'],
-                 dedup['nonempty_docs'], pct(lines['nonempty_docs'] - dedup['nonempty_docs'], lines['nonempty_docs'])))
+    rows.append(('exact line dedup: pages left empty', f"{pages['docs']:,}",
+                 pages['docs'] - lines['nonempty_docs'],
+                 f"{lines['nonempty_docs']:,}", pct(pages['docs'] - lines['nonempty_docs'], pages['docs'])))
+    rows.append(('MinHash near-duplicate pages', f"{lines['nonempty_docs']:,}",
+                 lines['nonempty_docs'] - dedup['nonempty_docs'], f"{dedup['nonempty_docs']:,}",
+                 pct(lines['nonempty_docs'] - dedup['nonempty_docs'], lines['nonempty_docs'])))
 L += table(['filter (documents)', 'in', 'dropped', 'kept', 'dropped %'], rows)
 if pages:
     L += ['', f"Lines: {pages['lines']:,} in the kept pages, {lines['lines']:,} after exact line dedup "
@@ -543,7 +557,7 @@ pm = load('tokenizer/pycode/meta.json', {})
 files = pm.get('manifest', {}).get('files', {})
 if files:
     L += ['', f"pycode (`data/pycode/prepare.py` in stage 2; source: {', '.join(pm.get('source', []))}):", '']
-    L += table(['step', 'files', 'MB'], [(k, v['files'], f"{v['bytes'] / 1e6:.2f}") for k, v in files.items()
+    L += table(['step', 'files', 'MB'], [(k, f"{v['files']:,}", f"{v['bytes'] / 1e6:.2f}") for k, v in files.items()
                                         if isinstance(v, dict) and 'files' in v])
 n_sft = sum(1 for _ in open(J('data/task/task_sft.jsonl'))) if os.path.exists(J('data/task/task_sft.jsonl')) else 0
 n_val = sum(1 for _ in open(J('data/task/task_val.jsonl'))) if os.path.exists(J('data/task/task_val.jsonl')) else 0
@@ -611,7 +625,8 @@ image('sft/out/sft_curves.png', 'SFT loss and accuracy')
 glog = jsonl('grpo/out/grpo_log.jsonl')
 L += ['', '## 5. GRPO', '', f"`grpo.py` from the SFT checkpoint: {len(glog)} GRPO steps (time budget "
       f"{cfg['GRPO_TIME_S']} s) of {cfg['GRPO_ROLLOUT']} rollouts ({cfg['GRPO_GROUP']} per question), "
-      f"reinforce_with_baseline, lr {cfg['GRPO_LR']}, up to {cfg['MAX_NEW']} new tokens."]
+      f"temperature {cfg['GRPO_TEMP']}, reinforce_with_baseline, lr {cfg['GRPO_LR']}, up to {cfg['MAX_NEW']} new "
+      "tokens; reward = the grader's answer reward."]
 if glog:
     L += ['', f"Training reward {glog[0]['train_reward']:.3f} at step 1 -> {glog[-1]['train_reward']:.3f} at step "
           f"{glog[-1]['step']}; rollouts at {sum(r.get('rollout_tokens_per_s', 0) for r in glog) / len(glog):,.0f} "
@@ -639,7 +654,8 @@ else:
     L += ['', f"GSM8K: no test question fits the {cfg['CTX']}-token context (or the data is missing): skipped."]
 ex = [(m, r['example']) for m, r in res.items() if r]
 if ex:
-    L += ['', f"First held-out problem, ground truth {ex[0][1]['ground_truth']}:", '', '```', ex[0][1]['prompt'].strip()]
+    L += ['', f"First held-out problem, ground truth {ex[0][1]['ground_truth']}:", '', '```',
+          ex[0][1]['prompt'].strip()]
     L += [f"[{names[m]}] {e['response'].strip()[:300]}" for m, e in ex] + ['```']
 if all(res.values()):
     import matplotlib

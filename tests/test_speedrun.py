@@ -127,7 +127,8 @@ def test_refuses_a_run_folder_of_another_configuration(tiny_run):
     other = tiny_run['tmp'] / 'not_a_run'
     other.mkdir()
     (other / 'precious.txt').write_text('keep me')
-    r = speedrun('--tiny', f'--run_dir={other}', f"--crawl={tiny_run['crawl']}", '--fresh', data_dir=tiny_run['data_dir'])
+    r = speedrun('--tiny', f'--run_dir={other}', f"--crawl={tiny_run['crawl']}", '--fresh',
+                 data_dir=tiny_run['data_dir'])
     assert r.returncode == 2 and 'not wiping' in r.stderr and (other / 'precious.txt').exists()
 
 
