@@ -24,8 +24,8 @@ Run (one CPU or one GPU; no torchrun: post-training of small models fits one dev
         --train_batch_size=64 --gradient_accumulation_steps=16   # off-policy: 16 optimizer steps per rollout batch
     python grpo.py --init_from=resume                      # continue out_dir/ckpt.pt
 """
+import contextlib
 import copy
-import json
 import math
 import os
 import random
@@ -408,6 +408,11 @@ def train_grpo(policy, tokenizer, questions, val_questions, cfg, reward_fn=sft.r
         start, hist = resume['iter_num'], resume['history']
         log(f"{tag}: resuming at GRPO step {start}")
 
+    def on_rollout_device():
+        # CUDA graphs and streams are created on the *current* device: make it the rollout GPU while sampling
+        d = torch.device(rdev)
+        return torch.cuda.device(d) if d.type == 'cuda' else contextlib.nullcontext()
+
     def sync_rollout_weights():
         # after an optimizer step the rollout engine must sample from the new policy
         if hasattr(engine, 'load_policy_weights'):  # vLLM: copy the weights into its own model
@@ -423,10 +428,11 @@ def train_grpo(policy, tokenizer, questions, val_questions, cfg, reward_fn=sft.r
         t = time.time()
         rollout_policy.eval()
         n = cfg['eval_n']
-        m = sft.evaluate(engine, val_questions[:n] if n > 0 else val_questions, reward_fn, max_new_tokens=eval_max,
-                         temperature=0.0, seed=cfg['seed'], n_entropy=64,
-                         log_path=os.path.join(out_dir, f'{tag}_eval_step{step}.jsonl') if out_dir else None,
-                         n_log=64)
+        with on_rollout_device():
+            m = sft.evaluate(engine, val_questions[:n] if n > 0 else val_questions, reward_fn,
+                             max_new_tokens=eval_max, temperature=0.0, seed=cfg['seed'], n_entropy=64,
+                             log_path=os.path.join(out_dir, f'{tag}_eval_step{step}.jsonl') if out_dir else None,
+                             n_log=64)
         hist['eval_s'] += time.time() - t
         m = {'step': step, 'wall_s': hist['prev_time_s'] + time.time() - t0, **m}
         hist['evals'].append(m)
@@ -457,9 +463,10 @@ def train_grpo(policy, tokenizer, questions, val_questions, cfg, reward_fn=sft.r
             [questions[srng.randrange(len(questions))] for _ in range(n_q)]
         t = time.time()
         rollout_policy.eval()
-        outs = engine.generate([q['prompt'] for q in batch_q], max_new_tokens=cfg['sampling_max_tokens'],
-                               temperature=cfg['sampling_temperature'], min_tokens=cfg['sampling_min_tokens'],
-                               stop=['</answer>'], n=cfg['group_size'], seed=srng.randrange(2 ** 31))
+        with on_rollout_device():
+            outs = engine.generate([q['prompt'] for q in batch_q], max_new_tokens=cfg['sampling_max_tokens'],
+                                   temperature=cfg['sampling_temperature'], min_tokens=cfg['sampling_min_tokens'],
+                                   stop=['</answer>'], n=cfg['group_size'], seed=srng.randrange(2 ** 31))
         gen_s = time.time() - t
         n_new = sum(len(o['token_ids']) for o in outs)
         hist['gen_s'] += gen_s
