@@ -36,6 +36,7 @@ cd "$ROOT"
 DATA="${LMSCRATCH_DATA:-$ROOT/../shared/data}"
 DATA="$(cd "$DATA" 2>/dev/null && pwd || echo "$DATA")"  # absolute: every command sees the same folder
 PY="${PYTHON:-python}"
+command -v "$PY" >/dev/null || PY=python3  # some machines (the GPU image) only have python3
 STAGES=(data tokenizer pretrain sft grpo eval report)
 
 die() { echo "speedrun: error: $*" >&2; exit 2; }
