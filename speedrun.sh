@@ -25,6 +25,8 @@
 #          | --pysrc=DIR (pycode source folder; default: the running Python's environment on GPU, a seeded
 #          sample of its standard library on CPU) | --publish=PREFIX (also write PREFIX.md and PREFIX_*.png)
 #
+# Driven in calls of < 10 minutes (one H100): --until=tokenizer (~3 min), then --until=sft (~7.5 min), then the rest
+# (~8 min); the run folder must survive between the calls.
 # Resume: every stage writes into <run_dir>/<stage>/ and writes <stage>/DONE last; a finished stage is skipped,
 # a stage folder without DONE (interrupted) is wiped and redone. <run_dir>/config.env records the sizes: a run
 # folder made with another configuration is refused unless --fresh. Logs: <run_dir>/logs/<stage>.jsonl (one
@@ -99,8 +101,8 @@ gpu|gpu24)
     SFT_EXAMPLES=20000 SFT_ITERS=60 SFT_BATCH=32 SFT_ACCUM=1 SFT_LR=3e-4 SFT_WARMUP=10
     SFT_EVAL_INTERVAL=20 SFT_EVAL_N=200
     # GRPO: grpo.py's GPU demo preset (256 rollouts = 32 questions x 8 at temperature 0.7, on-policy, lr 1e-4),
-    # 5 minutes
-    GRPO_STEPS=500 GRPO_TIME_S=300 GRPO_ROLLOUT=256 GRPO_GROUP=8 GRPO_TRAIN_BATCH=256 GRPO_ACCUM=2
+    # 280 s, so that grpo + eval + report fit one 10-minute call
+    GRPO_STEPS=500 GRPO_TIME_S=280 GRPO_ROLLOUT=256 GRPO_GROUP=8 GRPO_TRAIN_BATCH=256 GRPO_ACCUM=2
     GRPO_LR=1e-4 GRPO_TEMP=0.7 GRPO_EVAL_INTERVAL=25 GRPO_EVAL_N=256
     MAX_NEW=96 GEN_BATCH=512 GSM8K_N=300 GSM8K_MODELS="base sft grpo"
     if [[ "$PROFILE" == gpu24 ]]; then  # same global batches, 4x smaller micro-batches
