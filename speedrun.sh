@@ -59,7 +59,7 @@ for arg in "$@"; do
         --crawl=*) CRAWL="${arg#*=}" ;;
         --pysrc=*) PYSRC="${arg#*=}" ;;
         --publish=*) PUBLISH="${arg#*=}" ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$ROOT/speedrun.sh" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option '$arg' (see bash speedrun.sh --help)" ;;
     esac
 done
