@@ -88,8 +88,9 @@ def build_model(size, context_length, attn='sdpa', dev='cpu', vocab=10000):
     if size not in SIZES:
         raise ValueError(f"unknown size '{size}': choose from {', '.join(SIZES)}")
     d_model, d_ff, num_layers, num_heads = SIZES[size]
+    # built directly on the device: initialising billions of parameters on the CPU first takes minutes
     return TransformerLM(vocab_size=vocab, context_length=context_length, d_model=d_model, num_layers=num_layers,
-                         num_heads=num_heads, d_ff=d_ff, attn_impl=attn).to(dev)
+                         num_heads=num_heads, d_ff=d_ff, attn_impl=attn, device=dev)
 
 
 def sync(dev):
