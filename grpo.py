@@ -446,7 +446,7 @@ def train_grpo(policy, tokenizer, questions, val_questions, cfg, reward_fn=sft.r
             hist_now = {**hist, 'prev_time_s': hist['prev_time_s'] + time.time() - t0}
             sft.save_ckpt(os.path.join(out_dir, 'ckpt.pt'), policy, opt, step, history=hist_now,
                           config=cfg, tokenizer='bytes' if getattr(tokenizer, 'vocab_size', 0) == 257 else '',
-                          tokenizer_dir=cfg['tokenizer_dir'])
+                          tokenizer_dir=getattr(tokenizer, 'tokenizer_dir', cfg['tokenizer_dir']))
         sft.write_jsonl(os.path.join(out_dir, f'{tag}_log.jsonl'), hist['log'])
         plot_grpo(os.path.join(out_dir, f'{tag}_curves.png'), hist['log'], hist['evals'], f'{tag}: GRPO')
 

@@ -679,7 +679,9 @@ def load_policy(path, device='cpu', tokenizer_dir=''):
             tok_dir = os.path.join(cfg['data_dir'], tok_dir)
     if tok_dir:
         import bpe
-        return model, bpe.Tokenizer.from_dir(tok_dir)
+        tok = bpe.Tokenizer.from_dir(tok_dir)
+        tok.tokenizer_dir = os.path.abspath(tok_dir)  # saved into the checkpoints we write, so they load alone
+        return model, tok
     if ckpt.get('tokenizer') == 'bytes' or model.config.vocab_size == 257:
         return model, byte_tokenizer()
     raise ValueError(f"{path}: no tokenizer found; pass --tokenizer_dir=<bpe.py tokenizer folder>")
@@ -1717,7 +1719,7 @@ if __name__ == '__main__':
         engine = make_engine(model, tok, engine_backend, gen_batch_size,
                              init_from[3:] if init_from.startswith('hf:') else None, seed)
         extra = {'config': config, 'tokenizer': 'bytes' if getattr(tok, 'vocab_size', 0) == 257 else '',
-                 'tokenizer_dir': tokenizer_dir}
+                 'tokenizer_dir': getattr(tok, 'tokenizer_dir', tokenizer_dir)}
 
         def eval_fn(step, n=eval_n):
             return evaluate(engine, val[:n] if n > 0 else val, reward_fn, max_new_tokens, temperature, top_p, seed,
