@@ -26,6 +26,7 @@ Run:
 Library:
     from bpe import train_bpe, save_tokenizer, Tokenizer, encode_file
 """
+import hashlib
 import heapq
 import json
 import multiprocessing as mp
@@ -721,6 +722,75 @@ def encode_documents(tokenizer, docs, output_path, num_workers=None, progress=Tr
 def _init_encode_worker_obj(tokenizer):
     global _worker_tokenizer
     _worker_tokenizer = tokenizer
+
+
+# -----------------------------------------------------------------------------
+# Token folders: what data/*/prepare.py write and train.py reads (train.bin, val.bin, meta.json)
+
+def tokenizer_sha1(tok_dir):
+    """sha1 of a tokenizer's files: token files built with another tokenizer must be rebuilt."""
+    h = hashlib.sha1()
+    for name in ('vocab.json', 'merges.txt', 'special_tokens.json'):
+        path = os.path.join(tok_dir, name)
+        if os.path.isfile(path):
+            with open(path, 'rb') as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def fingerprint(*parts):
+    """A short hash of the inputs of a step: file contents (not names or dates) and settings."""
+    h = hashlib.sha1()
+    for p in parts:
+        if isinstance(p, str) and os.path.isfile(p):
+            with open(p, 'rb') as f:
+                for block in iter(lambda: f.read(1 << 24), b''):
+                    h.update(block)
+        else:
+            h.update(repr(p).encode())
+    return h.hexdigest()[:16]
+
+
+def build_token_folder(paths, out_dir, vocab_size, source, special_tokens=('<|endoftext|>',), num_workers=None):
+    """Text files {'train': path, 'val': path} -> out_dir/tokenizer/ (a BPE trained on the train text),
+    out_dir/train.bin, val.bin and meta.json ({vocab_size, dtype, eot_id, tokenizer_dir, source, splits,
+    val_bytes, steps}). meta.json records a fingerprint of each step's inputs, so a re-run skips what is done."""
+    meta_path = os.path.join(out_dir, 'meta.json')
+    old = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
+    special_tokens = list(special_tokens)
+
+    # 1) the tokenizer, trained on the train text only
+    tok_dir = os.path.join(out_dir, 'tokenizer')
+    fp_tok = fingerprint(paths['train'], vocab_size)
+    if old.get('steps', {}).get('tokenizer') == fp_tok and os.path.exists(os.path.join(tok_dir, 'merges.txt')):
+        print(f"tokenizer: up to date in {tok_dir}")
+    else:
+        t = time.time()
+        vocab, merges = train_bpe(paths['train'], vocab_size, special_tokens, num_workers=num_workers)
+        save_tokenizer(vocab, merges, special_tokens, tok_dir)
+        print(f"tokenizer: {len(vocab)} ids trained in {time.time() - t:.1f}s")
+        old = {}  # everything after it is stale
+    tokenizer = Tokenizer.from_dir(tok_dir)
+
+    # 2) the token files
+    meta = {'vocab_size': tokenizer.vocab_size, 'eot_id': tokenizer.eot_id, 'tokenizer_dir': 'tokenizer',
+            'source': source, 'steps': {'tokenizer': fp_tok}, 'splits': {}}
+    for split in ('train', 'val'):
+        out = os.path.join(out_dir, f'{split}.bin')
+        fp = fingerprint(paths[split], fp_tok)
+        if old.get('steps', {}).get(split) == fp and os.path.exists(out):
+            print(f"{split}: up to date")
+            meta['splits'][split] = old['splits'][split]
+        else:
+            stats = encode_file(tok_dir, paths[split], out, num_workers=num_workers)
+            meta['splits'][split] = {'tokens': stats['n_tokens'], 'bytes': os.path.getsize(paths[split])}
+        meta['steps'][split] = fp
+    meta['dtype'] = token_dtype(tokenizer.vocab_size)  # uint16 up to 65,536 ids
+    meta['val_bytes'] = meta['splits']['val']['bytes']  # lets train.py report bits per byte
+    _write_atomic(meta_path, json.dumps(meta, indent=1))
+    for split, st in meta['splits'].items():
+        print(f"{split}: {st['tokens']:,} tokens ({st['bytes'] / st['tokens']:.2f} bytes/token)")
+    return meta
 
 
 # -----------------------------------------------------------------------------

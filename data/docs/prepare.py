@@ -95,17 +95,6 @@ def _fingerprint(*parts):
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def tokenizer_sha1(tok_dir):
-    """sha1 of a tokenizer's files: token files built with another tokenizer are rebuilt."""
-    h = hashlib.sha1()
-    for name in ('vocab.json', 'merges.txt', 'special_tokens.json'):
-        path = os.path.join(tok_dir, name)
-        if os.path.isfile(path):
-            with open(path, 'rb') as f:
-                h.update(f.read())
-    return h.hexdigest()
-
-
 def _write_json(path, obj):
     tmp = path + '.tmp'
     with open(tmp, 'w', encoding='utf-8') as f:
@@ -153,7 +142,7 @@ def prepare(src='', out_dir='', vocab_size=10000, tokenizer_dir='', val_fraction
     if own_tokenizer:
         steps['tokenizer'] = fp_tok
     tokenizer = bpe.Tokenizer.from_dir(tok_dir)
-    tok_sha1 = tokenizer_sha1(tok_dir)
+    tok_sha1 = bpe.tokenizer_sha1(tok_dir)
     dtype = bpe.token_dtype(tokenizer.vocab_size)
     meta = {
         'vocab_size': tokenizer.vocab_size,

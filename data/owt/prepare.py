@@ -18,12 +18,9 @@ corpus in ../shared/data/text/docs_en.txt.gz as a stand-in (real web-page text, 
 """
 import gzip
 import shutil
-import hashlib
-import json
 import os
 import random
 import sys
-import time
 
 import requests
 from tqdm import tqdm
@@ -101,25 +98,10 @@ def build_offline(raw_dir, seed=0):
     return paths, f"offline stand-in: {src} ({len(docs)} documents), NOT OpenWebText"
 
 
-def fingerprint(*parts):
-    """A short hash of the inputs of a step: file contents (not names or dates) and settings."""
-    h = hashlib.sha1()
-    for p in parts:
-        if isinstance(p, str) and os.path.isfile(p):
-            with open(p, 'rb') as f:
-                for block in iter(lambda: f.read(1 << 24), b''):
-                    h.update(block)
-        else:
-            h.update(repr(p).encode())
-    return h.hexdigest()[:16]
-
-
 def prepare(src_train='', src_val='', out_dir='', vocab_size=32000, offline=False, num_workers=None):
     out_dir = out_dir or HERE
     raw_dir = os.path.join(out_dir, 'raw')
     os.makedirs(raw_dir, exist_ok=True)
-    meta_path = os.path.join(out_dir, 'meta.json')
-    old = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
 
     # 1) the text
     if src_train or src_val:
@@ -142,39 +124,8 @@ def prepare(src_train='', src_val='', out_dir='', vocab_size=32000, offline=Fals
             paths, source = build_offline(raw_dir)
     print(f"text: {source}")
 
-    # 2) the tokenizer
-    tok_dir = os.path.join(out_dir, 'tokenizer')
-    fp_tok = fingerprint(paths['train'], vocab_size)
-    if old.get('steps', {}).get('tokenizer') == fp_tok and os.path.exists(os.path.join(tok_dir, 'merges.txt')):
-        print(f"tokenizer: up to date in {tok_dir}")
-    else:
-        t = time.time()
-        vocab, merges = bpe.train_bpe(paths['train'], vocab_size, [EOT], num_workers=num_workers)
-        bpe.save_tokenizer(vocab, merges, [EOT], tok_dir)
-        print(f"tokenizer: {len(vocab)} ids trained in {time.time() - t:.1f}s")
-        old = {}  # everything after it is stale
-    tokenizer = bpe.Tokenizer.from_dir(tok_dir)
-
-    # 3) the token files
-    meta = {'vocab_size': tokenizer.vocab_size, 'eot_id': tokenizer.eot_id, 'tokenizer_dir': 'tokenizer',
-            'source': source, 'steps': {'tokenizer': fp_tok}, 'splits': {}}
-    for split in ('train', 'val'):
-        out = os.path.join(out_dir, f'{split}.bin')
-        fp = fingerprint(paths[split], fp_tok)
-        if old.get('steps', {}).get(split) == fp and os.path.exists(out):
-            print(f"{split}: up to date")
-            meta['splits'][split] = old['splits'][split]
-        else:
-            stats = bpe.encode_file(tok_dir, paths[split], out, num_workers=num_workers)
-            meta['splits'][split] = {'tokens': stats['n_tokens'], 'bytes': os.path.getsize(paths[split])}
-        meta['steps'][split] = fp
-    meta['dtype'] = bpe.token_dtype(tokenizer.vocab_size)  # uint16 up to 65,536 ids
-    meta['val_bytes'] = meta['splits']['val']['bytes']
-    with open(meta_path + '.tmp', 'w') as f:
-        json.dump(meta, f, indent=1)
-    os.replace(meta_path + '.tmp', meta_path)
-    for split, s in meta['splits'].items():
-        print(f"{split}: {s['tokens']:,} tokens ({s['bytes'] / s['tokens']:.2f} bytes/token)")
+    # 2) + 3) the tokenizer and the token files (bpe.py: trained on train, both splits encoded in parallel)
+    meta = bpe.build_token_folder(paths, out_dir, vocab_size, source, [EOT], num_workers)
     print(f"wrote {out_dir}/train.bin, val.bin, meta.json; next: python train.py config/owt.py --data_dir={out_dir}")
     return meta
 

@@ -208,17 +208,6 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 
-def tokenizer_sha1(tok_dir):
-    """sha1 of a tokenizer's files: token files built with another tokenizer are rebuilt."""
-    h = hashlib.sha1()
-    for name in ('vocab.json', 'merges.txt', 'special_tokens.json'):
-        path = os.path.join(tok_dir, name)
-        if os.path.isfile(path):
-            with open(path, 'rb') as f:
-                h.update(f.read())
-    return h.hexdigest()
-
-
 def prepare(src='', out_dir='', vocab_size=16384, tokenizer_dir='', bpe_sample_bytes=40_000_000, seed=1337,
             near_dedup=True, jaccard_threshold=0.8, num_workers=None, progress=True):
     """Build <out_dir>/train.bin, val.bin, meta.json (and tokenizer/); returns the meta dict."""
@@ -295,7 +284,7 @@ def prepare(src='', out_dir='', vocab_size=16384, tokenizer_dir='', bpe_sample_b
     if own_tokenizer:
         steps['tokenizer'] = fp_tok
     tokenizer = bpe.Tokenizer.from_dir(tok_dir)
-    tok_sha1 = tokenizer_sha1(tok_dir)
+    tok_sha1 = bpe.tokenizer_sha1(tok_dir)
     dtype = bpe.token_dtype(tokenizer.vocab_size)
     meta = {
         'vocab_size': tokenizer.vocab_size,
