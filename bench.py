@@ -47,7 +47,7 @@ from model import TransformerLM
 # -----------------------------------------------------------------------------
 # config
 mode = 'timing'  # timing | precision | profile | memory | attention | compile | all
-sizes = 'small,medium,large,xl,2.7B'  # comma-separated names from SIZES (tiny is for CPUs and tests)
+sizes = 'small,medium,large,xl,2.7B'  # comma-separated names from model.py's MODEL_SIZES (tiny is for CPUs and tests)
 contexts = '128,256,512,1024'  # comma-separated context lengths
 batch_size = 4  # sequences per step
 vocab_size = 10000  # the course's vocabulary
@@ -70,14 +70,6 @@ seed = 1337
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
-SIZES = {  # name: (d_model, d_ff, num_layers, num_heads)
-    'tiny': (64, 256, 2, 4),
-    'small': (768, 3072, 12, 12),
-    'medium': (1024, 4096, 24, 16),
-    'large': (1280, 5120, 36, 20),
-    'xl': (1600, 6400, 48, 25),
-    '2.7B': (2560, 10240, 32, 32),
-}
 
 
 def csv(s, cast=str):
@@ -85,12 +77,11 @@ def csv(s, cast=str):
 
 
 def build_model(size, context_length, attn='sdpa', dev='cpu', vocab=10000):
-    if size not in SIZES:
-        raise ValueError(f"unknown size '{size}': choose from {', '.join(SIZES)}")
-    d_model, d_ff, num_layers, num_heads = SIZES[size]
+    if size not in model_lib.MODEL_SIZES:
+        raise ValueError(f"unknown size '{size}': choose from {', '.join(model_lib.MODEL_SIZES)}")
     # built directly on the device: initialising billions of parameters on the CPU first takes minutes
-    return TransformerLM(vocab_size=vocab, context_length=context_length, d_model=d_model, num_layers=num_layers,
-                         num_heads=num_heads, d_ff=d_ff, attn_impl=attn, device=dev)
+    return TransformerLM(vocab_size=vocab, context_length=context_length, attn_impl=attn, device=dev,
+                         **model_lib.MODEL_SIZES[size])
 
 
 def sync(dev):
@@ -435,7 +426,7 @@ def measure_saved_tensors(m, x, y):
 
 def run_memory():
     size = memory_size
-    d_model, d_ff, L, H = SIZES[size]
+    d_model, d_ff, L, H = (model_lib.MODEL_SIZES[size][k] for k in ('d_model', 'd_ff', 'num_layers', 'num_heads'))
     on_cuda = str(device).startswith('cuda')
     rows = []
     for T in csv(memory_contexts, int):

@@ -53,7 +53,7 @@ sizes_mb = (1, 10, 100, 1000)  # float32 tensor sizes, in MB (10^6 bytes)
 warmup_iters = 5  # untimed iterations first (NCCL sets up its communicators and buffers lazily)
 timed_iters = 10  # timed iterations per size; each is synchronized, and every rank reports its own times
 # DDP bench
-model_size = 'xl'  # a course size: tiny | small | medium | large | xl | 2.7B (see MODEL_SIZES)
+model_size = 'xl'  # a course size: tiny | small | medium | large | xl | 2.7B (see model.py's MODEL_SIZES)
 context_length = 128  # tokens per sequence
 batch_size = 4  # sequences per rank per step (the global batch is batch_size * world size)
 vocab_size = 10000  # the course's vocabulary size
@@ -64,16 +64,6 @@ learning_rate = 1e-4  # AdamW learning rate (the value does not matter for timin
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
-
-# The course's model sizes (CS336 A2 Table 1), vocab 10,000; 'tiny' is for CPU smoke runs.
-MODEL_SIZES = {
-    'tiny': dict(d_model=64, d_ff=256, num_layers=2, num_heads=4),
-    'small': dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12),
-    'medium': dict(d_model=1024, d_ff=4096, num_layers=24, num_heads=16),
-    'large': dict(d_model=1280, d_ff=5120, num_layers=36, num_heads=20),
-    'xl': dict(d_model=1600, d_ff=6400, num_layers=48, num_heads=25),
-    '2.7B': dict(d_model=2560, d_ff=10240, num_layers=32, num_heads=32),
-}
 
 
 # -----------------------------------------------------------------------------
@@ -588,7 +578,8 @@ def measure_o_and_w(device, big_bytes):
 
 def build_model(size, device):
     import model as model_py  # lazy: the all-reduce benchmark and the wrappers do not need model.py
-    args = dict(vocab_size=vocab_size, context_length=context_length, rope_theta=10000.0, **MODEL_SIZES[size])
+    args = dict(vocab_size=vocab_size, context_length=context_length, rope_theta=10000.0,
+                **model_py.MODEL_SIZES[size])
     return model_py.TransformerLM(**args, device=device)
 
 
@@ -672,8 +663,9 @@ def memory_run(model, sharded, device, steps=2):
 
 def run_ddp_bench():
     rank, _, world, device = init_distributed(backend)
-    print0(f"DDP bench: model {model_size} {MODEL_SIZES[model_size]}, context {context_length}, batch {batch_size} "
-           f"per rank x {world} ranks, backend {dist.get_backend()}, device {device}")
+    import model as model_py  # lazy, as in build_model
+    print0(f"DDP bench: model {model_size} {model_py.MODEL_SIZES[model_size]}, context {context_length}, "
+           f"batch {batch_size} per rank x {world} ranks, backend {dist.get_backend()}, device {device}")
     torch.manual_seed(0)
     model = build_model(model_size, device)
     s = sum(p.numel() * p.element_size() for p in model.parameters())

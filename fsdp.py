@@ -439,17 +439,7 @@ def print_calculator():
 
 
 # -----------------------------------------------------------------------------
-# The bench: FSDP step time and peak memory on a course model, next to the analytic 16P/N
-
-MODEL_SIZES = {
-    'tiny': dict(d_model=64, d_ff=256, num_layers=2, num_heads=4),
-    'small': dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12),
-    'medium': dict(d_model=1024, d_ff=4096, num_layers=24, num_heads=16),
-    'large': dict(d_model=1280, d_ff=5120, num_layers=36, num_heads=20),
-    'xl': dict(d_model=1600, d_ff=6400, num_layers=48, num_heads=25),
-    '2.7B': dict(d_model=2560, d_ff=10240, num_layers=32, num_heads=32),
-}
-
+# The bench: FSDP step time and peak memory on a course model (model.py's MODEL_SIZES), next to the analytic 16P/N
 
 def _free_port():
     with socket.socket() as s:
@@ -471,7 +461,8 @@ def run_bench():
     rank, world = dist.get_rank(), dist.get_world_size()
     cuda = device.type == 'cuda'
     MB = 2 ** 20
-    args = dict(vocab_size=vocab_size, context_length=context_length, rope_theta=10000.0, **MODEL_SIZES[model_size])
+    args = dict(vocab_size=vocab_size, context_length=context_length, rope_theta=10000.0,
+                **model_py.MODEL_SIZES[model_size])
     rows = []
     # 'replicated' = what every DDP rank holds: the whole fp32 model + AdamW, bf16 autocast, no communication
     for variant in ('replicated (no sharding)', 'FSDP, prefetch', 'FSDP, no prefetch'):

@@ -534,6 +534,18 @@ class TransformerLM(nn.Module):
 # Counting parameters and FLOPs (for MFU and scaling laws)
 
 
+# The course's model sizes (CS336 A2, Table 1; vocab 10,000, context 128-1024) that bench.py, ddp.py and fsdp.py
+# measure; 'tiny' is for CPU smoke runs and tests.
+MODEL_SIZES = {
+    'tiny': dict(d_model=64, d_ff=256, num_layers=2, num_heads=4),
+    'small': dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12),
+    'medium': dict(d_model=1024, d_ff=4096, num_layers=24, num_heads=16),
+    'large': dict(d_model=1280, d_ff=5120, num_layers=36, num_heads=20),
+    'xl': dict(d_model=1600, d_ff=6400, num_layers=48, num_heads=25),
+    '2.7B': dict(d_model=2560, d_ff=10240, num_layers=32, num_heads=32),
+}
+
+
 def count_parameters(model_or_config, exclude_embeddings=True):
     """Number of parameters. exclude_embeddings drops the input embedding table (a lookup costs no FLOPs), which is
     the count that goes into 6N FLOPs per token (like nanoGPT's, whose tied table is counted once as lm_head).

@@ -66,7 +66,7 @@ def test_analytic_activations_match_saved_tensors():
     m = bench.build_model('tiny', 32, 'reference', 'cpu', 64)
     x, y = bench.random_batch(2, 32, 64, 'cpu')
     saved = bench.measure_saved_tensors(m, x, y)
-    d, f, L, H = bench.SIZES['tiny']
+    d, f, L, H = (model_lib.MODEL_SIZES['tiny'][k] for k in ('d_model', 'd_ff', 'num_layers', 'num_heads'))
     est = bench.analytic_memory(d, f, L, H, 2, 32, 64)
     assert abs(saved / est['activations'] - 1) < 0.02, (saved, est['activations'])
 
