@@ -605,6 +605,38 @@ def token_dtype(vocab_size):
     return 'uint16' if vocab_size <= 1 << 16 else 'uint32'
 
 
+def _write_token_stream(output_path, fn, jobs, n, initializer, initargs, on_result):
+    """Run fn over jobs (in a pool of n worker processes, or in this process when n == 1) and append each returned
+    id array to a temporary file next to output_path, in job order (imap keeps the order); rename it to
+    output_path at the end, or delete it on any error, so a half-written token file never exists.
+    fn returns (ids array, *extra); on_result(*extra) is called for each (progress bars, counters).
+    Returns the number of tokens written."""
+    out_dir = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=os.path.basename(output_path) + '.', suffix='.tmp')
+    n_tokens, pool = 0, None
+    try:
+        if n == 1:
+            results = map(fn, jobs)
+        else:
+            pool = _pool(n, None if FORK else initializer, initargs)
+            results = pool.imap(fn, jobs)
+        with os.fdopen(fd, 'wb') as f:
+            for arr, *extra in results:
+                arr.tofile(f)
+                n_tokens += len(arr)
+                on_result(*extra)
+        os.replace(tmp, output_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+    return n_tokens
+
+
 def encode_file(tokenizer_dir, input_path, output_path, num_workers=None, progress=True):
     """Encode the text file input_path into output_path: the ids as one flat array of uint16 (uint32 when the
     vocab has more than 65,536 ids), no header. Special tokens in the text (documents separated by
@@ -620,38 +652,24 @@ def encode_file(tokenizer_dir, input_path, output_path, num_workers=None, progre
     n = min(_num_workers(num_workers), max(1, len(jobs)))
     t0 = time.time()
     global _worker_tokenizer
-    out_dir = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=os.path.basename(output_path) + '.', suffix='.tmp')
-    n_tokens, n_bad, pool = 0, 0, None
+    _worker_tokenizer = tokenizer  # used in-process when n == 1; inherited by forked workers otherwise
+    n_bad = 0  # undecodable byte sequences, summed over the chunks
     bar = tqdm(total=cuts[-1], unit='B', unit_scale=True, desc=f'encode {os.path.basename(input_path)}',
                disable=not progress)
-    try:
-        _worker_tokenizer = tokenizer  # used in-process when n == 1; inherited by forked workers otherwise
-        if n == 1:
-            results = map(_encode_chunk, jobs)
-        else:
-            pool = _pool(n, None if FORK else _init_encode_worker, (tokenizer_dir,))
-            results = pool.imap(_encode_chunk, jobs)  # imap keeps the order of the chunks
-        with os.fdopen(fd, 'wb') as f:
-            for arr, bad, nbytes in results:
-                arr.tofile(f)
-                n_tokens += len(arr)
-                n_bad += bad
-                bar.update(nbytes)
-        os.replace(tmp, output_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
+
+    def on_result(bad, nbytes):
+        nonlocal n_bad
+        n_bad += bad
+        bar.update(nbytes)
+
+    with bar:
+        n_tokens = _write_token_stream(output_path, _encode_chunk, jobs, n, _init_encode_worker, (tokenizer_dir,),
+                                       on_result)
     if n_bad:
         print(f"warning: {input_path} is not valid UTF-8: {n_bad} bad byte sequence(s) were encoded as U+FFFD",
               file=sys.stderr)
     return {'n_tokens': n_tokens, 'dtype': dtype, 'n_bytes': cuts[-1], 'time_s': time.time() - t0}
+
 
 _worker_docs = None
 
@@ -689,33 +707,14 @@ def encode_documents(tokenizer, docs, output_path, num_workers=None, progress=Tr
     n = min(_num_workers(num_workers), max(1, len(bounds) - 1))
     jobs = [(lo, hi, None if (FORK or n == 1) else docs[lo:hi], dtype) for lo, hi in zip(bounds[:-1], bounds[1:])]
     t0 = time.time()
-    out_dir = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=os.path.basename(output_path) + '.', suffix='.tmp')
-    n_tokens, pool = 0, None
     bar = tqdm(total=len(docs), unit='doc', desc=desc, disable=not progress)
     try:
         _worker_tokenizer, _worker_docs = tokenizer, docs  # forked workers inherit both
-        if n == 1:
-            results = map(_encode_docs_batch, jobs)
-        else:
-            pool = _pool(n, None if FORK else _init_encode_worker_obj, (tokenizer,))
-            results = pool.imap(_encode_docs_batch, jobs)
-        with os.fdopen(fd, 'wb') as f:
-            for arr, n_docs in results:
-                arr.tofile(f)
-                n_tokens += len(arr)
-                bar.update(n_docs)
-        os.replace(tmp, output_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        n_tokens = _write_token_stream(output_path, _encode_docs_batch, jobs, n, _init_encode_worker_obj,
+                                       (tokenizer,), bar.update)
     finally:
         bar.close()
         _worker_docs = None
-        if pool is not None:
-            pool.terminate()
     return {'n_tokens': n_tokens, 'dtype': dtype, 'n_docs': len(docs), 'time_s': time.time() - t0}
 
 
