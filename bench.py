@@ -94,8 +94,10 @@ def is_oom(e):
 
 
 def free_memory():
+    """Between measurements: drop the last model's tensors and the allocator's cached blocks, and restart the peak
+    counter, so that one configuration's memory never shows up in the next one's numbers."""
     import gc
-    gc.collect()
+    gc.collect()  # the previous model may sit in a reference cycle (modules <-> hooks) until collected
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -113,13 +115,13 @@ def make_step(m, x, y, kind, amp, dev, optimizer=None):
     def step():
         with autocast_ctx(dev, amp):
             if kind == 'forward':
-                with torch.no_grad():
+                with torch.no_grad():  # inference: no autograd graph, so no activations are kept
                     return m(x)
-            loss = m(x, targets=y)
-        loss.backward()
+            loss = m(x, targets=y)  # model.py computes the loss inside forward (logits never upcast in memory)
+        loss.backward()  # the backward runs outside autocast, as in training: it follows the forward's dtypes
         if kind == 'train_step':
             optimizer.step()
-        m.zero_grad(set_to_none=True)
+        m.zero_grad(set_to_none=True)  # free the gradients: the next forward starts from the same memory state
     return step
 
 
@@ -191,7 +193,7 @@ def run_timing(amp=None):
             row = [size, T]
             for kind in csv(passes):
                 free_memory()
-                try:
+                try:  # an out-of-memory size becomes an 'OOM' cell instead of ending the sweep
                     m = build_model(size, T, attn_impl, device, vocab_size)
                     x, y = random_batch(batch_size, T, vocab_size, device)
                     opt = torch.optim.AdamW(m.parameters(), lr=1e-4) if kind == 'train_step' else None
@@ -445,6 +447,8 @@ def run_memory():
                 try:
                     m = build_model(size, T, 'reference', device, vocab_size)
                     x, y = random_batch(batch_size, T, vocab_size, device)
+                    # foreach=False: the multi-tensor AdamW allocates temporaries as large as all parameters at
+                    # once, which would make the step's peak depend on an implementation detail
                     opt = torch.optim.AdamW(m.parameters(), lr=1e-4, foreach=False)
                     step = make_step(m, x, y, kind, amp, device, opt)
                     step()  # creates the optimizer state, so that the measured step is a steady-state one
@@ -530,10 +534,12 @@ def run_attention():
                     fwd = time_step(lambda: fn(q, k, v), 2, steps, device)
                     o = fn(q, k, v)
                     sync(device)
+                    # what the forward keeps for the backward: the (T, T) probabilities for naive attention,
+                    # only O and the logsumexp (T,) for the flash kernels: the reason FlashAttention scales
                     mem = torch.cuda.memory_allocated() if str(device).startswith('cuda') else None
                     do = torch.randn_like(o)
                     bwd = []
-                    for _ in range(steps):
+                    for _ in range(steps):  # each backward needs a fresh graph: re-run the forward, untimed
                         o = fn(q, k, v)
                         sync(device)
                         t0 = time.perf_counter()
