@@ -20,7 +20,9 @@ What this file teaches, top to bottom:
        - heaviest programs first (the last query tile sees the most keys under causal masking);
        - tile sizes / warps / pipeline stages per head dim and dtype, chosen by `--tune` on the H100 and frozen
          in the tables below (so a 240-point sweep does not re-autotune at every shape).
-     Not done: TMA tensor descriptors and warp specialization (Triton's Hopper paths), an atomic-dQ backward.
+     Candidates written but not yet timed (off by default; see BWD_MODE and FWD_TMA): the backward in one launch
+     ('fused', the Triton tutorial's), FA2's atomic-dQ backward ('atomic'), TMA descriptors in the forward.
+     Not done: warp specialization.
      Measured (results/flash_attn_bench.md, H100): 5.76 ms fwd+bwd at the course leaderboard setting, faster than
      SDPA's FlashAttention-2 backend (6.92 ms) and FlexAttention (6.12 ms), slower than cuDNN (4.38 ms).
   4) flash_attention(q, k, v, is_causal=True): the entry point model.py uses, for (B, H, T, D) tensors in any
@@ -246,14 +248,19 @@ class FlashAttentionPytorch(torch.autograd.Function):
 
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K_ptr, V_ptr, offs_m, lo, hi, T, qk_scale,
-               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr):
+               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, USE_TMA: tl.constexpr = False):
     # Online softmax over key tiles [lo, hi). MASKED tiles (diagonal, ragged tail) check bounds and the
     # causal mask; the others are known to be fully visible and in bounds, so they skip all of it.
-    K_ptr = tl.advance(K_ptr, (0, lo))
-    V_ptr = tl.advance(V_ptr, (lo, 0))
+    # USE_TMA: K_ptr, V_ptr are (T, D) tensor descriptors (Hopper TMA copies, rows past T read as zeros).
+    if not USE_TMA:
+        K_ptr = tl.advance(K_ptr, (0, lo))
+        V_ptr = tl.advance(V_ptr, (lo, 0))
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
-        if MASKED:
+        if USE_TMA:
+            k = tl.trans(K_ptr.load([start_n, 0]))  # (D, BLOCK_N)
+            v = V_ptr.load([start_n, 0])  # (BLOCK_N, D)
+        elif MASKED:
             k = tl.load(K_ptr, boundary_check=(1,), padding_option='zero')  # (D, BLOCK_N): K^T tile
             v = tl.load(V_ptr, boundary_check=(0,), padding_option='zero')  # (BLOCK_N, D)
         else:
@@ -275,8 +282,9 @@ def _fwd_inner(acc, l_i, m_i, q, K_ptr, V_ptr, offs_m, lo, hi, T, qk_scale,
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc)  # P cast to V's dtype before P.V (bf16 tensor cores)
         m_i = m_new
-        K_ptr = tl.advance(K_ptr, (0, BLOCK_N))
-        V_ptr = tl.advance(V_ptr, (BLOCK_N, 0))
+        if not USE_TMA:
+            K_ptr = tl.advance(K_ptr, (0, BLOCK_N))
+            V_ptr = tl.advance(V_ptr, (BLOCK_N, 0))
     return acc, l_i, m_i
 
 
@@ -284,7 +292,8 @@ def _fwd_inner(acc, l_i, m_i, q, K_ptr, V_ptr, offs_m, lo, hi, T, qk_scale,
 def _attn_fwd(Q, K, V, O, L,
               sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
               H, T, qk_scale,
-              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+              USE_TMA: tl.constexpr = False):
     # grid: (number of query tiles, batch * heads); one program = one query tile of one head.
     # Under causal masking the last query tile sees the most keys: run the programs in reverse order so the
     # heaviest start first and the light ones fill the tail (longest-processing-time-first scheduling).
@@ -307,6 +316,11 @@ def _attn_fwd(Q, K, V, O, L,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     q = tl.load(Q_ptr, boundary_check=(0,), padding_option='zero')  # (BLOCK_M, D), stays in registers
+    if USE_TMA:  # FWD_TMA candidate: K, V tiles by TMA copies (descriptors built on the device, per head)
+        K_ptr = tl.make_tensor_descriptor(K + off_b * skb + off_h * skh, shape=[T, HEAD_DIM], strides=[skt, 1],
+                                          block_shape=[BLOCK_N, HEAD_DIM])
+        V_ptr = tl.make_tensor_descriptor(V + off_b * svb + off_h * svh, shape=[T, HEAD_DIM], strides=[svt, 1],
+                                          block_shape=[BLOCK_N, HEAD_DIM])
     # key range: [0, lo_mask) needs no mask; [lo_mask, hi) does (the diagonal, or the ragged tail)
     if CAUSAL:
         lo_mask = (q_start // BLOCK_N) * BLOCK_N
@@ -315,9 +329,9 @@ def _attn_fwd(Q, K, V, O, L,
         lo_mask = (T // BLOCK_N) * BLOCK_N
         hi = T
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_ptr, V_ptr, offs_m, 0, lo_mask, T, qk_scale,
-                               BLOCK_N, False, CAUSAL)
+                               BLOCK_N, False, CAUSAL, USE_TMA)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_ptr, V_ptr, offs_m, lo_mask, hi, T, qk_scale,
-                               BLOCK_N, True, CAUSAL)
+                               BLOCK_N, True, CAUSAL, USE_TMA)
     acc = acc / l_i[:, None]
     lse = (m_i + tl.math.log2(l_i)) * _LN2  # L = m + log(l), back from base 2 to natural log
     tl.store(L + pid_bh.to(tl.int64) * T + offs_m, lse, mask=offs_m < T)
@@ -345,8 +359,9 @@ def _attn_bwd_preprocess(O, DO, Delta, sob, soh, sot, sod, sdb, sdh, sdt, sdd, H
 
 
 @triton.jit
-def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, offs_n, lo, hi, T, qk_scale,
-                    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr):
+def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, offs_n, lo, hi, T, qk_scale, DQacc,
+                    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, ATOMIC_DQ: tl.constexpr):
     # Accumulate dK, dV of one key tile over query tiles [lo, hi). Everything is computed transposed,
     # (keys, queries), so that dV = P^T dO and dK = dS^T Q are plain products with no register transposes.
     Q_ptr = tl.advance(Q_ptr, (lo, 0))
@@ -375,21 +390,27 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, offs_n, lo, hi, T, qk
         dpT = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
         dsT = pT * (dpT - delta[None, :])  # dS^T = P^T * (dP^T - D)
         dk = tl.dot(dsT.to(q.dtype), q, dk)  # dK += dS^T Q (scaled once at the end)
+        if ATOMIC_DQ:  # BWD_MODE 'atomic' (FA2's backward): dQ_tile += dS K, added into an fp32 buffer in L2
+            dq = tl.dot(tl.trans(dsT.to(k.dtype)), k)  # (BLOCK_M, D), unscaled
+            dq_ptrs = DQacc + offs_m[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]
+            if MASKED:
+                tl.atomic_add(dq_ptrs, dq, mask=offs_m[:, None] < T, sem='relaxed')
+            else:
+                tl.atomic_add(dq_ptrs, dq, sem='relaxed')
         Q_ptr = tl.advance(Q_ptr, (BLOCK_M, 0))
         DO_ptr = tl.advance(DO_ptr, (BLOCK_M, 0))
     return dk, dv
 
 
 @triton.jit
-def _attn_bwd_dkdv(Q, K, V, DO, L, Delta, DK, DV,
-                   sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
-                   sgkb, sgkh, sgkt, sgkd, sgvb, sgvh, sgvt, sgvd,
-                   H, T, qk_scale, sm_scale,
-                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-    # grid: (number of key tiles, batch * heads); K and V tiles stay in registers while Q, dO stream past.
-    # Under causal masking the first key tile is seen by the most queries, so natural order is heaviest first.
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+def _dkdv_tile(Q, K, V, DO, L, Delta, DK, DV, DQacc, pid_n, pid_bh,
+               sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+               sgkb, sgkh, sgkt, sgkd, sgvb, sgvh, sgvt, sgvd,
+               H, T, qk_scale, sm_scale,
+               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+               ATOMIC_DQ: tl.constexpr):
+    # dK, dV of key tile pid_n of head pid_bh (and, with ATOMIC_DQ, its share of dQ). K and V tiles stay in
+    # registers while Q, dO stream past. Called by _attn_bwd_dkdv (two passes), _attn_bwd_fused, _attn_bwd_atomic.
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
     qk_scale = tl.cast(qk_scale, tl.float32)  # fp64 under torch.compile (see _attn_fwd)
@@ -405,6 +426,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, L, Delta, DK, DV,
                                offsets=(0, 0), block_shape=(BLOCK_M, HEAD_DIM), order=(1, 0))
     L += pid_bh.to(tl.int64) * T
     Delta += pid_bh.to(tl.int64) * T
+    DQacc += pid_bh.to(tl.int64) * T * HEAD_DIM  # (B*H, T, D) contiguous fp32; unused unless ATOMIC_DQ
     k = tl.load(K_ptr, boundary_check=(0,), padding_option='zero')  # (BLOCK_N, D)
     v = tl.load(V_ptr, boundary_check=(0,), padding_option='zero')  # (BLOCK_N, D)
     offs_n = k_start + tl.arange(0, BLOCK_N)
@@ -419,12 +441,12 @@ def _attn_bwd_dkdv(Q, K, V, DO, L, Delta, DK, DV,
         lo_diag = 0
         hi_diag = 0
     hi_full = (T // BLOCK_M) * BLOCK_M
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, offs_n, lo_diag, hi_diag, T, qk_scale,
-                             BLOCK_M, True, CAUSAL)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, offs_n, hi_diag, hi_full, T, qk_scale,
-                             BLOCK_M, False, CAUSAL)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, offs_n, lo_diag, hi_diag, T, qk_scale, DQacc,
+                             BLOCK_M, True, CAUSAL, HEAD_DIM, ATOMIC_DQ)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, offs_n, hi_diag, hi_full, T, qk_scale, DQacc,
+                             BLOCK_M, False, CAUSAL, HEAD_DIM, ATOMIC_DQ)
     dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, offs_n, tl.maximum(hi_diag, hi_full), T, T,
-                             qk_scale, BLOCK_M, True, CAUSAL)
+                             qk_scale, DQacc, BLOCK_M, True, CAUSAL, HEAD_DIM, ATOMIC_DQ)
     dk = dk * sm_scale  # dK = dS^T Q / sqrt(d)
     # dK, dV have strides of their own (empty_like of a strided view may pick another layout)
     DK_ptr = tl.make_block_ptr(DK + off_b * sgkb + off_h * sgkh, shape=(T, HEAD_DIM), strides=(sgkt, sgkd),
@@ -433,6 +455,20 @@ def _attn_bwd_dkdv(Q, K, V, DO, L, Delta, DK, DV,
                                offsets=(k_start, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
     tl.store(DK_ptr, dk.to(DK.dtype.element_ty), boundary_check=(0,))
     tl.store(DV_ptr, dv.to(DV.dtype.element_ty), boundary_check=(0,))
+
+
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, DO, L, Delta, DK, DV,
+                   sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+                   sgkb, sgkh, sgkt, sgkd, sgvb, sgvh, sgvt, sgvd,
+                   H, T, qk_scale, sm_scale,
+                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    # grid: (number of key tiles, batch * heads).
+    # Under causal masking the first key tile is seen by the most queries, so natural order is heaviest first.
+    _dkdv_tile(Q, K, V, DO, L, Delta, DK, DV, L, tl.program_id(0), tl.program_id(1),
+               sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+               sgkb, sgkh, sgkt, sgkd, sgvb, sgvh, sgvt, sgvd, H, T, qk_scale, sm_scale,
+               HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, False)
 
 
 @triton.jit
@@ -466,14 +502,12 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_ptr, V_ptr, offs_m, lo, hi, T, qk_sc
 
 
 @triton.jit
-def _attn_bwd_dq(Q, K, V, DO, L, Delta, DQ,
-                 sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
-                 sgqb, sgqh, sgqt, sgqd,
-                 H, T, qk_scale, sm_scale,
-                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-    # grid: (number of query tiles, batch * heads), reversed like the forward (heaviest first under causal).
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
+def _dq_tile(Q, K, V, DO, L, Delta, DQ, pid_m, pid_bh,
+             sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+             sgqb, sgqh, sgqt, sgqd,
+             H, T, qk_scale, sm_scale,
+             HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    # dQ of query tile pid_m of head pid_bh; called by _attn_bwd_dq (two passes) and _attn_bwd_fused.
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
     qk_scale = tl.cast(qk_scale, tl.float32)  # fp64 under torch.compile (see _attn_fwd)
@@ -507,6 +541,72 @@ def _attn_bwd_dq(Q, K, V, DO, L, Delta, DQ,
     tl.store(DQ_ptr, dq.to(DQ.dtype.element_ty), boundary_check=(0,))
 
 
+
+
+@triton.jit
+def _attn_bwd_dq(Q, K, V, DO, L, Delta, DQ,
+                 sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+                 sgqb, sgqh, sgqt, sgqd,
+                 H, T, qk_scale, sm_scale,
+                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    # grid: (number of query tiles, batch * heads), reversed like the forward (heaviest first under causal).
+    _dq_tile(Q, K, V, DO, L, Delta, DQ, tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1),
+             sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+             sgqb, sgqh, sgqt, sgqd, H, T, qk_scale, sm_scale,
+             HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)
+
+
+# Backward candidates beside the two-pass default (BWD_MODE below picks one; `.gpu`-style A/B runs time them):
+#
+# 'fused': ONE launch instead of two (the Triton fused-attention tutorial's `_attn_bwd`, python/tutorials/
+#   06-fused-attention.py): program j first computes dK/dV of key tile j (queries streamed), then dQ of query
+#   tile j (keys streamed). Under causal masking key tile j sees T - j*BLOCK queries and query tile j sees
+#   j*BLOCK keys, so every program does the same total work: no heavy-first ordering needed, no tail of the dK/dV
+#   kernel waiting for the dQ kernel, one launch gap fewer. Needs BLOCK_N1 (keys of phase 1) == BLOCK_M2 (queries
+#   of phase 2) so that one grid covers both; each phase keeps its own streamed tile (BLOCK_M1, BLOCK_N2).
+#   Costs: one num_warps/num_stages for both phases, and the register file sized for the larger one.
+#
+# 'atomic': FlashAttention-2's own backward (Dao 2023, Algorithm 2; FA3 does the same with TMA reduce-adds): key
+#   tiles outer, and each (key tile, query tile) pair adds its dS K into an fp32 dQ buffer with atomics, so the
+#   backward does 5 matmuls per pair instead of the two-pass 7 (no recomputed S = QK^T and dP = dO V^T in a dQ
+#   pass). Costs: (T^2/2 / BLOCK_N) * d fp32 atomic adds per head (about 4 GB of L2 reduction traffic at the
+#   leaderboard shape with BLOCK_N=128), a zeroed fp32 buffer and a final scale-and-cast. 'relaxed' atomics: the
+#   adds only need to be atomic, not ordered (the default acq_rel adds a fence per add).
+
+@triton.jit
+def _attn_bwd_fused(Q, K, V, DO, L, Delta, DQ, DK, DV,
+                    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+                    sgqb, sgqh, sgqt, sgqd, sgkb, sgkh, sgkt, sgkd, sgvb, sgvh, sgvt, sgvd,
+                    H, T, qk_scale, sm_scale,
+                    HEAD_DIM: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr,
+                    BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr, CAUSAL: tl.constexpr):
+    # grid: (cdiv(T, BLOCK_N1) == cdiv(T, BLOCK_M2), batch * heads). Phase 1 then phase 2, same program.
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    _dkdv_tile(Q, K, V, DO, L, Delta, DK, DV, L, pid, pid_bh,
+               sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+               sgkb, sgkh, sgkt, sgkd, sgvb, sgvh, sgvt, sgvd, H, T, qk_scale, sm_scale,
+               HEAD_DIM, BLOCK_M1, BLOCK_N1, CAUSAL, False)
+    _dq_tile(Q, K, V, DO, L, Delta, DQ, pid, pid_bh,
+             sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+             sgqb, sgqh, sgqt, sgqd, H, T, qk_scale, sm_scale,
+             HEAD_DIM, BLOCK_M2, BLOCK_N2, CAUSAL)
+
+
+@triton.jit
+def _attn_bwd_atomic(Q, K, V, DO, L, Delta, DK, DV, DQacc,
+                     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+                     sgkb, sgkh, sgkt, sgkd, sgvb, sgvh, sgvt, sgvd,
+                     H, T, qk_scale, sm_scale,
+                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    # grid: (number of key tiles, batch * heads), heaviest first as in _attn_bwd_dkdv; dQ goes to DQacc (fp32,
+    # (B*H, T, D), zeroed, unscaled) by atomic adds.
+    _dkdv_tile(Q, K, V, DO, L, Delta, DK, DV, DQacc, tl.program_id(0), tl.program_id(1),
+               sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
+               sgkb, sgkh, sgkt, sgkd, sgvb, sgvh, sgvt, sgvd, H, T, qk_scale, sm_scale,
+               HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, True)
+
+
 # -----------------------------------------------------------------------------
 # Tile configurations: (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, keyed by (dtype kind, head dim).
 # Chosen by `python flash_attn.py --tune` on the H100 (results/flash_attn_tune.md); frozen here so that a new
@@ -525,12 +625,25 @@ CONFIGS = {
 }
 # Under the interpreter: small tiles (tests use short sequences), with BLOCK_M != BLOCK_N so that the
 # diagonal / off-diagonal split and the ragged tail are all exercised.
-INTERPRET_CONFIG = {'fwd': (32, 16, 4, 1), 'dkdv': (16, 32, 4, 1), 'dq': (32, 16, 4, 1)}
+INTERPRET_CONFIG = {'fwd': (32, 16, 4, 1), 'dkdv': (16, 32, 4, 1), 'dq': (32, 16, 4, 1),
+                    'fused': (16, 32, 32, 16, 4, 1), 'atomic': (16, 32, 4, 1)}
+# Backward variant: 'two_pass' (dK/dV kernel, then dQ kernel; measured, the default), 'fused' (both in one launch)
+# or 'atomic' (FA2's atomic dQ); see the comment above _attn_bwd_fused. The candidates' tile configs below are
+# first guesses (the Triton tutorial's 32/128/128/32, warps 4, stages 5; our tuned two-pass tiles), not tuned yet.
+BWD_MODE = 'two_pass'
+# 'fused': (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_warps, num_stages), BLOCK_N1 == BLOCK_M2
+# 'atomic': (BLOCK_M, BLOCK_N, num_warps, num_stages) like 'dkdv'
+BWD_CANDIDATE_CONFIGS = {
+    '16bit': {'fused': (64, 128, 128, 64, 4, 3), 'atomic': (64, 128, 4, 3)},
+    '32bit': {'fused': (32, 64, 64, 32, 4, 2), 'atomic': (32, 64, 4, 2)},
+}
 
 
 def _config(kind, q):
     if _interpreting():
         return INTERPRET_CONFIG[kind]
+    if kind in ('fused', 'atomic'):
+        return BWD_CANDIDATE_CONFIGS['32bit' if q.dtype == torch.float32 else '16bit'][kind]
     return CONFIGS[('32bit' if q.dtype == torch.float32 else '16bit', q.shape[-1])][kind]
 
 
@@ -569,6 +682,31 @@ def _check_inputs(q, k, v):
                              f"{tuple(x.stride())}; call .contiguous() first")
 
 
+# Forward candidate (not measured yet, off by default): K and V tiles loaded with Hopper TMA tensor descriptors
+# (tl.make_tensor_descriptor, as the Triton tutorial 06-fused-attention's Hopper path) instead of block pointers,
+# which Triton 3.x lowers to ordinary per-thread loads. Used only where it can run: the interpreter (CPU tests),
+# or sm90+ with a Triton that has device-side descriptors; anything else falls back to the block-pointer kernel.
+FWD_TMA = False
+_tma_allocator_set = False
+
+
+def _use_tma(q, k, v):
+    global _tma_allocator_set
+    if not FWD_TMA or not hasattr(tl, 'make_tensor_descriptor'):
+        return False
+    # TMA wants 16-byte aligned bases and row strides
+    if any((x.data_ptr() % 16) or (x.stride(-2) * x.element_size()) % 16 for x in (k, v)):
+        return False
+    if _interpreting():
+        return True
+    if torch.cuda.get_device_capability(q.device)[0] < 9:
+        return False
+    if not _tma_allocator_set:  # device-side descriptors live in a global scratch buffer Triton asks us for
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, device='cuda', dtype=torch.int8))
+        _tma_allocator_set = True
+    return True
+
+
 def _flash_fwd(q, k, v, is_causal, cfg=None):
     """Launch the forward kernel. Returns o (like q) and L (q.shape[:-1], float32 natural-log logsumexp)."""
     BLOCK_M, BLOCK_N, num_warps, num_stages = cfg or _config('fwd', q)
@@ -579,14 +717,18 @@ def _flash_fwd(q, k, v, is_causal, cfg=None):
     grid = (triton.cdiv(T, BLOCK_M), B * H)
     _attn_fwd[grid](q, k, v, o, L, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
                     H, T, LOG2E / math.sqrt(D),
-                    HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CAUSAL=is_causal,
+                    HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CAUSAL=is_causal, USE_TMA=_use_tma(q, k, v),
                     num_warps=num_warps, num_stages=num_stages)
     return o, L
 
 
-def _flash_bwd(q, k, v, o, L, do, is_causal, cfgs=None):
-    """Launch the three backward kernels. Returns dq, dk, dv."""
-    cfgs = cfgs or {kind: _config(kind, q) for kind in ('dkdv', 'dq')}
+def _flash_bwd(q, k, v, o, L, do, is_causal, cfgs=None, mode=None):
+    """Launch the backward kernels (Delta preprocess, then BWD_MODE's kernels). Returns dq, dk, dv.
+    cfgs: {kind: config} overrides per kernel kind ('dkdv', 'dq', 'fused', 'atomic'); mode overrides BWD_MODE."""
+    mode = mode or BWD_MODE
+    assert mode in ('two_pass', 'fused', 'atomic'), f"unknown backward mode {mode!r}"
+    kinds = {'two_pass': ('dkdv', 'dq'), 'fused': ('fused',), 'atomic': ('atomic',)}[mode]
+    cfgs = {kind: (cfgs or {}).get(kind) or _config(kind, q) for kind in kinds}
     if do.stride(-1) != 1:
         do = do.contiguous()  # e.g. out.sum().backward() hands us an expanded tensor with all strides 0
     T, D = q.shape[-2], q.shape[-1]
@@ -602,6 +744,26 @@ def _flash_bwd(q, k, v, o, L, do, is_causal, cfgs=None):
     # about 4 GB of fp32 dQ partial sums through L2 atomics (T^2/2 / (BLOCK_M*BLOCK_N) pairs x BLOCK_M*d*4 bytes,
     # x 16 heads), more than the 2 extra matmuls cost. This is an estimate: the atomic variant was not written
     # and timed (no GPU time left); the two-pass backward runs at 320 TFLOP/s (2.5x-forward convention).
+    if mode == 'fused':
+        BM1, BN1, BM2, BN2, nw, ns = cfgs['fused']
+        assert BN1 == BM2, f"fused backward needs BLOCK_N1 == BLOCK_M2 (one grid for both phases), got {BN1}, {BM2}"
+        _attn_bwd_fused[(triton.cdiv(T, BN1), B * H)](q, k, v, do, L, delta, dq, dk, dv,
+                                                       *_strides(q), *_strides(k), *_strides(v), *_strides(do),
+                                                       *_strides(dq), *_strides(dk), *_strides(dv),
+                                                       H, T, LOG2E * sm_scale, sm_scale, HEAD_DIM=D,
+                                                       BLOCK_M1=BM1, BLOCK_N1=BN1, BLOCK_M2=BM2, BLOCK_N2=BN2,
+                                                       CAUSAL=is_causal, num_warps=nw, num_stages=ns)
+        return dq, dk, dv
+    if mode == 'atomic':
+        BM, BN, nw, ns = cfgs['atomic']
+        dq_acc = torch.zeros((B * H, T, D), dtype=torch.float32, device=q.device)  # atomic adds need zeros
+        _attn_bwd_atomic[(triton.cdiv(T, BN), B * H)](q, k, v, do, L, delta, dk, dv, dq_acc,
+                                                       *_strides(q), *_strides(k), *_strides(v), *_strides(do),
+                                                       *_strides(dk), *_strides(dv), H, T, LOG2E * sm_scale,
+                                                       sm_scale, HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN,
+                                                       CAUSAL=is_causal, num_warps=nw, num_stages=ns)
+        dq.copy_((dq_acc * sm_scale).view(q.shape))  # dQ = dS K / sqrt(d), cast to q's dtype and strides
+        return dq, dk, dv
     BM, BN, nw, ns = cfgs['dkdv']
     _attn_bwd_dkdv[(triton.cdiv(T, BN), B * H)](q, k, v, do, L, delta, dk, dv,
                                                  *_strides(q), *_strides(k), *_strides(v), *_strides(do),

@@ -180,3 +180,38 @@ def test_cpu_tensors_without_interpreter(monkeypatch):
     q = torch.randn(1, 32, 16)
     with pytest.raises(ValueError, match='CUDA tensors'):
         FlashAttentionTriton.apply(q, q, q, False)
+
+
+# -----------------------------------------------------------------------------
+# Speed candidates (BWD_MODE 'fused' / 'atomic', FWD_TMA): the same answers as the default path
+
+@pytest.mark.parametrize('mode', ['fused', 'atomic'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('causal', [False, True])
+def test_triton_backward_candidates(monkeypatch, mode, dtype, causal):
+    monkeypatch.setattr(flash_attn, 'BWD_MODE', mode)
+    for shape, seed in (((1, 40, 16), 0), ((2, 33, 64), 1), ((1, 2, 64, 32), 2)):  # ragged, one tile, 4-D
+        check_fn(FlashAttentionTriton.apply, shape, dtype, causal, seed=seed)
+
+
+def test_triton_backward_candidates_strided_view(monkeypatch):
+    B, T, H, D = 2, 40, 3, 16
+    qkv = torch.randn(B, T, 3, H, D, device=DEVICE)
+    do = torch.randn(B, H, T, D, device=DEVICE)
+    for mode in ('fused', 'atomic'):
+        monkeypatch.setattr(flash_attn, 'BWD_MODE', mode)
+        q, k, v = (qkv[:, :, i].transpose(1, 2).requires_grad_() for i in range(3))  # (B, H, T, D) views
+        flash_attention(q, k, v, is_causal=True).backward(do)
+        _, _, dq, dk, dv = reference(q, k, v, do, True)
+        for a, b, name in ((q.grad, dq, 'dq'), (k.grad, dk, 'dk'), (v.grad, dv, 'dv')):
+            assert_close_rel(a, b, TOL[torch.float32], f"{mode} {name}")
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_triton_forward_tma_candidate(monkeypatch, causal):
+    monkeypatch.setattr(flash_attn, 'FWD_TMA', True)
+    q, k, v, _ = make_inputs((1, 40, 16), torch.float32)
+    if DEVICE == 'cpu':
+        assert flash_attn._use_tma(q, k, v)  # the interpreter runs the descriptor path itself
+    for shape, dtype in (((1, 40, 16), torch.float32), ((1, 2, 33, 64), torch.bfloat16)):
+        check_fn(FlashAttentionTriton.apply, shape, dtype, causal)
