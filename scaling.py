@@ -16,7 +16,8 @@ We answer it three ways, following Hoffmann et al. 2022 ("Training Compute-Optim
 
 Modes
     python scaling.py --mode=analyze --input=../shared/data/a3/isoflops_curves.json   # Part 1: seconds on a CPU
-    python scaling.py --mode=sweep --preset=gpu --data_dir=data/pycode                   # Part 2: ~8 min, one H100
+    python data/pycode/prepare.py --vocab_size=257 --out_dir=data/pycode_bytes          # bytes (no merges), < 1 min
+    python scaling.py --mode=sweep --preset=gpu --out_dir=out/scaling                    # Part 2: <= 7 min, one H100
     python scaling.py --mode=sweep --preset=cpu --data_dir=data/docs                     # Part 2: a CPU, minutes
     python scaling.py --mode=sweep --backend=remote --api_url=... --api_key=...          # the course's training API
     python scaling.py --mode=analyze --input=results/scaling_sweep_runs.json             # refit a sweep's runs
@@ -31,7 +32,10 @@ few small budgets (each centred on the optimum the previous budgets predict), ex
 at the edge of a grid, then a fit, a prediction of the optimal config and loss for a larger target budget, and a
 real training of that config to check the prediction. The trainings call train.py's `train(cfg) -> summary`.
 With --time_limit_s the sweep also keeps to a wall-clock budget: it measures its own throughput and, when the rest
-of the plan would not fit, shrinks the remaining budgets (and the target) instead of running out of time.
+of the plan would not fit, shrinks the remaining budgets (and the target), or drops the largest of them, instead of
+running out of time; the target run's estimate is an upper bound (the one step that cannot be shrunk afterwards).
+N leaves out the embedding and output layers, so the vocabulary must be small for C = 6ND to be the real cost:
+the gpu preset trains on bytes (vocab 257; see PRESETS).
 
 Outputs (prefix set by --name): results/<name>.md (tables), results/<name>.json (every fitted number),
 results/<name>_isoflops.png, results/<name>_optimal.png, results/<name>_parametric.png.
@@ -59,7 +63,7 @@ n_bootstrap = 1000 # bootstrap resamples for the confidence intervals (runs resa
 huber_delta = 1e-3 # Huber loss threshold on log-loss residuals for the parametric fit (Chinchilla uses 1e-3)
 seed = 1337 # bootstrap and training seed
 # sweep: the budget and the strategy
-preset = 'gpu' # 'gpu': ~8 min on one H100 | 'cpu': minutes | 'remote' (default with --backend=remote) | 'none'
+preset = 'gpu' # 'gpu': one H100, <= 7 min (byte pycode) | 'cpu': minutes | 'remote' (with --backend=remote) | 'none'
 backend = 'local' # 'local': train with train.py | 'remote': the course's training API (api_url, api_key)
 sweep_json = '' # cache and record of every run (Part 1 format); '' = results/<name>_runs.json
 budgets = () # FLOPs of each IsoFLOP curve, smallest first; () = the preset's
@@ -70,6 +74,7 @@ tokens_per_param = 20.0 # first guess of D/N at the optimum, to centre the first
 total_budget = 0.0 # cap on the FLOPs the sweep may spend (the target run is not counted); 0 = preset
 target_budget = 0.0 # FLOPs of the run to predict and then train; 0 = target_ratio x the largest sweep budget
 target_ratio = 4.0 # target budget / largest sweep budget when target_budget is 0
+min_target_ratio = 3.0 # with --time_limit_s the target may shrink, but to no less than this x the largest budget
 train_target = True # actually train the predicted optimal config at the target budget and compare
 time_limit_s = 0.0 # wall-clock cap on the sweep and target run: the plan shrinks to fit it; 0 = none
 # sweep: the training recipe shared by every run (local backend)
@@ -770,9 +775,17 @@ class TimeModel:
     s(N), seconds per token, comes from the training loop's own clock (train.py's time_s), as a power law in N
     (small models are launch-bound, big ones compute-bound); the overhead (model build, data to the GPU) is the
     median of wall - time_s. Keeping the two apart matters: the first run also pays CUDA's start-up, and a
-    per-token cost that included it would make every later run look many times too slow."""
+    per-token cost that included it would make every later run look many times too slow.
+    Outside the sizes measured: below them s stays at the smallest model's (a smaller model is no faster per
+    token once kernel launches dominate, whatever the fitted slope says); above them it follows the fitted slope,
+    or, with upper=True, grows like N from the largest model's (the most a token can cost more: all
+    compute-bound) and the whole estimate is multiplied by `margin`. A slope fitted on launch-bound small models
+    is nearly flat and can be far too low for a bigger model: upper=True is for the decision that cannot be
+    undone (the target run, the last thing in the time limit); the plain estimate is for planning, which is
+    redone after every budget with more measurements."""
 
-    def __init__(self):
+    def __init__(self, margin=1.1):
+        self.margin = margin  # upper estimates are multiplied by this: an overrun costs more than a smaller target
         self.points = []  # (N, tokens, loop seconds, wall seconds)
 
     def add(self, rec):
@@ -780,17 +793,21 @@ class TimeModel:
             loop = rec.get('time_s') or rec['wall_s']  # backends without a loop clock: all of it per token
             self.points.append((rec['parameters'], rec['tokens'], min(loop, rec['wall_s']), rec['wall_s']))
 
-    def estimate(self, N, tokens):
+    def seconds_per_token(self, N, upper=False):
+        n, t, loop, _ = (np.array(v, dtype=float) for v in zip(*self.points))
+        spt = np.log(np.maximum(loop, 1e-6) / t)
+        slope, icpt = np.polyfit(np.log(n), spt, 1) if len(np.unique(n)) > 1 else (0.0, spt.mean())
+        slope = max(slope, 0.0)  # a bigger model is never cheaper per token; a negative slope is noise
+        x = math.log(min(max(N, n.min()), n.max()))  # clamped to the sizes measured, then extended above them
+        s = math.exp(icpt + slope * x)
+        return s * max(1.0, N / n.max()) ** (1.0 if upper else slope)
+
+    def estimate(self, N, tokens, upper=False):
         if not self.points:
             return 0.0  # nothing measured yet: let the first run go
-        n, t, loop, wall = (np.array(v, dtype=float) for v in zip(*self.points))
-        over = wall - loop
+        over = np.array([w - l for _, _, l, w in self.points])
         overhead = float(np.median(over[1:] if len(over) > 1 else over))  # the first run paid CUDA's start-up
-        spt = np.log(np.maximum(loop, 1e-6) / t)
-        if len(np.unique(n)) < 2:
-            return overhead + float(np.exp(spt.mean()) * tokens)
-        slope, icpt = np.polyfit(np.log(n), spt, 1)
-        return overhead + float(np.exp(icpt + slope * np.log(N)) * tokens)
+        return (self.margin if upper else 1.0) * (overhead + self.seconds_per_token(N, upper) * tokens)
 
 
 def predict_optimum(runs, C):
@@ -819,7 +836,8 @@ def grid_shapes(n_c, shapes, sizes, spread, aspect):
 
 
 def run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, tokens_per_param=20.0, aspect=64.0,
-              refine=2, time_limit_s=0.0, target_C=None, plan=None, min_budget_ratio=2.0, spread_later=None):
+              refine=2, time_limit_s=0.0, target_C=None, plan=None, min_budget_ratio=2.0, spread_later=None,
+              min_budgets=3, min_target_ratio=3.0):
     """Spend the budget: for each budget (smallest first) an IsoFLOP grid of `sizes` shapes spanning `spread`x in N
     around the predicted optimum (`spread_later`x from the second budget on, when the centre is a fit, not a guess),
     then up to `refine` extra sizes beyond the edge when the minimum sits at an end.
@@ -827,8 +845,10 @@ def run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, tokens_pe
 
     With time_limit_s (wall-clock, the target run included), after each budget the rest of the plan is timed
     with the throughput measured so far; if it would not fit, the remaining budgets and the target shrink by a
-    common factor (each budget staying >= min_budget_ratio x the one done), and single runs predicted to overrun
-    are skipped. Returns (records of this sweep, target budget)."""
+    common factor (each budget staying >= min_budget_ratio x the one done), the largest remaining budgets are
+    dropped if even that is too long (the target keeps its ratio to the new largest; at least min_budgets are
+    kept), and single runs are skipped when they would leave too little time for even the smallest target
+    (min_target_ratio x their budget). Returns (records of this sweep, target budget)."""
     clock = sweep.clock
     t_start = clock()
     timer = TimeModel()
@@ -851,7 +871,10 @@ def run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, tokens_pe
         if not time_limit_s or plan is None:
             return True
         N, _, tokens = plan(query)
-        need = timer.estimate(N, tokens) + target_time(target_C)
+        # the target may still shrink to min_target_ratio x this budget (if this one ends up the largest): reserve
+        # that much; the plan below, redone after each budget, keeps the full target when there is time for it
+        C_t = min(target_C, min_target_ratio * query['train_flops']) if target_C else target_C
+        need = timer.estimate(N, tokens) + target_time(C_t)
         if need > left():
             print(f"skip N={N:.3g} C={query['train_flops']:.3g}: needs ~{need:.0f}s (with the target run), "
                   f"{left():.0f}s left")
@@ -886,7 +909,9 @@ def run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, tokens_pe
         return rec
 
     spread_later = spread_later or spread
-    for i in range(len(budgets)):
+    i = -1
+    while i + 1 < len(budgets):  # budgets may shrink, or lose their largest, on the way
+        i += 1
         C = budgets[i]
         if not done:  # the first curve: centred on a guess of tokens per parameter, and wide
             n_c, width = math.sqrt(C / (6 * tokens_per_param)), spread
@@ -913,22 +938,32 @@ def run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, tokens_pe
                 break
         if stop:
             break
-        # keep the rest of the plan inside the time limit: shrink the remaining budgets (and the target) together
+        # keep the rest of the plan inside the time limit: shrink the remaining budgets (and the target) together;
+        # when even the smallest shrink (each budget >= min_budget_ratio x the one before) does not fit, drop the
+        # largest remaining budget (the target follows the new largest) rather than starve every grid of runs
         rest = budgets[i + 1:]
         if time_limit_s and plan is not None and rest and done:
-            f, f_min = 1.0, min_budget_ratio * C / rest[0]
-            while f > f_min and plan_time([c * f for c in rest], target_C and target_C * f) > 0.9 * left():
-                f = max(f * 0.8, f_min)
-            if f < 1.0:
-                budgets[i + 1:] = [c * f for c in rest]
-                target_C = target_C * f if target_C else target_C
-                print(f"time: {left():.0f}s left; the remaining budgets shrink {1 / f:.2f}x to "
-                      f"{[f'{c:.3g}' for c in budgets[i + 1:]]}, target {target_C:.3g}")
+            f_min = min_budget_ratio * C / rest[0]
+            fewest = min(len(rest), max(1, min_budgets - (i + 1)))  # never fewer than min_budgets in all
+            for keep in range(len(rest), fewest - 1, -1):
+                kept = rest[:keep]
+                t_c = target_C * kept[-1] / rest[-1] if target_C else target_C
+                f = 1.0
+                while f > f_min and plan_time([c * f for c in kept], t_c and t_c * f) > 0.9 * left():
+                    f = max(f * 0.8, f_min)
+                if plan_time([c * f for c in kept], t_c and t_c * f) <= 0.9 * left():
+                    break
+            if f < 1.0 or keep < len(rest):
+                budgets[i + 1:] = [c * f for c in kept]
+                target_C = t_c * f if target_C else target_C
+                print(f"time: {left():.0f}s left; the remaining budgets "
+                      + (f"lose the largest {len(rest) - keep} and " if keep < len(rest) else '')
+                      + f"shrink {1 / f:.2f}x to {[f'{c:.3g}' for c in budgets[i + 1:]]}, target {target_C:.3g}")
     return done, target_C
 
 
 def predict_and_check(sweep, runs, target_C, make_query, shapes, aspect, delta, train_target=True, time_left=None,
-                      plan=None, min_target_ratio=2.0):
+                      plan=None, min_target_ratio=3.0):
     """Fit the sweep, pick the optimal shape for target_C, predict its loss, then (optionally) train it.
     Primary predictor, chosen before any target run: the parametric fit L(N, D) at the trained N and D.
     Secondary: the power law through the IsoFLOP minima (parabola vertices).
@@ -959,10 +994,10 @@ def predict_and_check(sweep, runs, target_C, make_query, shapes, aspect, delta, 
     q, N, tokens, n_pred = choose(target_C)
     if train_target and time_left is not None and plan is not None:
         floor = min_target_ratio * max(groups)
-        while timer.estimate(N, tokens) > time_left and target_C * 0.8 >= floor:
+        while timer.estimate(N, tokens, upper=True) > time_left and target_C * 0.8 >= floor:
             target_C *= 0.8
             q, N, tokens, n_pred = choose(target_C)
-        need = timer.estimate(N, tokens)
+        need = timer.estimate(N, tokens, upper=True)
         if need > time_left:
             print(f"target run skipped: needs ~{need:.0f}s, {time_left:.0f}s left")
             train_target = False
@@ -985,11 +1020,22 @@ def predict_and_check(sweep, runs, target_C, make_query, shapes, aspect, delta, 
 
 
 PRESETS = {
-    # One H100, eager (torch.compile per shape would cost more than these small runs), about 8 minutes in all.
-    # Runs of 0.1M-3M non-embedding parameters take 5M-100M+ tokens; the 4x larger target about as many. The data
-    # may repeat for the smallest models (1-2 epochs of pycode), which hardly matters (Muennighoff et al. 2023).
-    'gpu': dict(budgets=(3e13, 1e14, 3e14), size_spread=16.0, size_spread_later=8.0, total_budget=4e15,
-                target_ratio=4.0, time_limit_s=480.0, context_length=256, batch_size=128, learning_rate=2e-3,
+    # One H100, eager, about 7 minutes of training (time_limit_s=420) after ~1 minute of data preparation, on
+    # byte-level pycode (data/pycode/prepare.py --vocab_size=257 --out_dir=data/pycode_bytes: 256 bytes +
+    # '<|endoftext|>', no merges). With 257 outputs the lm_head and the loss cost ~2*257*d_model FLOPs a token,
+    # nothing next to N = 12*L*d^2, so N is the real cost. (The first GPU sweep used the 16K BPE: its 0.1-2M
+    # parameter models spent most of each step in the 16,384-way output layer, all ran at ~1.2M tokens/s whatever
+    # N, and no IsoFLOP minimum was bracketed.) Four budgets, 3e13 to 1e15, 5 sizes each: models of ~0.1M-5M
+    # parameters (bytes want more tokens per parameter than BPE tokens: the CPU sweep's optima sat at D/N ~ 60-80,
+    # hence tokens_per_param=50 to centre the first curve) on 10M-500M tokens, at most ~1.5 epochs of the ~385M
+    # train bytes; the target, 4x the largest budget (3x at least, if time runs short), trains ~3M parameters on
+    # ~200M tokens. Models this small are launch- and memory-bound in eager mode (~5-10M tokens/s expected, not
+    # measured), so wall-clock follows tokens (~sqrt(C) per curve), not FLOPs: ~2e9 tokens in all. The time guard
+    # measures the real throughput after each run and shrinks the later budgets and the target if needed.
+    # torch.compile would cost ~20-30 s per shape, more than most runs; bf16 autocast is train.py's default.
+    'gpu': dict(data_dir='data/pycode_bytes', budgets=(3e13, 1e14, 3e14, 1e15), size_spread=16.0,
+                size_spread_later=8.0, tokens_per_param=50.0, total_budget=2e16, target_ratio=4.0,
+                min_target_ratio=3.0, time_limit_s=420.0, context_length=256, batch_size=128, learning_rate=2e-3,
                 head_dim=64, train_overrides={'compile': False, 'optimizer': 'torch_adamw'}),
     # a CPU: models of 12k-200k parameters on a small token file (e.g. data/docs), a few minutes
     'cpu': dict(budgets=(2e10, 6e10, 2e11), size_spread=16.0, size_spread_later=8.0, total_budget=2e12,
@@ -1056,7 +1102,15 @@ if __name__ == '__main__':
             dpath = data_dir if os.path.isabs(data_dir) else os.path.join(ROOT, data_dir)
             if not os.path.exists(os.path.join(dpath, 'train.bin')):
                 sys.exit(f"error: no token data at {dpath}/train.bin: run data/pycode/prepare.py (or data/docs/) "
-                         f"first, or point --data_dir at a folder with train.bin, val.bin and meta.json")
+                         f"first, or point --data_dir at a folder with train.bin, val.bin and meta.json"
+                         + (" (the gpu preset's byte-level folder: python data/pycode/prepare.py --vocab_size=257 "
+                            "--out_dir=data/pycode_bytes)" if preset == 'gpu' else ''))
+            meta_path = os.path.join(dpath, 'meta.json')
+            vocab = json.load(open(meta_path)).get('vocab_size', 0) if os.path.exists(meta_path) else 0
+            if vocab > 1024:  # N = 12 L d^2 leaves the output layer out: fine for bytes, not for a big vocabulary
+                print(f"warning: vocab_size {vocab}: the output layer (2*{vocab}*d_model FLOPs a token, forward) is "
+                      f"not in N = 12*L*d^2 and dominates small models, so C = 6ND understates their cost; a "
+                      f"byte-level folder (vocab 257) keeps N the real cost")
             be = LocalBackend(dict(data_dir=dpath, context_length=context_length, warmup_frac=warmup_frac,
                                    eval_iters=eval_iters, seed=seed, device=device, overrides=dict(train_overrides)))
             shapes, plan = model_shapes(head_dim), be.plan
@@ -1080,14 +1134,14 @@ if __name__ == '__main__':
         # IsoFLOP grids, small budgets first
         done, target_C = run_sweep(sweep, budgets, make_query, shapes, sizes_per_budget, size_spread,
                                    tokens_per_param, aspect_ratio, time_limit_s=time_limit_s, target_C=target_C,
-                                   plan=plan, spread_later=size_spread_later)
+                                   plan=plan, spread_later=size_spread_later, min_target_ratio=min_target_ratio)
         if len({r['compute_budget'] for r in done}) < 2:
             sys.exit("error: fewer than 2 budgets finished: nothing to fit (raise --total_budget or --time_limit_s)")
 
         # fit, predict the target, train it, compare
         time_left = time_limit_s - (time.time() - t0) if time_limit_s else None
         target = predict_and_check(sweep, done, target_C, make_query, shapes, aspect_ratio, huber_delta,
-                                   train_target, time_left, plan)
+                                   train_target, time_left, plan, min_target_ratio)
         info = dict(backend=backend, preset=preset, runs=len(done), flops_used=sweep.flops_used,
                     wall_s=round(time.time() - t0, 1), recipe=getattr(be, 'recipe', {}), runs_file=sweep_path)
         # extrapolate to the target budget (and to --extrapolate_to only when asked: 1e23 from 1e14 is a stretch)

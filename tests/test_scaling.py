@@ -129,15 +129,15 @@ FAKE = dict(E=1.8, A=60.0, B=900.0, alpha=0.32, beta=0.36)
 class FakeTrain:
     """Stands in for train.train(overrides): loss from FAKE at the run's real N and tokens, plus a little noise."""
 
-    def __init__(self, noise=0.002, seed=0):
-        self.calls, self.noise, self.rng = [], noise, np.random.default_rng(seed)
+    def __init__(self, noise=0.002, seed=0, law=FAKE):
+        self.calls, self.noise, self.rng, self.law = [], noise, np.random.default_rng(seed), law
 
     def __call__(self, ov):
         self.calls.append(ov)
         N = scaling.non_embedding_params(ov['d_model'], ov['num_layers'])
         D = ov['max_iters'] * ov['batch_size'] * ov['context_length']
         assert ov['warmup_iters'] <= ov['max_iters'] and ov['d_model'] % ov['num_heads'] == 0
-        loss = scaling.parametric_loss(FAKE, N, D) * (1 + self.noise * self.rng.standard_normal())
+        loss = scaling.parametric_loss(self.law, N, D) * (1 + self.noise * self.rng.standard_normal())
         return dict(val_loss=float(loss), train_loss=float(loss), iters=ov['max_iters'], tokens=D, time_s=0.01)
 
 
@@ -278,3 +278,62 @@ def _tiny_sweep(tmp_path, be):
     n = len(sweep.runs)
     assert sweep.query(done[0]['config'])[1] == 0 and len(sweep.runs) == n
     assert len(scaling.load_runs(str(tmp_path / 'runs.json'))) == 7
+
+
+def test_time_model_errs_on_the_long_side():
+    """Outside the sizes measured the per-token cost is not extrapolated along a (flat, launch-bound) slope: it
+    stays at the smallest model's below them and grows like N above them; every estimate carries the margin."""
+    tm = scaling.TimeModel(margin=1.1)
+    for n, spt in ((1e5, 1e-7), (2e5, 1.05e-7), (4e5, 1.1e-7)):  # nearly flat: launch-bound small models
+        tm.add(dict(parameters=n, tokens=1e8, time_s=spt * 1e8, wall_s=spt * 1e8 + 2.0))
+    inside = tm.estimate(2e5, 1e8)
+    assert abs(inside - (2.0 + 1.05e-7 * 1e8)) < 0.5, inside
+    assert abs(tm.estimate(2e5, 1e8, upper=True) - 1.1 * inside) < 0.5
+    # 10x the largest size: the upper estimate takes 10x its cost a token, the plain one the fitted slope
+    assert tm.estimate(4e6, 1e8, upper=True) >= 1.1 * (2.0 + 10 * 1.1e-7 * 1e8) * 0.99
+    assert 2.0 + 1.1e-7 * 1e8 < tm.estimate(4e6, 1e8) < tm.estimate(4e6, 1e8, upper=True) / 5
+    assert tm.estimate(1e4, 1e8) >= tm.estimate(1e5, 1e8) * 0.99  # below the smallest: no cheaper per token
+
+
+# a law whose optimum sits at D/N ~ 60, as byte-level runs had on the CPU (FAKE's sits at D/N ~ 600)
+BYTES = dict(E=0.9, A=117.0, B=400.0, alpha=0.3, beta=0.3)
+
+
+@pytest.mark.parametrize('law, ceiling, flops', [(BYTES, 8e6, 2e14), (BYTES, 3.2e6, 8e13), (FAKE, 8e6, 2e14)])
+def test_gpu_preset_plan_fits_its_time_limit(tmp_path, law, ceiling, flops):
+    """The gpu preset on a simulated H100 (fake clock; eager small models: launch-bound at `ceiling` tokens/s,
+    then compute-bound at `flops`) at the guessed speed and 2.5x slower, and with a much more data-hungry law:
+    the sweep and the target run end inside time_limit_s, with >= 3 budgets x 5 sizes and a target >= 3x the
+    largest budget, trained."""
+    P = scaling.PRESETS['gpu']
+    assert P['data_dir'] == 'data/pycode_bytes' and P['train_overrides']['compile'] is False
+    if True:
+        now = [0.0]
+        fake = FakeTrain(law=law)
+
+        def h100(ov):
+            N = scaling.non_embedding_params(ov['d_model'], ov['num_layers'])
+            tokens = ov['max_iters'] * ov['batch_size'] * ov['context_length']
+            loop = tokens * (1 / ceiling + 6 * N / flops)
+            now[0] += (15.0 if not fake.calls else 0.0) + 1.5 + loop  # CUDA start-up once, data + model each run
+            return dict(fake(ov), time_s=loop)
+        recipe = dict(data_dir='unused', context_length=P['context_length'], warmup_frac=0.05, eval_iters=20,
+                      seed=0, device='', overrides=P['train_overrides'])
+        be = scaling.LocalBackend(recipe, train_fn=h100)
+        sweep = scaling.Sweep(str(tmp_path / f'runs{ceiling:.0f}.json'), P['total_budget'], be, clock=lambda: now[0])
+        make_query, shapes = scaling.make_query_fn(P['batch_size'], P['learning_rate']), scaling.model_shapes(64)
+        limit = P['time_limit_s']
+        done, target_C = scaling.run_sweep(sweep, P['budgets'], make_query, shapes, 5, P['size_spread'],
+                                           P['tokens_per_param'], 64.0, time_limit_s=limit,
+                                           target_C=P['target_ratio'] * P['budgets'][-1], plan=be.plan,
+                                           spread_later=P['size_spread_later'],
+                                           min_target_ratio=P['min_target_ratio'])
+        target = scaling.predict_and_check(sweep, done, target_C, make_query, shapes, 64.0, 1e-3,
+                                           time_left=limit - now[0], plan=be.plan,
+                                           min_target_ratio=P['min_target_ratio'])
+        groups = scaling.group_by_budget(done)
+        assert sum(len(g[0]) >= 5 for g in groups.values()) >= 3, {c: len(g[0]) for c, g in groups.items()}
+        assert target['achieved'] is not None and target['ratio'] >= P['min_target_ratio'] - 1e-9, target
+        assert now[0] <= limit, (ceiling, now[0], limit)
+        print(f"ceiling {ceiling:.1e} tok/s: {len(done)} runs at {len(groups)} budgets, target {target['C']:.2g} "
+              f"({target['ratio']:.1f}x), {now[0]:.0f}s of {limit:.0f}s")
