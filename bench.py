@@ -388,14 +388,13 @@ def analytic_memory(d_model, d_ff, num_layers, num_heads, B, T, V, optimizer=Tru
         ln2: x*rms, output                     2 BTd
         SwiGLU: h=[w1x,w3x] 2BTf, sigmoid, silu, product   5 BTf
         residual                               1 BTd
-        concatenated weights [q;k;v], [w1;w3]  3 d^2 + 2 d f   (model.py fuses the matmuls; autograd saves the cat)
     Outside the layers: embedding output BTd, ln_final 2 BTd, logits and exp(logits - max) 2 BTV, token ids.
     Static: parameters 4P, AdamW state 8P (m and v); gradients 4P exist only from backward to the step.
     Peak = max(end of forward: static + activations + backward's first working buffers (2 BTV),
                optimizer step: params + grads + state (16 P) + the per-parameter temporaries of AdamW)."""
     d, f, L, H = d_model, d_ff, num_layers, num_heads
     P = L * (4 * d * d + 3 * d * f + 2 * d) + d + 2 * V * d
-    per_layer = 10 * B * T * d + 5 * B * T * f + 3 * B * H * T * T + 3 * d * d + 2 * d * f
+    per_layer = 10 * B * T * d + 5 * B * T * f + 3 * B * H * T * T
     act = 4 * (L * per_layer + 3 * B * T * d + 2 * B * T * V) + 8 * B * T + L * T * T  # + ids, causal masks
     static = 4 * P + (8 * P if optimizer else 0)
     largest = max(V * d, d * f)

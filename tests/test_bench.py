@@ -56,7 +56,7 @@ def test_analytic_memory_by_hand():
     est = bench.analytic_memory(4, 8, 1, 2, 1, 2, 3)
     P = (4 * 16 + 3 * 4 * 8 + 2 * 4) + 4 + 2 * 3 * 4  # attn 4d^2, swiglu 3df, two norms; ln_final; emb + lm_head
     assert est['n_params'] == P == 196
-    per_layer = 10 * 2 * 4 + 5 * 2 * 8 + 3 * 2 * 4 + 3 * 16 + 2 * 32  # BTd, BTf, BhT^2, weight concatenations
+    per_layer = 10 * 2 * 4 + 5 * 2 * 8 + 3 * 2 * 4  # BTd, BTf, BhT^2
     assert est['activations'] == 4 * (per_layer + 3 * 2 * 4 + 2 * 2 * 3) + 8 * 2 + 4
     assert est['residual_stream'] == 4 * 2 * 4
     assert est['peak'] >= est['params'] + est['optimizer_state']
