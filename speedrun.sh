@@ -92,8 +92,8 @@ gpu|gpu24)
     TASK_REPEAT=4         # the task's worked solutions enter pre-training this many times (13.5% of the tokens)
     # pre-training: the A1 shape made 6 layers deep (4x512 is ANCHORS' 300-s shape; arithmetic likes depth)
     D_MODEL=512 N_LAYERS=6 N_HEADS=8 D_FF=1344 CTX=256 BATCH=128 ACCUM=1
-    # 11,000 x 32,768 = 360M tokens: 278 s at 1.52M tokens/s, MFU 26.4% (measured; the A1 shape ran at 2.0M
-    # tokens/s on the H100, results/train_docs_a1shape_log.jsonl; 6 layers and a 16K vocabulary cost ~1.5x the
+    # 11,000 x 32,768 = 360M tokens: 278 s at 1.52M tokens/s, MFU 26.4% (measured; the A1 shape ran at 2.2M
+    # tokens/s on the H100, results/train_docs_a1_log.jsonl; 6 layers and a 16K vocabulary cost ~1.5x the
     # FLOPs per token)
     MAX_ITERS=11000
     MAX_TIME_S=330        # ... and a hard stop (compilation included) so the stage stays < 6.5 minutes
