@@ -246,7 +246,7 @@ def test_quality_classifier(data_dir, tmp_path):
 # -----------------------------------------------------------------------------
 # 8-9) tokenization and the pipeline
 
-def test_tokenize_documents():
+def test_tokenize_documents(data_dir):  # data_dir: tiktoken reads its GPT-2 files from the shared cache
     ids = cc_filter.tokenize_documents(["Hello world", "a <|endoftext|> b"])
     enc = tiktoken.get_encoding('gpt2')
     assert ids.dtype == np.uint16 and list(ids[ids == 50256].shape) == [2] and ids[-1] == 50256

@@ -35,7 +35,7 @@ def _outputs(out_dir):
     return out
 
 
-def test_clear_error_without_ray(monkeypatch, tmp_path):
+def test_clear_error_without_ray(monkeypatch, tmp_path, data_dir):  # data_dir: the default language-ID model
     monkeypatch.setitem(sys.modules, 'ray', None)  # makes `import ray` fail as if it were not installed
     (tmp_path / 'x.warc.wet').write_bytes(b'')
     with pytest.raises(SystemExit, match=r"(?s)--engine=ray needs Ray.*pip install"):
