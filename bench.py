@@ -386,7 +386,7 @@ def analytic_memory(d_model, d_ff, num_layers, num_heads, B, T, V, optimizer=Tru
         heads re-joined (reshape copy)         1 BTd
         residual x + attn                      1 BTd
         ln2: x*rms, output                     2 BTd
-        SwiGLU: h=[w1x,w3x] 2BTf, sigmoid, silu, product   5 BTf
+        SwiGLU: w1x and w3x 2BTf, sigmoid, silu, product   5 BTf
         residual                               1 BTd
     Outside the layers: embedding output BTd, ln_final 2 BTd, logits and exp(logits - max) 2 BTV, token ids.
     Static: parameters 4P, AdamW state 8P (m and v); gradients 4P exist only from backward to the step.

@@ -1029,9 +1029,10 @@ PRESETS = {
     # parameters (bytes want more tokens per parameter than BPE tokens: the CPU sweep's optima sat at D/N ~ 60-80,
     # hence tokens_per_param=50 to centre the first curve) on 10M-500M tokens, at most ~1.5 epochs of the ~385M
     # train bytes; the target, 4x the largest budget (3x at least, if time runs short), trains ~3M parameters on
-    # ~200M tokens. Models this small are launch- and memory-bound in eager mode (~5-10M tokens/s expected, not
-    # measured), so wall-clock follows tokens (~sqrt(C) per curve), not FLOPs: ~2e9 tokens in all. The time guard
-    # measures the real throughput after each run and shrinks the later budgets and the target if needed.
+    # ~200M tokens. Models this small are launch- and memory-bound in eager mode (measured on the H100: 1.4-3.2M
+    # tokens/s, 1-3% MFU, results/scaling_sweep_gpu.md), so wall-clock follows tokens (~sqrt(C) per curve), not
+    # FLOPs. The time guard measures the real throughput after each run and shrinks or drops the later budgets and
+    # the target to fit time_limit_s (with a 245-s limit it kept 3e13, 6e13 and 1.2e14 of the four budgets).
     # torch.compile would cost ~20-30 s per shape, more than most runs; bf16 autocast is train.py's default.
     'gpu': dict(data_dir='data/pycode_bytes', budgets=(3e13, 1e14, 3e14, 1e15), size_spread=16.0,
                 size_spread_later=8.0, tokens_per_param=50.0, total_budget=2e16, target_ratio=4.0,
