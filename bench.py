@@ -552,6 +552,7 @@ def run_attention():
                     q = k = v = o = do = None
                 rows.append([d, T, name, fmt_ms(fwd or []), fmt_ms(bwd or []),
                              'OOM' if fwd is None else ('-' if mem is None else f"{mem / 2**20:.0f}")])
+                print('| ' + ' | '.join(str(c) for c in rows[-1]) + ' |', flush=True)  # a long sweep shows progress
                 if fwd and bwd:
                     plot.setdefault((d, name), []).append((T, statistics.mean(fwd) + statistics.mean(bwd)))
     path = write_table('attention', f"Attention, batch {attn_batch}, one head, causal, {str(dtype)[6:]}",
@@ -600,6 +601,8 @@ def run_compile():
                 finally:
                     m = fm = opt = None
                 row.append(fmt_ms(times))
+                print(f"{size} context {T} {kind} {'compiled' if compiled else 'eager'}: {fmt_ms(times)} ms",
+                      flush=True)
         rows.append(row)
     return write_table('compile', f"Eager vs torch.compile (ms), batch {batch_size}, fp32, attention {attn_impl}",
                        ['size', 'context', 'forward eager', 'forward compiled', 'step eager', 'step compiled'], rows)

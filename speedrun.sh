@@ -99,10 +99,11 @@ gpu|gpu24)
     MAX_TIME_S=330        # ... and a hard stop (compilation included) so the stage stays < 6.5 minutes
     LR=1.5e-3 MIN_LR=1.5e-4 WARMUP=300 EVAL_INTERVAL=2000 EVAL_ITERS=20 LOG_INTERVAL=100 OPTIMIZER=torch_adamw
     SAMPLE_TOKENS=128
-    # SFT: ~2,000 gold traces (60 steps x 32), short on purpose: the format is learnt in a few dozen steps, and RL
-    # needs a policy that is right only some of the time (grpo.py's demo stops its SFT early for the same reason)
-    SFT_EXAMPLES=20000 SFT_ITERS=60 SFT_BATCH=32 SFT_ACCUM=1 SFT_LR=3e-4 SFT_WARMUP=10
-    SFT_EVAL_INTERVAL=20 SFT_EVAL_N=200
+    # SFT: 480 gold traces (15 steps x 32), short on purpose: the format is learnt in ~10 steps, and RL needs a
+    # policy that is right only some of the time (grpo.py's demo stops its SFT early for the same reason). Measured
+    # on the H100: 60 steps gave 87.8% held-out accuracy and GRPO then had nothing left to gain (82.6% after it)
+    SFT_EXAMPLES=20000 SFT_ITERS=15 SFT_BATCH=32 SFT_ACCUM=1 SFT_LR=3e-4 SFT_WARMUP=5
+    SFT_EVAL_INTERVAL=5 SFT_EVAL_N=200
     # GRPO: grpo.py's GPU demo preset (256 rollouts = 32 questions x 8 at temperature 0.7, on-policy, lr 1e-4),
     # 280 s, so that grpo + eval + report fit one 10-minute call
     GRPO_STEPS=500 GRPO_TIME_S=280 GRPO_ROLLOUT=256 GRPO_GROUP=8 GRPO_TRAIN_BATCH=256 GRPO_ACCUM=2
