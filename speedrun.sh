@@ -105,9 +105,10 @@ gpu|gpu24)
     SFT_EXAMPLES=20000 SFT_ITERS=15 SFT_BATCH=32 SFT_ACCUM=1 SFT_LR=3e-4 SFT_WARMUP=5
     SFT_EVAL_INTERVAL=5 SFT_EVAL_N=200
     # GRPO: grpo.py's GPU demo preset (256 rollouts = 32 questions x 8 at temperature 0.7, on-policy, lr 1e-4),
-    # 280 s, so that grpo + eval + report fit one 10-minute call
+    # 280 s, so that grpo + eval + report fit one 10-minute call; lr warm-up over 50 steps: without it the first
+    # ~10 steps halved the SFT policy's accuracy before RL recovered it (measured, results/speedrun_gpu.md)
     GRPO_STEPS=500 GRPO_TIME_S=280 GRPO_ROLLOUT=256 GRPO_GROUP=8 GRPO_TRAIN_BATCH=256 GRPO_ACCUM=2
-    GRPO_LR=1e-4 GRPO_TEMP=0.7 GRPO_EVAL_INTERVAL=25 GRPO_EVAL_N=256
+    GRPO_LR=1e-4 GRPO_WARMUP=50 GRPO_TEMP=0.7 GRPO_EVAL_INTERVAL=25 GRPO_EVAL_N=256
     MAX_NEW=96 GEN_BATCH=512 GSM8K_N=300 GSM8K_MODELS="base sft grpo"
     if [[ "$PROFILE" == gpu24 ]]; then  # same global batches, 4x smaller micro-batches
         BATCH=32 ACCUM=4 SFT_ACCUM=4 GRPO_ACCUM=8 GEN_BATCH=256
@@ -122,7 +123,7 @@ cpu)
     SFT_EXAMPLES=2000 SFT_ITERS=30 SFT_BATCH=16 SFT_ACCUM=1 SFT_LR=1e-3 SFT_WARMUP=3
     SFT_EVAL_INTERVAL=-1 SFT_EVAL_N=50
     GRPO_STEPS=200 GRPO_TIME_S=60 GRPO_ROLLOUT=64 GRPO_GROUP=8 GRPO_TRAIN_BATCH=64 GRPO_ACCUM=1
-    GRPO_LR=1e-4 GRPO_TEMP=0.7 GRPO_EVAL_INTERVAL=-1 GRPO_EVAL_N=50
+    GRPO_LR=1e-4 GRPO_WARMUP=0 GRPO_TEMP=0.7 GRPO_EVAL_INTERVAL=-1 GRPO_EVAL_N=50
     MAX_NEW=32 GEN_BATCH=128 GSM8K_N=10 GSM8K_MODELS="grpo" ;;
 tiny)  # the test's size: every stage in seconds; shows the chain works, not what it learns
     DEVICE=cpu DTYPE=float32 COMPILE=False
@@ -134,7 +135,7 @@ tiny)  # the test's size: every stage in seconds; shows the chain works, not wha
     SFT_EXAMPLES=50 SFT_ITERS=4 SFT_BATCH=8 SFT_ACCUM=1 SFT_LR=1e-3 SFT_WARMUP=1
     SFT_EVAL_INTERVAL=-1 SFT_EVAL_N=16
     GRPO_STEPS=2 GRPO_TIME_S=30 GRPO_ROLLOUT=16 GRPO_GROUP=4 GRPO_TRAIN_BATCH=16 GRPO_ACCUM=1
-    GRPO_LR=3e-4 GRPO_TEMP=0.7 GRPO_EVAL_INTERVAL=-1 GRPO_EVAL_N=16
+    GRPO_LR=3e-4 GRPO_WARMUP=0 GRPO_TEMP=0.7 GRPO_EVAL_INTERVAL=-1 GRPO_EVAL_N=16
     MAX_NEW=16 GEN_BATCH=64 GSM8K_N=2 GSM8K_MODELS="grpo" ;;
 *) die "unknown profile $PROFILE" ;;
 esac
@@ -171,7 +172,7 @@ CONFIG_VARS=(PROFILE CRAWL PYSRC PYSRC_MB VOCAB TASK_N_TRAIN TASK_N_VAL TASK_MIN
     EVAL_INTERVAL EVAL_ITERS OPTIMIZER SAMPLE_TOKENS DEVICE DTYPE COMPILE NPROC SFT_EXAMPLES SFT_ITERS SFT_BATCH
     SFT_ACCUM SFT_LR
     SFT_WARMUP SFT_EVAL_INTERVAL SFT_EVAL_N GRPO_STEPS GRPO_TIME_S GRPO_ROLLOUT GRPO_GROUP GRPO_TRAIN_BATCH
-    GRPO_ACCUM GRPO_LR GRPO_TEMP GRPO_EVAL_INTERVAL GRPO_EVAL_N MAX_NEW GSM8K_N GSM8K_MODELS)
+    GRPO_ACCUM GRPO_LR GRPO_WARMUP GRPO_TEMP GRPO_EVAL_INTERVAL GRPO_EVAL_N MAX_NEW GSM8K_N GSM8K_MODELS)
 config_text() { for v in "${CONFIG_VARS[@]}"; do printf '%s=%s\n' "$v" "${!v}"; done; }
 if (( FRESH )); then
     # only what this script writes: never a folder that is not a speedrun's
@@ -420,8 +421,8 @@ stage_grpo() {
         --dtype=$DTYPE --train_path="$D/task/task_sft.jsonl" --val_path="$D/task/task_val.jsonl" \
         --prompt_template="$D/task/template.txt" --n_grpo_steps=$GRPO_STEPS --time_budget_s=$GRPO_TIME_S \
         --rollout_batch_size=$GRPO_ROLLOUT --group_size=$GRPO_GROUP --train_batch_size=$GRPO_TRAIN_BATCH \
-        --gradient_accumulation_steps=$GRPO_ACCUM --learning_rate=$GRPO_LR --sampling_temperature=$GRPO_TEMP \
-        --sampling_max_tokens=$MAX_NEW \
+        --gradient_accumulation_steps=$GRPO_ACCUM --learning_rate=$GRPO_LR --warmup_steps=$GRPO_WARMUP \
+        --sampling_temperature=$GRPO_TEMP --sampling_max_tokens=$MAX_NEW \
         --eval_interval=$GRPO_EVAL_INTERVAL --eval_n=$GRPO_EVAL_N --gen_batch_size=$GEN_BATCH
 }
 
@@ -632,7 +633,9 @@ image('sft/out/sft_curves.png', 'SFT loss and accuracy')
 glog = jsonl('grpo/out/grpo_log.jsonl')
 L += ['', '## 5. GRPO', '', f"`grpo.py` from the SFT checkpoint: {len(glog)} GRPO steps (time budget "
       f"{cfg['GRPO_TIME_S']} s) of {cfg['GRPO_ROLLOUT']} rollouts ({cfg['GRPO_GROUP']} per question), "
-      f"temperature {cfg['GRPO_TEMP']}, reinforce_with_baseline, lr {cfg['GRPO_LR']}, up to {cfg['MAX_NEW']} new "
+      f"temperature {cfg['GRPO_TEMP']}, reinforce_with_baseline, lr {cfg['GRPO_LR']}"
+      f"{'' if cfg.get('GRPO_WARMUP', '0') in ('0', '') else ' (linear warm-up over ' + cfg['GRPO_WARMUP'] + ' steps)'}"
+      f", up to {cfg['MAX_NEW']} new "
       "tokens; reward = the grader's answer reward."]
 if glog:
     L += ['', f"Training reward {glog[0]['train_reward']:.3f} at step 1 -> {glog[-1]['train_reward']:.3f} at step "

@@ -222,6 +222,22 @@ def test_tiny_grpo_raises_reward_and_is_deterministic():
         assert a['train_reward'] == b['train_reward'] and a['loss'] == pytest.approx(b['loss'], abs=1e-7)
 
 
+def test_lr_warmup():
+    assert [grpo.grpo_lr(i, 1e-4, 4) for i in range(6)] == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4, 1e-4])
+    assert grpo.grpo_lr(0, 1e-4, 0) == 1e-4
+    # the loop uses it: the first step's update is a quarter of the un-warmed one (Adam's first step is ~ +-lr)
+    tok = sft.byte_tokenizer()
+    moved = []
+    for w in (0, 4):
+        p0 = tiny_policy()
+        before = [p.detach().clone() for p in p0.parameters()]
+        h = grpo.train_grpo(p0, tok, QUESTIONS, [], {**TINY, 'n_grpo_steps': 1, 'gradient_accumulation_steps': 1,
+                                                     'warmup_steps': w}, reward_fn=ascii_reward, log=lambda m: None)
+        assert h['log'][0]['lr'] == pytest.approx(grpo.grpo_lr(0, TINY['learning_rate'], w))
+        moved.append(max((p.detach() - b).abs().max().item() for p, b in zip(p0.parameters(), before)))
+    assert moved[1] == pytest.approx(moved[0] / 4, rel=0.05), moved
+
+
 def test_off_policy_clip_with_kl_and_resume(tmp_path):
     tok = sft.byte_tokenizer()
     cfg = {**TINY, 'n_grpo_steps': 2, 'loss_type': 'grpo_clip', 'epochs_per_rollout_batch': 2,
