@@ -854,12 +854,20 @@ def bench(cfg):
                 sync()
                 dt = time.time() - t
                 n_new = sum(len(o) for o in out)
-                same = ref is None or sum(a == b for a, b in zip(out, ref)) / len(out)
-                ref = ref or out
-                results[f'generate_batch{gb}_{name}'] = dict(new_tokens_per_s=n_new / dt, seconds=dt,
-                                                              same_as_eager=same)
+                if ref is None:
+                    ref, check = out, 'the reference for the rows below'
+                else:
+                    # greedy rows of a random bf16 model: nearly tied logits flip under a different kernel's
+                    # rounding, so rows may diverge; a late divergence is rounding, an immediate one would be a bug
+                    same = sum(a == b for a, b in zip(out, ref))
+                    prefix = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                              for a, b in zip(out, ref)]
+                    check = (f"all {same} rows equal to eager's" if same == len(out) else
+                             f"{same}/{len(out)} rows equal to eager's, first difference after "
+                             f"{sum(prefix) / len(prefix):.0f} tokens on average")
+                results[f'generate_batch{gb}_{name}'] = dict(new_tokens_per_s=n_new / dt, seconds=dt, check=check)
                 print(f"generate ({name}): batch {gb}, 128-token prompts, 256 new tokens: "
-                      f"{n_new / dt:,.0f} new tokens/s ({dt:.3f} s); rows equal to eager's: {same}")
+                      f"{n_new / dt:,.0f} new tokens/s ({dt:.3f} s); {check}")
     return results
 
 
