@@ -538,15 +538,16 @@ def run_attention():
                     mem = torch.cuda.memory_allocated() if str(device).startswith('cuda') else None
                     do = torch.randn_like(o)
                     bwd = []
-                    # 2 untimed warm-up backwards first: the first one per shape compiles the Triton kernels and
+                    # untimed warm-up backwards first: the first one per shape compiles the Triton kernels and
                     # builds cuDNN's plan (hundreds of ms), which would swamp the mean and the std
-                    for i in range(2 + steps):  # each backward needs a fresh graph: re-run the forward, untimed
+                    n_warm = 2
+                    for i in range(n_warm + steps):  # each backward needs a fresh graph: re-run the forward, untimed
                         o = fn(q, k, v)
                         sync(device)
                         t0 = time.perf_counter()
                         o.backward(do)
                         sync(device)
-                        if i >= 2:
+                        if i >= n_warm:
                             bwd.append(time.perf_counter() - t0)
                 except RuntimeError as e:
                     if not is_oom(e):

@@ -1451,11 +1451,10 @@ def run_engine_bench(n_docs, out_path, workers=2):
     lines += ["", 'Where the time goes: Ray pays a scheduler round-trip and an object-store copy per task and per '
               'result, so the engine keeps tasks coarse (100 documents per signature shard, 32 files per exact-'
               'dedup task, 64 files per write task, 16 LSH partitions); the local engine instead forks a new '
-              'process pool per stage. Measured: within noise of each other on 2 cores, Ray ahead on 16 (the local '
-              "engine forks a fresh pool of 16 per stage, Ray's workers stay up between stages); Ray's start-up (above) is paid once per "
-              "driver. Ray pays off "
-              'when the input outgrows one machine: the same tasks run on every node of a cluster (`ray start '
-              '--head`, then `--ray_address=auto`).']
+              "process pool per stage while Ray's workers stay up between stages. Measured: within noise of each "
+              "other on 2 cores, Ray ahead on 16 (results/ray_16cores.md); Ray's start-up (above) is paid once per "
+              'driver. Ray pays off when the input outgrows one machine: the same tasks run on every node of a '
+              'cluster (`ray start --head`, then `--ray_address=auto`).']
     print('\n'.join(lines))
     with open(out_path + '.tmp', 'w') as f:
         f.write('\n'.join(lines) + '\n')

@@ -543,8 +543,6 @@ def _dq_tile(Q, K, V, DO, L, Delta, DQ, pid_m, pid_bh,
     tl.store(DQ_ptr, dq.to(DQ.dtype.element_ty), boundary_check=(0,))
 
 
-
-
 @triton.jit
 def _attn_bwd_dq(Q, K, V, DO, L, Delta, DQ,
                  sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
@@ -684,9 +682,10 @@ def _check_inputs(q, k, v):
                              f"{tuple(x.stride())}; call .contiguous() first")
 
 
-# Forward candidate (measured 3% faster forward alone, ~1% end to end: within noise; off by default): K and V tiles loaded with Hopper TMA tensor descriptors
-# (tl.make_tensor_descriptor, as the Triton tutorial 06-fused-attention's Hopper path) instead of block pointers,
-# which Triton 3.x lowers to ordinary per-thread loads. Used only where it can run: the interpreter (CPU tests),
+# Forward candidate (measured 3% faster forward alone, ~1% end to end: within noise; off by default): K and V
+# tiles loaded with Hopper TMA tensor descriptors (tl.make_tensor_descriptor, as the Triton tutorial
+# 06-fused-attention's Hopper path) instead of block pointers, which Triton 3.x lowers to ordinary per-thread
+# loads. Used only where it can run: the interpreter (CPU tests),
 # or sm90+ with a Triton that has device-side descriptors; anything else falls back to the block-pointer kernel.
 FWD_TMA = False
 _tma_allocator_set = False

@@ -512,7 +512,9 @@ def train_grpo(policy, tokenizer, questions, val_questions, cfg, reward_fn=sft.r
                             lp = sft.get_response_log_probs(mdl, inp, lab)['log_probs']
                             for k, i in enumerate(idx):
                                 store[i] = lp[k]  # (T_micro,) rows; re-padded per micro-batch below
-        # 4) epochs of optimizer steps over the rollout batch
+        # 4) epochs of optimizer steps over the rollout batch, all at this GRPO step's learning rate
+        for g in opt.param_groups:
+            g['lr'] = grpo_lr(step, cfg['learning_rate'], cfg.get('warmup_steps', 0))
         policy.train()
         stats = {'loss': 0.0, 'entropy': [], 'clip_fraction': [], 'grad_norm': [], 'kl': []}
         for epoch in range(cfg['epochs_per_rollout_batch']):
@@ -552,8 +554,6 @@ def train_grpo(policy, tokenizer, questions, val_questions, cfg, reward_fn=sft.r
                 gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg['grad_clip'] if cfg['grad_clip'] > 0
                                                     else float('inf'))
                 stats['grad_norm'].append(gn.item())
-                for g in opt.param_groups:
-                    g['lr'] = grpo_lr(step, cfg['learning_rate'], cfg.get('warmup_steps', 0))
                 opt.step()
                 opt.zero_grad(set_to_none=True)
         n_opt = cfg['epochs_per_rollout_batch'] * steps_per_epoch
