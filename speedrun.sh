@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # speedrun.sh: the whole lmscratch pipeline in one command, from raw web pages to an RL-tuned model and a report.
 #
-# What nanochat's speedrun does on 8xH100 with internet, on ONE GPU and offline (9.8 minutes of stages on an H100:
+# What nanochat's speedrun does on 8xH100 with internet, on ONE GPU and offline (8.5 minutes of stages on an H100:
 # results/speedrun_gpu.md), or on a CPU in minutes. Every step is a plain command of the project's own scripts,
 # in the order of CS336:
 #   1) data       cc_filter.py (language ID, Gopher rules, PII masks) + dedup.py (exact lines, then MinHash
@@ -26,8 +26,9 @@
 #          | --pysrc=DIR (pycode source folder; default: the running Python's environment on GPU, a seeded
 #          sample of its standard library on CPU) | --publish=PREFIX (also write PREFIX.md and PREFIX_*.png)
 #
-# Driven in calls of < 10 minutes (one H100, measured): --until=tokenizer (55 s), then --until=sft (5.5 min), then
-# the rest (3.7 min); the run folder must survive between the calls.
+# Stages stay < 10 minutes each, so a run can be driven in calls of < 10 minutes (e.g. --until=sft, then the rest);
+# measured on an H100, the whole chain took 8.5 minutes of stages (another H100 host was 13-53% slower per stage);
+# the run folder must survive between calls.
 # Resume: every stage writes into <run_dir>/<stage>/ and writes <stage>/DONE last; a finished stage is skipped,
 # a stage folder without DONE (interrupted) is wiped and redone. <run_dir>/config.env records the sizes: a run
 # folder made with another configuration is refused unless --fresh. Logs: <run_dir>/logs/<stage>.jsonl (one
@@ -80,7 +81,7 @@ RUN_DIR="$(cd "$RUN_DIR" && pwd)"
 
 # -----------------------------------------------------------------------------
 # Profiles: every size of the run. The GPU profile is budgeted for one H100 (80 GB): each stage < 10 minutes,
-# the whole run 9.8 minutes (measured). Stages that loop are capped by time (train.py max_time_s,
+# the whole run 8.5 minutes of stages (measured). Stages that loop are capped by time (train.py max_time_s,
 # grpo.py time_budget_s).
 case "$PROFILE" in
 gpu|gpu24)
@@ -92,9 +93,9 @@ gpu|gpu24)
     TASK_REPEAT=4         # the task's worked solutions enter pre-training this many times (13.5% of the tokens)
     # pre-training: the A1 shape made 6 layers deep (4x512 is ANCHORS' 300-s shape; arithmetic likes depth)
     D_MODEL=512 N_LAYERS=6 N_HEADS=8 D_FF=1344 CTX=256 BATCH=128 ACCUM=1
-    # 11,000 x 32,768 = 360M tokens: 278 s at 1.52M tokens/s, MFU 26.4% (measured; the A1 shape ran at 2.2M
-    # tokens/s on the H100, results/train_docs_a1_log.jsonl; 6 layers and a 16K vocabulary cost ~1.5x the
-    # FLOPs per token)
+    # 11,000 x 32,768 = 360M tokens: 254 s at 1.79M tokens/s (measured, results/speedrun_gpu.md; the A1 shape
+    # runs at 2.56M tokens/s on the H100, results/train_throughput.md; 6 layers and a 16K vocabulary cost ~1.5x
+    # the FLOPs per token)
     MAX_ITERS=11000
     MAX_TIME_S=330        # ... and a hard stop (compilation included) so the stage stays < 6.5 minutes
     LR=1.5e-3 MIN_LR=1.5e-4 WARMUP=300 EVAL_INTERVAL=2000 EVAL_ITERS=20 LOG_INTERVAL=100 OPTIMIZER=torch_adamw
