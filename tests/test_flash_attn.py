@@ -183,9 +183,10 @@ def test_cpu_tensors_without_interpreter(monkeypatch):
 
 
 # -----------------------------------------------------------------------------
-# Speed candidates (BWD_MODE 'fused' / 'atomic', FWD_TMA): the same answers as the default path
+# Speed candidates (BWD_MODE 'fused' / 'atomic' / 'atomic_tma') and the block-pointer path that runs where TMA
+# descriptors cannot (FWD_TMA / BWD_TMA off): the same answers as the default path
 
-@pytest.mark.parametrize('mode', ['fused', 'atomic'])
+@pytest.mark.parametrize('mode', ['fused', 'atomic', 'atomic_tma'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('causal', [False, True])
 def test_triton_backward_candidates(monkeypatch, mode, dtype, causal):
@@ -198,7 +199,7 @@ def test_triton_backward_candidates_strided_view(monkeypatch):
     B, T, H, D = 2, 40, 3, 16
     qkv = torch.randn(B, T, 3, H, D, device=DEVICE)
     do = torch.randn(B, H, T, D, device=DEVICE)
-    for mode in ('fused', 'atomic'):
+    for mode in ('fused', 'atomic', 'atomic_tma'):
         monkeypatch.setattr(flash_attn, 'BWD_MODE', mode)
         q, k, v = (qkv[:, :, i].transpose(1, 2).requires_grad_() for i in range(3))  # (B, H, T, D) views
         flash_attention(q, k, v, is_causal=True).backward(do)
@@ -208,10 +209,30 @@ def test_triton_backward_candidates_strided_view(monkeypatch):
 
 
 @pytest.mark.parametrize('causal', [False, True])
-def test_triton_forward_tma_candidate(monkeypatch, causal):
-    monkeypatch.setattr(flash_attn, 'FWD_TMA', True)
+@pytest.mark.parametrize('mode', ['two_pass', 'atomic_tma'])
+def test_triton_block_pointer_path(monkeypatch, causal, mode):
     q, k, v, _ = make_inputs((1, 40, 16), torch.float32)
     if DEVICE == 'cpu':
-        assert flash_attn._use_tma(q, k, v)  # the interpreter runs the descriptor path itself
+        assert flash_attn._use_tma(q, k, v)  # by default the interpreter runs the TMA descriptor path itself
+    monkeypatch.setattr(flash_attn, 'FWD_TMA', False)
+    monkeypatch.setattr(flash_attn, 'BWD_TMA', False)
+    monkeypatch.setattr(flash_attn, 'BWD_MODE', mode)
+    assert not flash_attn._use_tma(q, k, v)
     for shape, dtype in (((1, 40, 16), torch.float32), ((1, 2, 33, 64), torch.bfloat16)):
         check_fn(FlashAttentionTriton.apply, shape, dtype, causal)
+
+
+def test_tma_allocator_set_in_other_threads():
+    # Triton keeps its scratch allocator (needed by device-side TMA descriptors) in a ContextVar, and autograd runs
+    # the backward in a thread of its own: _tma_ready must set it in whichever thread launches the kernels.
+    import threading
+    from triton.runtime import _allocation
+    q, k, v, _ = make_inputs((1, 40, 16), torch.float32)
+    seen = []
+
+    def worker():
+        seen.append(flash_attn._tma_ready(q, k) and _allocation._allocator.get() is flash_attn._tma_scratch)
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [True]
