@@ -11,22 +11,25 @@ What this file teaches, top to bottom:
   3) FlashAttentionTriton: the same forward as a Triton kernel (one program per query tile, a loop over key
      tiles), and the backward as three Triton kernels (Delta = rowsum(dO * O); dK/dV with the key tile outer;
      dQ with the query tile outer). Speed work (the tile configs were timed one by one on the H100, see
-     results/flash_attn_tune*.md; the other items are the standard FlashAttention-2 moves, not A/B-timed one at
-     a time for lack of GPU time):
-       - exp2 instead of exp, with log2(e) folded into the softmax scale (one FMA per score, MUFU.EX2 directly);
+     results/flash_attn_tune*.md; the last two items were A/B-timed, results/flash_attn_candidates.md; the others
+     are the standard FlashAttention-2 moves, not timed one at a time):
+       - exp2 instead of exp, with log2(e) folded into the softmax scale, and the max taken over the raw scores so
+         that the exp2 argument is ONE fused multiply-add per score (forward 1.45 -> 1.35 ms);
+       - Hopper TMA copies (device-side tensor descriptors) for the streamed tiles: K, V in the forward, Q, dO in
+         the dK/dV kernel (forward -1.5%, backward -3%); block pointers wherever TMA cannot run;
        - causal tile skipping: a query tile never loads key tiles that lie wholly above the diagonal;
        - the loop is split in two: off-diagonal tiles run with no mask at all, only the diagonal (and the
          ragged tail when T is not a multiple of the tile) pays for the mask;
        - heaviest programs first (the last query tile sees the most keys under causal masking);
        - tile sizes / warps / pipeline stages per head dim and dtype, chosen by `--tune` on the H100 and frozen
          in the tables below (so a 240-point sweep does not re-autotune at every shape).
-     Candidates timed on the H100 and left off (results/flash_attn_candidates.md; see BWD_MODE and FWD_TMA): the
-     backward in one launch ('fused', the Triton tutorial's: 4.27 vs 4.30 ms), FA2's atomic-dQ backward ('atomic':
-     4.37 ms at best, 22 ms with 4 warps), TMA descriptors in the forward (1.38 vs 1.42 ms); with the whole
-     fwd+bwd under torch.compile none moved the total by more than 1.2% (5.69-5.83 vs 5.76 ms), within noise.
-     Not done: warp specialization.
-     Measured (results/flash_attn_bench.md, H100): 5.76 ms fwd+bwd at the course leaderboard setting, faster than
-     SDPA's FlashAttention-2 backend (6.92 ms) and FlexAttention (6.12 ms), slower than cuDNN (4.38 ms).
+     Candidates timed on the H100 and left off (results/flash_attn_candidates.md; see BWD_MODE): the backward in
+     one launch ('fused', the Triton tutorial's: 4.27 vs 4.30 ms), FA2's atomic-dQ backward ('atomic': 4.37 ms at
+     best, 22 ms with 4 warps), FA3's dQ accumulation by one TMA reduce-add per tile ('atomic_tma': 4.17 vs
+     4.20 ms, a tie), and Triton 3.6's automatic warp specialization (no gain on the forward; its compiler pass
+     fails on the backward loops), so not in the code.
+     Measured (results/flash_attn_bench.md, H100): 5.40 ms fwd+bwd at the course leaderboard setting, faster than
+     SDPA's FlashAttention-2 backend (6.97 ms) and FlexAttention (6.18 ms), slower than cuDNN (4.48 ms).
   4) flash_attention(q, k, v, is_causal=True): the entry point model.py uses, for (B, H, T, D) tensors in any
      layout whose last dim is contiguous, e.g. the (B, T, H, D) -> (B, H, T, D) transpose view: no copies.
   5) A benchmark (`--bench`): the course leaderboard setting against SDPA (cuDNN, FlashAttention-2 backend,
@@ -609,6 +612,10 @@ def _attn_bwd_dq(Q, K, V, DO, L, Delta, DQ,
 #   pass). Costs: (T^2/2 / BLOCK_N) * d fp32 atomic adds per head (about 4 GB of L2 reduction traffic at the
 #   leaderboard shape with BLOCK_N=128), a zeroed fp32 buffer and a final scale-and-cast. 'relaxed' atomics: the
 #   adds only need to be atomic, not ordered (the default acq_rel adds a fence per add).
+#
+# 'atomic_tma': the same, with FlashAttention-3's dQ accumulation (Shah et al. 2024): each (BLOCK_M, d) partial dQ
+#   tile goes out as ONE bulk TMA reduce-add (desc.atomic_add, cp.reduce.async.bulk: the copy engine does the adds
+#   in L2 while the warps move on) instead of BLOCK_M*d element atomics issued by the threads.
 
 @triton.jit
 def _attn_bwd_fused(Q, K, V, DO, L, Delta, DQ, DK, DV,
@@ -665,14 +672,15 @@ CONFIGS = {
 # diagonal / off-diagonal split and the ragged tail are all exercised.
 INTERPRET_CONFIG = {'fwd': (32, 16, 4, 1), 'dkdv': (16, 32, 4, 1), 'dq': (32, 16, 4, 1),
                     'fused': (16, 32, 32, 16, 4, 1), 'atomic': (16, 32, 4, 1), 'atomic_tma': (16, 32, 4, 1)}
-# Backward variant: 'two_pass' (dK/dV kernel, then dQ kernel; measured, the default), 'fused' (both in one launch)
-# or 'atomic' (FA2's atomic dQ); see the comment above _attn_bwd_fused. The configs below are the best of a 6-point
-# sweep each on the H100 (results/flash_attn_candidates.md); neither beat 'two_pass' by more than noise.
+# Backward variant: 'two_pass' (dK/dV kernel, then dQ kernel; measured, the default), 'fused' (both in one launch),
+# 'atomic' (FA2's atomic dQ) or 'atomic_tma' (FA3's TMA reduce-add dQ); see the comments above _attn_bwd_fused. The
+# configs below are the best of a 6-point sweep each on the H100 (results/flash_attn_candidates.md); none beat
+# 'two_pass' by more than noise.
 BWD_MODE = 'two_pass'
 # 'fused': (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_warps, num_stages), BLOCK_N1 == BLOCK_M2
-# 'atomic': (BLOCK_M, BLOCK_N, num_warps, num_stages) like 'dkdv'
+# 'atomic', 'atomic_tma': (BLOCK_M, BLOCK_N, num_warps, num_stages) like 'dkdv'
 BWD_CANDIDATE_CONFIGS = {
-    '16bit': {'fused': (64, 128, 128, 64, 4, 3), 'atomic': (64, 128, 4, 3), 'atomic_tma': (64, 128, 4, 3)},
+    '16bit': {'fused': (64, 128, 128, 64, 4, 3), 'atomic': (64, 128, 8, 3), 'atomic_tma': (64, 128, 8, 3)},
     '32bit': {'fused': (32, 64, 64, 32, 4, 2), 'atomic': (32, 64, 4, 2), 'atomic_tma': (32, 64, 4, 2)},
 }
 
@@ -740,18 +748,29 @@ def _tma_scratch(size, alignment, stream):
 
 
 def _tma_ready(*xs):
-    """True where device-side TMA tensor descriptors can read/write these tensors (and Triton has an allocator)."""
+    """True where device-side TMA tensor descriptors can read/write these tensors (and Triton has an allocator).
+    Written so that torch.compile traces it without a graph break (model.py calls the kernels inside a compiled
+    model; a break there splits the graph at every layer: measured 55% slower training steps)."""
     if not hasattr(tl, 'make_tensor_descriptor'):
         return False
-    # TMA wants 16-byte aligned bases and row strides
-    if any((x.data_ptr() % 16) or (x.stride(-2) * x.element_size()) % 16 for x in xs):
+    # TMA wants 16-byte aligned addresses and row strides. torch's allocator aligns every storage start to >= 256
+    # bytes, so only a view's storage offset can misalign a tensor. Dynamo cannot trace storage_offset(): inside a
+    # compiled graph only the row stride is checked (an odd-offset view, e.g. x[..., 1:17], then fails loudly at
+    # launch with a misaligned-address error, never silently).
+    if any((x.stride(-2) * x.element_size()) % 16 for x in xs):
         return False
-    if not _interpreting() and torch.cuda.get_device_capability(xs[0].device)[0] < 9:
+    if not torch.compiler.is_compiling() and any((x.storage_offset() * x.element_size()) % 16 for x in xs):
+        return False
+    if xs[0].is_cuda:
+        if torch.cuda.get_device_properties(xs[0].device).major < 9:
+            return False
+    elif not _interpreting():
         return False
     # Device-side descriptors live in a global scratch buffer that Triton asks an allocator for at launch. Triton
     # keeps the allocator in a ContextVar, i.e. per thread, and autograd runs the backward in a thread of its own:
-    # so set it on every call (cheap), not once.
-    triton.set_allocator(_tma_scratch)
+    # so set it on every call (cheap), not once. Under torch.compile, inductor's launcher sets its own.
+    if not torch.compiler.is_compiling():
+        triton.set_allocator(_tma_scratch)
     return True
 
 
@@ -792,6 +811,7 @@ def _flash_bwd(q, k, v, o, L, do, is_causal, cfgs=None, mode=None):
     # about 4 GB of fp32 dQ partial sums through L2 atomics (T^2/2 / (BLOCK_M*BLOCK_N) pairs x BLOCK_M*d*4 bytes,
     # x 16 heads). Measured on the H100 (results/flash_attn_candidates.md): atomic 4.37 ms at its best config
     # (22 ms with 4 warps), fused one-launch 4.27 ms, two passes 4.30 ms: a tie, so the simpler two passes stay.
+    # Later, with TMA loads: two passes 4.20 ms, atomic_tma 4.17 ms (a tie again).
     if mode == 'fused':
         BM1, BN1, BM2, BN2, nw, ns = cfgs['fused']
         assert BN1 == BM2, f"fused backward needs BLOCK_N1 == BLOCK_M2 (one grid for both phases), got {BN1}, {BM2}"
@@ -802,7 +822,6 @@ def _flash_bwd(q, k, v, o, L, do, is_causal, cfgs=None, mode=None):
                                                        BLOCK_M1=BM1, BLOCK_N1=BN1, BLOCK_M2=BM2, BLOCK_N2=BN2,
                                                        CAUSAL=is_causal, num_warps=nw, num_stages=ns)
         return dq, dk, dv
-    use_tma = BWD_TMA and _tma_ready(q, do)
     if mode in ('atomic', 'atomic_tma'):
         BM, BN, nw, ns = cfgs[mode]
         dq_acc = torch.zeros((B * H, T, D), dtype=torch.float32, device=q.device)  # atomic adds need zeros
@@ -811,11 +830,13 @@ def _flash_bwd(q, k, v, o, L, do, is_causal, cfgs=None, mode=None):
                                                        *_strides(q), *_strides(k), *_strides(v), *_strides(do),
                                                        *_strides(dk), *_strides(dv), H, T, LOG2E * sm_scale,
                                                        sm_scale, HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN,
-                                                       CAUSAL=is_causal, ATOMIC_DQ=atomic, USE_TMA=use_tma,
+                                                       CAUSAL=is_causal, ATOMIC_DQ=atomic,
+                                                       USE_TMA=False,  # measured: TMA loads here 4.46 vs 4.17 ms
                                                        num_warps=nw, num_stages=ns)
         dq.copy_((dq_acc * sm_scale).view(q.shape))  # dQ = dS K / sqrt(d), cast to q's dtype and strides
         return dq, dk, dv
     BM, BN, nw, ns = cfgs['dkdv']
+    use_tma = BWD_TMA and _tma_ready(q, do)
     _attn_bwd_dkdv[(triton.cdiv(T, BN), B * H)](q, k, v, do, L, delta, dk, dv,
                                                  *_strides(q), *_strides(k), *_strides(v), *_strides(do),
                                                  *_strides(dk), *_strides(dv), H, T, LOG2E * sm_scale, sm_scale,

@@ -236,3 +236,11 @@ def test_tma_allocator_set_in_other_threads():
     t.start()
     t.join()
     assert seen == [True]
+
+
+def test_tma_ready_traces_without_graph_break():
+    # model.py calls the Triton kernels inside torch.compile'd models: a graph break in this check would split the
+    # compiled graph at every layer (measured 55% slower training steps on the H100)
+    x = torch.randn(2, 40, 3, 16, device=DEVICE).transpose(1, 2)  # (B, H, T, D) view
+    fn = torch.compile(lambda t: t + 1 if flash_attn._tma_ready(t, t) else t - 1, fullgraph=True, backend='eager')
+    torch.testing.assert_close(fn(x), x + 1 if flash_attn._tma_ready(x, x) else x - 1)
