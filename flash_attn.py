@@ -754,9 +754,10 @@ def _tma_ready(*xs):
     if not hasattr(tl, 'make_tensor_descriptor'):
         return False
     # TMA wants 16-byte aligned addresses and row strides. torch's allocator aligns every storage start to >= 256
-    # bytes, so only a view's storage offset can misalign a tensor. Dynamo cannot trace storage_offset(): inside a
-    # compiled graph only the row stride is checked (an odd-offset view, e.g. x[..., 1:17], then fails loudly at
-    # launch with a misaligned-address error, never silently).
+    # bytes, so only a view's storage offset can misalign a tensor; in eager mode such a view takes the block-pointer
+    # path. Dynamo cannot trace storage_offset(), so inside a compiled graph only the row stride is checked: there,
+    # call .contiguous() on views that start mid-row (e.g. x[..., 1:17]). model.py's q, k, v (whole projections seen
+    # through a transpose) are always aligned.
     if any((x.stride(-2) * x.element_size()) % 16 for x in xs):
         return False
     if not torch.compiler.is_compiling() and any((x.storage_offset() * x.element_size()) % 16 for x in xs):
