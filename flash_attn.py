@@ -15,8 +15,8 @@ What this file teaches, top to bottom:
      are the standard FlashAttention-2 moves, not timed one at a time):
        - exp2 instead of exp, with log2(e) folded into the softmax scale, and the max taken over the raw scores so
          that the exp2 argument is ONE fused multiply-add per score (forward 1.45 -> 1.35 ms);
-       - Hopper TMA copies (device-side tensor descriptors) for the streamed tiles: K, V in the forward, Q, dO in
-         the dK/dV kernel (forward -1.5%, backward -3%); block pointers wherever TMA cannot run;
+       - Hopper TMA copies (device-side tensor descriptors) for the streamed tiles: K, V in the forward and in the
+         dQ kernel, Q, dO in the dK/dV kernel (forward -1.5%, backward -7%); block pointers where TMA cannot run;
        - causal tile skipping: a query tile never loads key tiles that lie wholly above the diagonal;
        - the loop is split in two: off-diagonal tiles run with no mask at all, only the diagonal (and the
          ragged tail when T is not a multiple of the tile) pays for the mask;
@@ -28,8 +28,9 @@ What this file teaches, top to bottom:
      best, 22 ms with 4 warps), FA3's dQ accumulation by one TMA reduce-add per tile ('atomic_tma': 4.17 vs
      4.20 ms, a tie), and Triton 3.6's automatic warp specialization (no gain on the forward; its compiler pass
      fails on the backward loops), so not in the code.
-     Measured (results/flash_attn_bench.md, H100): 5.40 ms fwd+bwd at the course leaderboard setting, faster than
-     SDPA's FlashAttention-2 backend (6.97 ms) and FlexAttention (6.18 ms), slower than cuDNN (4.48 ms).
+     Measured (results/flash_attn_bench.md, H100): 5.27 ms fwd+bwd at the course leaderboard setting (best student
+     5.36 ms), faster than SDPA's FlashAttention-2 backend (6.97 ms) and FlexAttention (6.17 ms), slower than
+     cuDNN (4.42 ms).
   4) flash_attention(q, k, v, is_causal=True): the entry point model.py uses, for (B, H, T, D) tensors in any
      layout whose last dim is contiguous, e.g. the (B, T, H, D) -> (B, H, T, D) transpose view: no copies.
   5) A benchmark (`--bench`): the course leaderboard setting against SDPA (cuDNN, FlashAttention-2 backend,
@@ -515,13 +516,17 @@ def _attn_bwd_dkdv(Q, K, V, DO, L, Delta, DK, DV,
 
 @triton.jit
 def _bwd_dq_inner(dq, q, do, lse2, delta, K_ptr, V_ptr, offs_m, lo, hi, T, qk_scale,
-                  BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr):
+                  BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, USE_TMA: tl.constexpr = False):
     # Accumulate dQ of one query tile over key tiles [lo, hi); K and V are read transposed, (D, BLOCK_N).
-    K_ptr = tl.advance(K_ptr, (0, lo))
-    V_ptr = tl.advance(V_ptr, (0, lo))
+    if not USE_TMA:
+        K_ptr = tl.advance(K_ptr, (0, lo))
+        V_ptr = tl.advance(V_ptr, (0, lo))
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
-        if MASKED:
+        if USE_TMA:  # (T, D) descriptors: copy (BLOCK_N, D) tiles, transpose in shared memory / registers
+            kT = tl.trans(K_ptr.load([start_n, 0]))
+            vT = tl.trans(V_ptr.load([start_n, 0]))
+        elif MASKED:
             kT = tl.load(K_ptr, boundary_check=(1,), padding_option='zero')  # (D, BLOCK_N)
             vT = tl.load(V_ptr, boundary_check=(1,), padding_option='zero')
         else:
@@ -538,8 +543,9 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_ptr, V_ptr, offs_m, lo, hi, T, qk_sc
         dp = tl.dot(do, vT)  # (BLOCK_M, BLOCK_N) = dO V^T
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq)  # dQ += dS K (scaled once at the end)
-        K_ptr = tl.advance(K_ptr, (0, BLOCK_N))
-        V_ptr = tl.advance(V_ptr, (0, BLOCK_N))
+        if not USE_TMA:
+            K_ptr = tl.advance(K_ptr, (0, BLOCK_N))
+            V_ptr = tl.advance(V_ptr, (0, BLOCK_N))
     return dq
 
 
@@ -548,7 +554,8 @@ def _dq_tile(Q, K, V, DO, L, Delta, DQ, pid_m, pid_bh,
              sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
              sgqb, sgqh, sgqt, sgqd,
              H, T, qk_scale, sm_scale,
-             HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+             HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+             USE_TMA: tl.constexpr = False):
     # dQ of query tile pid_m of head pid_bh; called by _attn_bwd_dq (two passes) and _attn_bwd_fused.
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
@@ -563,6 +570,11 @@ def _dq_tile(Q, K, V, DO, L, Delta, DQ, pid_m, pid_bh,
                               offsets=(0, 0), block_shape=(HEAD_DIM, BLOCK_N), order=(0, 1))
     V_ptr = tl.make_block_ptr(V + off_b * svb + off_h * svh, shape=(HEAD_DIM, T), strides=(svd, svt),
                               offsets=(0, 0), block_shape=(HEAD_DIM, BLOCK_N), order=(0, 1))
+    if USE_TMA:
+        K_ptr = tl.make_tensor_descriptor(K + off_b * skb + off_h * skh, shape=[T, HEAD_DIM], strides=[skt, 1],
+                                          block_shape=[BLOCK_N, HEAD_DIM])
+        V_ptr = tl.make_tensor_descriptor(V + off_b * svb + off_h * svh, shape=[T, HEAD_DIM], strides=[svt, 1],
+                                          block_shape=[BLOCK_N, HEAD_DIM])
     offs_m = q_start + tl.arange(0, BLOCK_M)
     q = tl.load(Q_ptr, boundary_check=(0,), padding_option='zero')
     do = tl.load(DO_ptr, boundary_check=(0,), padding_option='zero')
@@ -575,8 +587,10 @@ def _dq_tile(Q, K, V, DO, L, Delta, DQ, pid_m, pid_bh,
     else:
         lo_mask = (T // BLOCK_N) * BLOCK_N
         hi = T
-    dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_ptr, V_ptr, offs_m, 0, lo_mask, T, qk_scale, BLOCK_N, False, CAUSAL)
-    dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_ptr, V_ptr, offs_m, lo_mask, hi, T, qk_scale, BLOCK_N, True, CAUSAL)
+    dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_ptr, V_ptr, offs_m, 0, lo_mask, T, qk_scale, BLOCK_N, False, CAUSAL,
+                       USE_TMA)
+    dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_ptr, V_ptr, offs_m, lo_mask, hi, T, qk_scale, BLOCK_N, True, CAUSAL,
+                       USE_TMA)
     dq = dq * sm_scale  # dQ = dS K / sqrt(d)
     DQ_ptr = tl.make_block_ptr(DQ + off_b * sgqb + off_h * sgqh, shape=(T, HEAD_DIM), strides=(sgqt, sgqd),
                                offsets=(q_start, 0), block_shape=(BLOCK_M, HEAD_DIM), order=(1, 0))
@@ -588,12 +602,13 @@ def _attn_bwd_dq(Q, K, V, DO, L, Delta, DQ,
                  sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
                  sgqb, sgqh, sgqt, sgqd,
                  H, T, qk_scale, sm_scale,
-                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                 USE_TMA: tl.constexpr = False):
     # grid: (number of query tiles, batch * heads), reversed like the forward (heaviest first under causal).
     _dq_tile(Q, K, V, DO, L, Delta, DQ, tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1),
              sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
              sgqb, sgqh, sgqt, sgqd, H, T, qk_scale, sm_scale,
-             HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)
+             HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, USE_TMA)
 
 
 # Backward candidates beside the two-pass default (BWD_MODE below picks one; `.gpu`-style A/B runs time them):
@@ -661,7 +676,7 @@ def _attn_bwd_atomic(Q, K, V, DO, L, Delta, DK, DV, DQacc,
 CONFIGS = {
     ('16bit', 16): {'fwd': (128, 64, 4, 3), 'dkdv': (32, 128, 4, 3), 'dq': (128, 32, 4, 3)},
     ('16bit', 32): {'fwd': (128, 64, 8, 3), 'dkdv': (32, 128, 4, 3), 'dq': (128, 64, 8, 3)},
-    ('16bit', 64): {'fwd': (128, 64, 8, 5), 'dkdv': (64, 128, 4, 4), 'dq': (128, 64, 4, 3)},
+    ('16bit', 64): {'fwd': (128, 64, 8, 5), 'dkdv': (64, 128, 4, 3), 'dq': (128, 64, 4, 3)},
     ('16bit', 128): {'fwd': (128, 128, 8, 3), 'dkdv': (64, 128, 8, 2), 'dq': (128, 64, 8, 3)},
     ('32bit', 16): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (64, 32, 4, 3)},
     ('32bit', 32): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (64, 32, 4, 3)},
@@ -728,11 +743,13 @@ def _check_inputs(q, k, v):
                              f"{tuple(x.stride())}; call .contiguous() first")
 
 
-# Hopper TMA (tensor memory accelerator) copies for the streamed tiles, K and V in the forward, Q and dO in the dK/dV
-# kernels: device-side tensor descriptors (tl.make_tensor_descriptor, as in the Triton tutorial 06-fused-attention's
-# Hopper path) instead of block pointers, which Triton 3.x lowers to ordinary per-thread loads. The copy engine
-# fetches whole tiles, zero-fills rows past T, and frees registers and issue slots for the math. Measured at the
-# leaderboard shape in one run (results/flash_attn_candidates.md): forward 1.35 -> 1.33 ms, backward ~4.33 -> 4.20 ms.
+# Hopper TMA (tensor memory accelerator) copies for the streamed tiles, K and V in the forward and the dQ kernel, Q and
+# dO in the dK/dV kernels: device-side tensor descriptors (tl.make_tensor_descriptor, as in the Triton tutorial
+# 06-fused-attention's Hopper path) instead of block pointers, which Triton 3.x lowers to ordinary per-thread loads.
+# The copy engine fetches whole tiles, zero-fills rows past T, and frees registers and issue slots for the math.
+# Measured at the leaderboard shape (results/flash_attn_candidates.md): forward 1.35 -> 1.33 ms; backward ~4.33 ->
+# 4.20 ms (dK/dV), -> 4.06 ms (and dQ, with the dK/dV tiles re-tuned for it). Timed at head dim 64 only: the other
+# head dims take the same path untimed (results/flash_attn_sweep.md was measured before it).
 # Used where it can run: sm90+ with a Triton that has device-side descriptors, and the interpreter (CPU tests);
 # anywhere else (or misaligned tensors) the block-pointer kernels run, which the tests also cover.
 FWD_TMA = True
@@ -848,7 +865,7 @@ def _flash_bwd(q, k, v, o, L, do, is_causal, cfgs=None, mode=None):
                                                *_strides(q), *_strides(k), *_strides(v), *_strides(do),
                                                *_strides(dq), H, T, LOG2E * sm_scale, sm_scale,
                                                HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, CAUSAL=is_causal,
-                                               num_warps=nw, num_stages=ns)
+                                               USE_TMA=BWD_TMA and _tma_ready(k, v), num_warps=nw, num_stages=ns)
     return dq, dk, dv
 
 
