@@ -391,22 +391,18 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, offs_n, lo, hi, T, qk
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
         if USE_TMA:  # Q, dO tiles by TMA copies; rows past T read as zeros
-            q = Q_ptr.load([start_m, 0])
-            do = DO_ptr.load([start_m, 0])
-            if MASKED:
-                lse = tl.load(L + offs_m, mask=offs_m < T, other=0.0)
-                delta = tl.load(Delta + offs_m, mask=offs_m < T, other=0.0)
-            else:
-                lse = tl.load(L + offs_m)
-                delta = tl.load(Delta + offs_m)
+            q = Q_ptr.load([start_m, 0])  # (BLOCK_M, D)
+            do = DO_ptr.load([start_m, 0])  # (BLOCK_M, D)
         elif MASKED:
             q = tl.load(Q_ptr, boundary_check=(0,), padding_option='zero')  # (BLOCK_M, D)
             do = tl.load(DO_ptr, boundary_check=(0,), padding_option='zero')  # (BLOCK_M, D)
-            lse = tl.load(L + offs_m, mask=offs_m < T, other=0.0)
-            delta = tl.load(Delta + offs_m, mask=offs_m < T, other=0.0)
         else:
             q = tl.load(Q_ptr)
             do = tl.load(DO_ptr)
+        if MASKED:
+            lse = tl.load(L + offs_m, mask=offs_m < T, other=0.0)  # (BLOCK_M,)
+            delta = tl.load(Delta + offs_m, mask=offs_m < T, other=0.0)
+        else:
             lse = tl.load(L + offs_m)
             delta = tl.load(Delta + offs_m)
         sT = tl.dot(k, tl.trans(q))  # (BLOCK_N, BLOCK_M) = (K Q^T), unscaled
@@ -658,13 +654,14 @@ def _attn_bwd_atomic(Q, K, V, DO, L, Delta, DK, DV, DQacc,
                      sgkb, sgkh, sgkt, sgkd, sgvb, sgvh, sgvt, sgvd,
                      H, T, qk_scale, sm_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                     ATOMIC_DQ: tl.constexpr = 1, USE_TMA: tl.constexpr = False):
+                     ATOMIC_DQ: tl.constexpr = 1):
     # grid: (number of key tiles, batch * heads), heaviest first as in _attn_bwd_dkdv; dQ goes to DQacc (fp32,
-    # (B*H, T, D), zeroed, unscaled) by atomic adds.
+    # (B*H, T, D), zeroed, unscaled) by atomic adds. Q and dO stream through block pointers: TMA loads measured
+    # slower here (4.46 vs 4.17 ms, results/flash_attn_candidates.md).
     _dkdv_tile(Q, K, V, DO, L, Delta, DK, DV, DQacc, tl.program_id(0), tl.program_id(1),
                sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdb, sdh, sdt, sdd,
                sgkb, sgkh, sgkt, sgkd, sgvb, sgvh, sgvt, sgvd, H, T, qk_scale, sm_scale,
-               HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, ATOMIC_DQ, USE_TMA)
+               HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, ATOMIC_DQ)
 
 
 # -----------------------------------------------------------------------------
@@ -809,10 +806,11 @@ def _flash_fwd(q, k, v, is_causal, cfg=None):
 
 def _flash_bwd(q, k, v, o, L, do, is_causal, cfgs=None, mode=None):
     """Launch the backward kernels (Delta preprocess, then BWD_MODE's kernels). Returns dq, dk, dv.
-    cfgs: {kind: config} overrides per kernel kind ('dkdv', 'dq', 'fused', 'atomic'); mode overrides BWD_MODE."""
+    cfgs: {kind: config} overrides per kernel kind ('dkdv', 'dq', 'fused', 'atomic', 'atomic_tma'); mode overrides
+    BWD_MODE."""
     mode = mode or BWD_MODE
     assert mode in ('two_pass', 'fused', 'atomic', 'atomic_tma'), f"unknown backward mode {mode!r}"
-    kinds = {'two_pass': ('dkdv', 'dq'), 'fused': ('fused',), 'atomic': ('atomic',), 'atomic_tma': ('atomic_tma',)}[mode]
+    kinds = ('dkdv', 'dq') if mode == 'two_pass' else (mode,)  # the CONFIGS / BWD_CANDIDATE_CONFIGS keys it uses
     cfgs = {kind: (cfgs or {}).get(kind) or _config(kind, q) for kind in kinds}
     if do.stride(-1) != 1:
         do = do.contiguous()  # e.g. out.sum().backward() hands us an expanded tensor with all strides 0
@@ -848,9 +846,8 @@ def _flash_bwd(q, k, v, o, L, do, is_causal, cfgs=None, mode=None):
                                                        *_strides(q), *_strides(k), *_strides(v), *_strides(do),
                                                        *_strides(dk), *_strides(dv), H, T, LOG2E * sm_scale,
                                                        sm_scale, HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN,
-                                                       CAUSAL=is_causal, ATOMIC_DQ=atomic,
-                                                       USE_TMA=False,  # measured: TMA loads here 4.46 vs 4.17 ms
-                                                       num_warps=nw, num_stages=ns)
+                                                       CAUSAL=is_causal, ATOMIC_DQ=atomic, num_warps=nw,
+                                                       num_stages=ns)
         dq.copy_((dq_acc * sm_scale).view(q.shape))  # dQ = dS K / sqrt(d), cast to q's dtype and strides
         return dq, dk, dv
     BM, BN, nw, ns = cfgs['dkdv']
