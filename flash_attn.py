@@ -10,7 +10,8 @@ What this file teaches, top to bottom:
      compiled with torch.compile on the GPU. Runs on CPU; slow but exact.
   3) FlashAttentionTriton: the same forward as a Triton kernel (one program per query tile, a loop over key
      tiles), and the backward as three Triton kernels (Delta = rowsum(dO * O); dK/dV with the key tile outer;
-     dQ with the query tile outer). Speed work (the tile configs were timed one by one on the H100, see
+     dQ with the query tile outer), or for some head dims two (Delta; dK/dV and dQ together, dQ added up by TMA
+     reduce-adds: BWD_MODES). Speed work (the tile configs were timed one by one on the H100, see
      results/flash_attn_tune*.md; the last two items were A/B-timed, results/flash_attn_candidates.md; the others
      are the standard FlashAttention-2 moves, not timed one at a time):
        - exp2 instead of exp, with log2(e) folded into the softmax scale, and the max taken over the raw scores so
@@ -23,11 +24,14 @@ What this file teaches, top to bottom:
        - heaviest programs first (the last query tile sees the most keys under causal masking);
        - tile sizes / warps / pipeline stages per head dim and dtype, chosen by `--tune` on the H100 and frozen
          in the tables below (so a 240-point sweep does not re-autotune at every shape).
+       - the backward per (dtype, head dim): two passes (dK/dV, then dQ; no atomics) or FA3's key-outer backward
+         whose dQ tiles go out as TMA reduce-adds ('atomic_tma': bf16 d=16 and fp32 d>=32, 5-33% faster there;
+         see BWD_MODES).
      Candidates timed on the H100 and left off (results/flash_attn_candidates.md; see BWD_MODE): the backward in
      one launch ('fused', the Triton tutorial's: 4.27 vs 4.30 ms), FA2's atomic-dQ backward ('atomic': 4.37 ms at
-     best, 22 ms with 4 warps), FA3's dQ accumulation by one TMA reduce-add per tile ('atomic_tma': 4.17 vs
-     4.20 ms, a tie), and Triton 3.6's automatic warp specialization (no gain on the forward; its compiler pass
-     fails on the backward loops), so not in the code.
+     best, 22 ms with 4 warps), a software-pipelined forward loop (the next tile's QK^T issued before this tile's
+     softmax: 1.66 vs 1.32 ms), and Triton 3.6's automatic warp specialization (no gain on the forward; its
+     compiler pass fails on the backward loops), so not in the code.
      Measured (results/flash_attn_bench.md, H100): 5.27 ms fwd+bwd at the course leaderboard setting (best student
      5.36 ms), faster than SDPA's FlashAttention-2 backend (6.97 ms) and FlexAttention (6.17 ms), slower than
      cuDNN (4.42 ms).
@@ -406,6 +410,11 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, offs_n, lo, hi, T, qk
             lse = tl.load(L + offs_m)
             delta = tl.load(Delta + offs_m)
         sT = tl.dot(k, tl.trans(q))  # (BLOCK_N, BLOCK_M) = (K Q^T), unscaled
+        if ATOMIC_DQ == 2:
+            # atomic_tma: dP^T issued right after S^T, before the exp2 (it does not need P). Measured at the
+            # leaderboard shape: backward 4.17 -> 3.86 ms on the H100. The same move in the two-pass kernels: 4.08 ->
+            # 5.06 ms (results/flash_attn_candidates.md): instruction order is a tuning knob here, not a rule.
+            dpT = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
         pT = tl.math.exp2(sT * qk_scale - (lse * _LOG2E)[None, :])  # P^T recomputed from L, base 2
         if MASKED:
             keep = offs_m[None, :] < T
@@ -413,7 +422,8 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, offs_n, lo, hi, T, qk
                 keep = keep & (offs_m[None, :] >= offs_n[:, None])
             pT = tl.where(keep, pT, 0.0)
         dv = tl.dot(pT.to(do.dtype), do, dv)  # dV += P^T dO
-        dpT = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
+        if ATOMIC_DQ != 2:
+            dpT = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
         dsT = pT * (dpT - delta[None, :])  # dS^T = P^T * (dP^T - D)
         dk = tl.dot(dsT.to(q.dtype), q, dk)  # dK += dS^T Q (scaled once at the end)
         if ATOMIC_DQ == 2:  # BWD_MODE 'atomic_tma': one TMA reduce-add of the whole tile (FA3's dQ accumulation)
@@ -670,39 +680,53 @@ def _attn_bwd_atomic(Q, K, V, DO, L, Delta, DK, DV, DQacc,
 # shape does not trigger an autotuning pass (a 240-point sweep would spend minutes compiling candidates).
 # 'fwd': BLOCK_M query rows x BLOCK_N keys. 'dkdv': BLOCK_M queries streamed past BLOCK_N resident keys.
 # 'dq': BLOCK_M resident queries x BLOCK_N keys streamed. fp32 tiles are smaller: twice the bytes in shared memory.
+# 'atomic_tma' (like 'dkdv'): where BWD_MODES picks that backward; its configs were timed on an H200 (see BWD_MODES).
 CONFIGS = {
-    ('16bit', 16): {'fwd': (128, 64, 4, 3), 'dkdv': (32, 128, 4, 3), 'dq': (128, 32, 4, 3)},
+    ('16bit', 16): {'fwd': (128, 64, 4, 3), 'dkdv': (32, 128, 4, 3), 'dq': (128, 32, 4, 3),
+                    'atomic_tma': (64, 64, 4, 3)},
     ('16bit', 32): {'fwd': (128, 64, 8, 3), 'dkdv': (32, 128, 4, 3), 'dq': (128, 64, 8, 3)},
     ('16bit', 64): {'fwd': (128, 64, 8, 5), 'dkdv': (64, 128, 4, 3), 'dq': (128, 64, 4, 3)},
     ('16bit', 128): {'fwd': (128, 128, 8, 3), 'dkdv': (64, 128, 8, 2), 'dq': (128, 64, 8, 3)},
     ('32bit', 16): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (64, 32, 4, 3)},
-    ('32bit', 32): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (64, 32, 4, 3)},
-    ('32bit', 64): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (128, 32, 8, 2)},
-    ('32bit', 128): {'fwd': (64, 32, 4, 3), 'dkdv': (32, 64, 4, 2), 'dq': (64, 32, 4, 2)},
+    ('32bit', 32): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (64, 32, 4, 3),
+                    'atomic_tma': (32, 64, 4, 3)},
+    ('32bit', 64): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (128, 32, 8, 2),
+                    'atomic_tma': (32, 64, 4, 2)},
+    ('32bit', 128): {'fwd': (64, 32, 4, 3), 'dkdv': (32, 64, 4, 2), 'dq': (64, 32, 4, 2),
+                     'atomic_tma': (32, 64, 4, 2)},
 }
 # Under the interpreter: small tiles (tests use short sequences), with BLOCK_M != BLOCK_N so that the
 # diagonal / off-diagonal split and the ragged tail are all exercised.
 INTERPRET_CONFIG = {'fwd': (32, 16, 4, 1), 'dkdv': (16, 32, 4, 1), 'dq': (32, 16, 4, 1),
                     'fused': (16, 32, 32, 16, 4, 1), 'atomic': (16, 32, 4, 1), 'atomic_tma': (16, 32, 4, 1)}
-# Backward variant: 'two_pass' (dK/dV kernel, then dQ kernel; measured, the default), 'fused' (both in one launch),
-# 'atomic' (FA2's atomic dQ) or 'atomic_tma' (FA3's TMA reduce-add dQ); see the comments above _attn_bwd_fused. The
-# configs below are the best of a 6-point sweep each on the H100 (results/flash_attn_candidates.md); none beat
-# 'two_pass' by more than noise.
-BWD_MODE = 'two_pass'
+# Backward variant: 'two_pass' (dK/dV kernel, then dQ kernel), 'fused' (both in one launch), 'atomic' (FA2's atomic
+# dQ) or 'atomic_tma' (FA3's TMA reduce-add dQ, with dP issued before the exp2); see the comments above
+# _attn_bwd_fused. Which one wins depends on the head dim, the dtype and even the shape, so it is chosen per
+# (dtype kind, head dim) by measurement (results/flash_attn_candidates.md, round 3, backward alone, atomic_tma vs
+# two_pass): bf16 d=16 0.67x; fp32 d=32 / 64 / 128 0.95x / 0.85x / 0.88x (H200). Left on two_pass: bf16 d=32 (0.82x
+# at 16 x 4096 but 1.01-1.07x at the A1 training shape 2048 x 256), bf16 d=64 (0.95x at the leaderboard shape on
+# the H100, 0.99x on the H200, 1.06x at the GPT-2-small shape 384 x 1024), bf16 d=128 (1.00x), fp32 d=16 (1.07x).
+BWD_MODE = None  # force one mode everywhere (tests, A/B runs); None: BWD_MODES below, 'two_pass' where absent
+BWD_MODES = {('16bit', 16): 'atomic_tma', ('32bit', 32): 'atomic_tma', ('32bit', 64): 'atomic_tma',
+             ('32bit', 128): 'atomic_tma'}
 # 'fused': (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_warps, num_stages), BLOCK_N1 == BLOCK_M2
-# 'atomic', 'atomic_tma': (BLOCK_M, BLOCK_N, num_warps, num_stages) like 'dkdv'
+# 'atomic', 'atomic_tma': (BLOCK_M, BLOCK_N, num_warps, num_stages) like 'dkdv'; used where CONFIGS has none
 BWD_CANDIDATE_CONFIGS = {
     '16bit': {'fused': (64, 128, 128, 64, 4, 3), 'atomic': (64, 128, 8, 3), 'atomic_tma': (64, 128, 8, 3)},
     '32bit': {'fused': (32, 64, 64, 32, 4, 2), 'atomic': (32, 64, 4, 2), 'atomic_tma': (32, 64, 4, 2)},
 }
 
 
+def _key(q):
+    return ('32bit' if q.dtype == torch.float32 else '16bit', q.shape[-1])
+
+
 def _config(kind, q):
     if _interpreting():
         return INTERPRET_CONFIG[kind]
-    if kind in ('fused', 'atomic', 'atomic_tma'):
-        return BWD_CANDIDATE_CONFIGS['32bit' if q.dtype == torch.float32 else '16bit'][kind]
-    return CONFIGS[('32bit' if q.dtype == torch.float32 else '16bit', q.shape[-1])][kind]
+    if kind in CONFIGS[_key(q)]:
+        return CONFIGS[_key(q)][kind]
+    return BWD_CANDIDATE_CONFIGS[_key(q)[0]][kind]
 
 
 def _strides(x):
@@ -808,6 +832,10 @@ def _flash_bwd(q, k, v, o, L, do, is_causal, cfgs=None, mode=None):
     """Launch the backward kernels (Delta preprocess, then BWD_MODE's kernels). Returns dq, dk, dv.
     cfgs: {kind: config} overrides per kernel kind ('dkdv', 'dq', 'fused', 'atomic', 'atomic_tma'); mode overrides
     BWD_MODE."""
+    if mode is None and BWD_MODE is None:
+        mode = BWD_MODES.get(_key(q), 'two_pass')
+        if mode == 'atomic_tma' and not _tma_ready(q):
+            mode = 'two_pass'  # no TMA reduce-add here (pre-Hopper GPU): the atomic-free backward
     mode = mode or BWD_MODE
     assert mode in ('two_pass', 'fused', 'atomic', 'atomic_tma'), f"unknown backward mode {mode!r}"
     kinds = ('dkdv', 'dq') if mode == 'two_pass' else (mode,)  # the CONFIGS / BWD_CANDIDATE_CONFIGS keys it uses
@@ -822,12 +850,12 @@ def _flash_bwd(q, k, v, o, L, do, is_causal, cfgs=None, mode=None):
     PRE_BLOCK = 128 if not _interpreting() else 16
     _attn_bwd_preprocess[(triton.cdiv(T, PRE_BLOCK), B * H)](o, do, delta, *_strides(o), *_strides(do), H, T,
                                                             HEAD_DIM=D, BLOCK_M=PRE_BLOCK)
-    # Default: two passes without atomics rather than one key-outer pass with atomic dQ adds (FA2's choice). The
-    # atomic version does 5 matmuls per (key tile, query tile) pair instead of 7, but at the leaderboard shape pushes
-    # about 4 GB of fp32 dQ partial sums through L2 atomics (T^2/2 / (BLOCK_M*BLOCK_N) pairs x BLOCK_M*d*4 bytes,
-    # x 16 heads). Measured on the H100 (results/flash_attn_candidates.md): atomic 4.37 ms at its best config
-    # (22 ms with 4 warps), fused one-launch 4.27 ms, two passes 4.30 ms: a tie, so the simpler two passes stay.
-    # Later, with TMA loads: two passes 4.20 ms, atomic_tma 4.17 ms (a tie again).
+    # Two passes without atomics, or one key-outer pass that adds dQ atomically (FA2's choice)? The atomic version
+    # does 5 matmuls per (key tile, query tile) pair instead of 7, but at the leaderboard shape pushes about 4 GB of
+    # fp32 dQ partial sums through L2 (T^2/2 / (BLOCK_M*BLOCK_N) pairs x BLOCK_M*d*4 bytes, x 16 heads). Measured on
+    # the H100 (results/flash_attn_candidates.md): pointer atomics 4.37 ms at best (22 ms with 4 warps), fused
+    # one-launch 4.27 ms, two passes 4.30 ms; with TMA: two passes 4.08 ms, atomic_tma 4.17 ms, and 3.86 ms once dP
+    # is issued before the exp2. Which wins depends on head dim, dtype and shape: hence BWD_MODES.
     if mode == 'fused':
         BM1, BN1, BM2, BN2, nw, ns = cfgs['fused']
         assert BN1 == BM2, f"fused backward needs BLOCK_N1 == BLOCK_M2 (one grid for both phases), got {BN1}, {BM2}"
@@ -1162,7 +1190,8 @@ def run_bench():
     print(env)
     worst = check_triton('cuda', shapes=((2, 3, 200, 64),))
     configs_md = ("Tile configs used (BLOCK_M, BLOCK_N, num_warps, num_stages):\n\n```\nCONFIGS = {\n" +
-                  ''.join(f"    {k!r}: {v!r},\n" for k, v in CONFIGS.items()) + "}\n```\n")
+                  ''.join(f"    {k!r}: {v!r},\n" for k, v in CONFIGS.items()) + "}\n" +
+                  f"BWD_MODES = {BWD_MODES!r}  # absent: 'two_pass'\n```\n")
     if leaderboard:
         t0 = time.time()
         lb = run_leaderboard(leaderboard_rep, leaderboard_warmup)

@@ -208,6 +208,30 @@ def test_triton_backward_candidates_strided_view(monkeypatch):
             assert_close_rel(a, b, TOL[torch.float32], f"{mode} {name}")
 
 
+def test_backward_mode_per_head_dim(monkeypatch):
+    # with BWD_MODE unset, _flash_bwd takes the mode of BWD_MODES[(dtype kind, head dim)], 'two_pass' where absent
+    if not flash_attn._tma_ready(torch.zeros(4, 32, device=DEVICE)):
+        pytest.skip("atomic_tma needs TMA descriptors (Hopper or the interpreter); elsewhere it falls back to two_pass")
+    calls = []
+    real = flash_attn._attn_bwd_atomic
+
+    class Spy:  # counts launches of the atomic backward kernel
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return real[grid]
+    monkeypatch.setattr(flash_attn, '_attn_bwd_atomic', Spy())
+    monkeypatch.setattr(flash_attn, 'BWD_MODE', None)
+    monkeypatch.setattr(flash_attn, 'BWD_MODES', {('32bit', 32): 'atomic_tma'})
+    check_fn(FlashAttentionTriton.apply, (1, 40, 32), torch.float32, True)  # d=32 fp32: the atomic backward
+    assert len(calls) == 1
+    check_fn(FlashAttentionTriton.apply, (1, 40, 16), torch.float32, True)  # d=16: absent, so two_pass
+    check_fn(FlashAttentionTriton.apply, (1, 40, 32), torch.bfloat16, True)  # bf16 d=32: absent, so two_pass
+    assert len(calls) == 1
+    monkeypatch.setattr(flash_attn, 'BWD_MODES', {('32bit', 32): 'no_such_mode'})
+    with pytest.raises(AssertionError, match='unknown backward mode'):
+        check_fn(FlashAttentionTriton.apply, (1, 40, 32), torch.float32, True)
+
+
 @pytest.mark.parametrize('causal', [False, True])
 @pytest.mark.parametrize('mode', ['two_pass', 'atomic_tma'])
 def test_triton_block_pointer_path(monkeypatch, causal, mode):
