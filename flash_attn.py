@@ -706,9 +706,11 @@ INTERPRET_CONFIG = {'fwd': (32, 16, 4, 1), 'dkdv': (16, 32, 4, 1), 'dq': (32, 16
 # two_pass): bf16 d=16 0.67x; fp32 d=32 / 64 / 128 0.95x / 0.85x / 0.88x (H200). Left on two_pass: bf16 d=32 (0.82x
 # at 16 x 4096 but 1.01-1.07x at the A1 training shape 2048 x 256), bf16 d=64 (0.95x at the leaderboard shape on
 # the H100, 0.99x on the H200, 1.06x at the GPT-2-small shape 384 x 1024), bf16 d=128 (1.00x), fp32 d=16 (1.07x).
-BWD_MODE = None  # force one mode everywhere (tests, A/B runs); None: BWD_MODES below, 'two_pass' where absent
-BWD_MODES = {('16bit', 16): 'atomic_tma', ('32bit', 32): 'atomic_tma', ('32bit', 64): 'atomic_tma',
-             ('32bit', 128): 'atomic_tma'}
+BWD_MODE = None  # force one mode everywhere (tests, A/B runs); None: BWD_MODES below
+# (dtype kind, head dim) -> (mode, from T): that mode for sequences of at least T tokens; 'two_pass' below that
+# and for the keys not listed
+BWD_MODES = {('16bit', 16): ('atomic_tma', 0), ('32bit', 32): ('atomic_tma', 0), ('32bit', 64): ('atomic_tma', 0),
+             ('32bit', 128): ('atomic_tma', 0)}
 # 'fused': (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_warps, num_stages), BLOCK_N1 == BLOCK_M2
 # 'atomic', 'atomic_tma': (BLOCK_M, BLOCK_N, num_warps, num_stages) like 'dkdv'; used where CONFIGS has none
 BWD_CANDIDATE_CONFIGS = {
@@ -833,9 +835,9 @@ def _flash_bwd(q, k, v, o, L, do, is_causal, cfgs=None, mode=None):
     cfgs: {kind: config} overrides per kernel kind ('dkdv', 'dq', 'fused', 'atomic', 'atomic_tma'); mode overrides
     BWD_MODE."""
     if mode is None and BWD_MODE is None:
-        mode = BWD_MODES.get(_key(q), 'two_pass')
-        if mode == 'atomic_tma' and not _tma_ready(q):
-            mode = 'two_pass'  # no TMA reduce-add here (pre-Hopper GPU): the atomic-free backward
+        mode, from_T = BWD_MODES.get(_key(q), ('two_pass', 0))
+        if q.shape[-2] < from_T or (mode == 'atomic_tma' and not _tma_ready(q)):
+            mode = 'two_pass'  # shorter sequences, or no TMA reduce-add here (pre-Hopper GPU): the atomic-free one
     mode = mode or BWD_MODE
     assert mode in ('two_pass', 'fused', 'atomic', 'atomic_tma'), f"unknown backward mode {mode!r}"
     kinds = ('dkdv', 'dq') if mode == 'two_pass' else (mode,)  # the CONFIGS / BWD_CANDIDATE_CONFIGS keys it uses
@@ -1191,7 +1193,7 @@ def run_bench():
     worst = check_triton('cuda', shapes=((2, 3, 200, 64),))
     configs_md = ("Tile configs used (BLOCK_M, BLOCK_N, num_warps, num_stages):\n\n```\nCONFIGS = {\n" +
                   ''.join(f"    {k!r}: {v!r},\n" for k, v in CONFIGS.items()) + "}\n" +
-                  f"BWD_MODES = {BWD_MODES!r}  # absent: 'two_pass'\n```\n")
+                  f"BWD_MODES = {BWD_MODES!r}  # (mode, from T); absent: 'two_pass'\n```\n")
     if leaderboard:
         t0 = time.time()
         lb = run_leaderboard(leaderboard_rep, leaderboard_warmup)

@@ -209,7 +209,8 @@ def test_triton_backward_candidates_strided_view(monkeypatch):
 
 
 def test_backward_mode_per_head_dim(monkeypatch):
-    # with BWD_MODE unset, _flash_bwd takes the mode of BWD_MODES[(dtype kind, head dim)], 'two_pass' where absent
+    # with BWD_MODE unset, _flash_bwd takes the mode of BWD_MODES[(dtype kind, head dim)] = (mode, from T) for
+    # sequences of at least T tokens, 'two_pass' for shorter ones and where absent
     if not flash_attn._tma_ready(torch.zeros(4, 32, device=DEVICE)):
         pytest.skip("atomic_tma needs TMA descriptors (Hopper or the interpreter); elsewhere it falls back to two_pass")
     calls = []
@@ -221,13 +222,14 @@ def test_backward_mode_per_head_dim(monkeypatch):
             return real[grid]
     monkeypatch.setattr(flash_attn, '_attn_bwd_atomic', Spy())
     monkeypatch.setattr(flash_attn, 'BWD_MODE', None)
-    monkeypatch.setattr(flash_attn, 'BWD_MODES', {('32bit', 32): 'atomic_tma'})
-    check_fn(FlashAttentionTriton.apply, (1, 40, 32), torch.float32, True)  # d=32 fp32: the atomic backward
+    monkeypatch.setattr(flash_attn, 'BWD_MODES', {('32bit', 32): ('atomic_tma', 40)})
+    check_fn(FlashAttentionTriton.apply, (1, 40, 32), torch.float32, True)  # d=32 fp32, T >= 40: atomic backward
     assert len(calls) == 1
+    check_fn(FlashAttentionTriton.apply, (1, 39, 32), torch.float32, True)  # T < 40: two_pass
     check_fn(FlashAttentionTriton.apply, (1, 40, 16), torch.float32, True)  # d=16: absent, so two_pass
     check_fn(FlashAttentionTriton.apply, (1, 40, 32), torch.bfloat16, True)  # bf16 d=32: absent, so two_pass
     assert len(calls) == 1
-    monkeypatch.setattr(flash_attn, 'BWD_MODES', {('32bit', 32): 'no_such_mode'})
+    monkeypatch.setattr(flash_attn, 'BWD_MODES', {('32bit', 32): ('no_such_mode', 0)})
     with pytest.raises(AssertionError, match='unknown backward mode'):
         check_fn(FlashAttentionTriton.apply, (1, 40, 32), torch.float32, True)
 
