@@ -726,9 +726,10 @@ def _key(q):
 def _config(kind, q):
     if _interpreting():
         return INTERPRET_CONFIG[kind]
-    if kind in CONFIGS[_key(q)]:
-        return CONFIGS[_key(q)][kind]
-    return BWD_CANDIDATE_CONFIGS[_key(q)[0]][kind]
+    key = _key(q)
+    if kind in CONFIGS[key]:  # per head dim: the two-pass kernels, and atomic_tma where BWD_MODES picks it
+        return CONFIGS[key][kind]
+    return BWD_CANDIDATE_CONFIGS[key[0]][kind]
 
 
 def _strides(x):
@@ -831,14 +832,14 @@ def _flash_fwd(q, k, v, is_causal, cfg=None):
 
 
 def _flash_bwd(q, k, v, o, L, do, is_causal, cfgs=None, mode=None):
-    """Launch the backward kernels (Delta preprocess, then BWD_MODE's kernels). Returns dq, dk, dv.
+    """Launch the backward kernels (Delta preprocess, then the chosen mode's kernels). Returns dq, dk, dv.
     cfgs: {kind: config} overrides per kernel kind ('dkdv', 'dq', 'fused', 'atomic', 'atomic_tma'); mode overrides
-    BWD_MODE."""
-    if mode is None and BWD_MODE is None:
+    BWD_MODE, which overrides BWD_MODES' choice for this (dtype kind, head dim, T)."""
+    mode = mode or BWD_MODE
+    if mode is None:
         mode, from_T = BWD_MODES.get(_key(q), ('two_pass', 0))
         if q.shape[-2] < from_T or (mode == 'atomic_tma' and not _tma_ready(q)):
             mode = 'two_pass'  # shorter sequences, or no TMA reduce-add here (pre-Hopper GPU): the atomic-free one
-    mode = mode or BWD_MODE
     assert mode in ('two_pass', 'fused', 'atomic', 'atomic_tma'), f"unknown backward mode {mode!r}"
     kinds = ('dkdv', 'dq') if mode == 'two_pass' else (mode,)  # the CONFIGS / BWD_CANDIDATE_CONFIGS keys it uses
     cfgs = {kind: (cfgs or {}).get(kind) or _config(kind, q) for kind in kinds}
