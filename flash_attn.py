@@ -680,12 +680,13 @@ def _attn_bwd_atomic(Q, K, V, DO, L, Delta, DK, DV, DQacc,
 # shape does not trigger an autotuning pass (a 240-point sweep would spend minutes compiling candidates).
 # 'fwd': BLOCK_M query rows x BLOCK_N keys. 'dkdv': BLOCK_M queries streamed past BLOCK_N resident keys.
 # 'dq': BLOCK_M resident queries x BLOCK_N keys streamed. fp32 tiles are smaller: twice the bytes in shared memory.
-# 'atomic_tma' (like 'dkdv'): where BWD_MODES picks that backward; its configs were timed on an H200 (see BWD_MODES).
+# 'atomic_tma' (like 'dkdv'): where BWD_MODES picks that backward; timed on an H200 (d=64: on the H100; see BWD_MODES).
 CONFIGS = {
     ('16bit', 16): {'fwd': (128, 64, 4, 3), 'dkdv': (32, 128, 4, 3), 'dq': (128, 32, 4, 3),
                     'atomic_tma': (64, 64, 4, 3)},
     ('16bit', 32): {'fwd': (128, 64, 8, 3), 'dkdv': (32, 128, 4, 3), 'dq': (128, 64, 8, 3)},
-    ('16bit', 64): {'fwd': (128, 64, 8, 5), 'dkdv': (64, 128, 4, 3), 'dq': (128, 64, 4, 3)},
+    ('16bit', 64): {'fwd': (128, 64, 8, 5), 'dkdv': (64, 128, 4, 3), 'dq': (128, 64, 4, 3),
+                    'atomic_tma': (64, 128, 8, 4)},
     ('16bit', 128): {'fwd': (128, 128, 8, 3), 'dkdv': (64, 128, 8, 2), 'dq': (128, 64, 8, 3)},
     ('32bit', 16): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (64, 32, 4, 3)},
     ('32bit', 32): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (64, 32, 4, 3),
@@ -704,13 +705,14 @@ INTERPRET_CONFIG = {'fwd': (32, 16, 4, 1), 'dkdv': (16, 32, 4, 1), 'dq': (32, 16
 # _attn_bwd_fused. Which one wins depends on the head dim, the dtype and even the shape, so it is chosen per
 # (dtype kind, head dim) by measurement (results/flash_attn_candidates.md, round 3, backward alone, atomic_tma vs
 # two_pass): bf16 d=16 0.67x; fp32 d=32 / 64 / 128 0.95x / 0.85x / 0.88x (H200). Left on two_pass: bf16 d=32 (0.82x
-# at 16 x 4096 but 1.01-1.07x at the A1 training shape 2048 x 256), bf16 d=64 (0.95x at the leaderboard shape on
-# the H100, 0.99x on the H200, 1.06x at the GPT-2-small shape 384 x 1024), bf16 d=128 (1.00x), fp32 d=16 (1.07x).
+# at 16 x 4096 but 1.01-1.07x at the A1 training shape 2048 x 256), bf16 d=128 (1.00x), fp32 d=16 (1.07x).
+# bf16 d=64 switches by length (H100, round 4): atomic_tma / two_pass = 1.15x, 1.10x, 1.07x, 1.04x, 0.96x at
+# T = 1024 (GPT-2 small's training shape), 2048, 4096, 8192, 16384 (the leaderboard shape): atomic_tma from T = 16384.
 BWD_MODE = None  # force one mode everywhere (tests, A/B runs); None: BWD_MODES below
 # (dtype kind, head dim) -> (mode, from T): that mode for sequences of at least T tokens; 'two_pass' below that
 # and for the keys not listed
-BWD_MODES = {('16bit', 16): ('atomic_tma', 0), ('32bit', 32): ('atomic_tma', 0), ('32bit', 64): ('atomic_tma', 0),
-             ('32bit', 128): ('atomic_tma', 0)}
+BWD_MODES = {('16bit', 16): ('atomic_tma', 0), ('16bit', 64): ('atomic_tma', 16384), ('32bit', 32): ('atomic_tma', 0),
+             ('32bit', 64): ('atomic_tma', 0), ('32bit', 128): ('atomic_tma', 0)}
 # 'fused': (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_warps, num_stages), BLOCK_N1 == BLOCK_M2
 # 'atomic', 'atomic_tma': (BLOCK_M, BLOCK_N, num_warps, num_stages) like 'dkdv'; used where CONFIGS has none
 BWD_CANDIDATE_CONFIGS = {
