@@ -32,9 +32,9 @@ What this file teaches, top to bottom:
      best, 22 ms with 4 warps), a software-pipelined forward loop (the next tile's QK^T issued before this tile's
      softmax: 1.66 vs 1.32 ms), and Triton 3.6's automatic warp specialization (no gain on the forward; its
      compiler pass fails on the backward loops), so not in the code.
-     Measured (results/flash_attn_bench.md, H100): 5.27 ms fwd+bwd at the course leaderboard setting (best student
-     5.36 ms), faster than SDPA's FlashAttention-2 backend (6.97 ms) and FlexAttention (6.17 ms), slower than
-     cuDNN (4.42 ms).
+     Also slower: 256-row and 16-warp tiles (round 4). Measured (results/flash_attn_bench.md, H100): 5.24 ms
+     fwd+bwd at the course leaderboard setting (best student 5.36 ms), faster than SDPA's FlashAttention-2 backend
+     (6.89 ms) and FlexAttention (6.12 ms), slower than cuDNN (4.38 ms).
   4) flash_attention(q, k, v, is_causal=True): the entry point model.py uses, for (B, H, T, D) tensors in any
      layout whose last dim is contiguous, e.g. the (B, T, H, D) -> (B, H, T, D) transpose view: no copies.
   5) A benchmark (`--bench`): the course leaderboard setting against SDPA (cuDNN, FlashAttention-2 backend,
