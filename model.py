@@ -13,7 +13,8 @@ Notable features:
   extras: tie_embeddings, qk_norm, grouped-query attention (num_kv_heads < num_heads).
 - a static-shape KV cache and `generate` with temperature / top-p, end-of-text stop, batched prompts of different
   lengths (left-padded), and on CUDA a CUDA graph for the decode step (no Python or launch overhead per token).
-- `cross_entropy` via log-sum-exp, parameter and FLOP counting for MFU and scaling laws.
+- `cross_entropy` via log-sum-exp, parameter and FLOP counting for MFU and scaling laws; `FusedLinearCrossEntropy`
+  (opt-in, CUDA): a Triton kernel computes the training loss and its gradient in one pass over the logits.
 
 Run `python model.py` for a smoke test, or `python model.py --ckpt=out/ckpt.pt --prompt="Once upon a time"` to sample
 from a checkpoint written by train.py (train.py --mode=sample does the same with its config).
@@ -26,6 +27,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+try:
+    import triton  # only the fused loss below needs it; model.py works without
+    import triton.language as tl
+except ImportError:
+    triton = None
 
 
 # -----------------------------------------------------------------------------
@@ -60,6 +66,81 @@ def cross_entropy(logits, targets, ignore_index=-100):
     target_logit = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (...,)
     loss = (lse - target_logit) * keep
     return loss.sum() / keep.sum().clamp(min=1)
+
+
+# -----------------------------------------------------------------------------
+# The training loss on the GPU: lm_head matmul + cross-entropy + its gradient, one Triton pass over the logits
+#
+# What the plain `F.cross_entropy(x @ W^T, y)` costs under torch.compile at GPT-2 small's shape (32,768 x 50,304
+# bf16 logits, 3.3 GB): the matmul writes the logits, inductor's forward reduction reads them, and its backward
+# reads them again and writes d loss / d logits; each of those two kernels takes about as long as two passes over
+# 3.3 GB (H100 profile: 2.4 + 2.3 ms of a 68 ms step). But the gradient of the mean cross-entropy is known as soon
+# as the log-sum-exp is:
+#     d loss / d logits[i, j] = (softmax(logits[i])[j] - [j == y_i]) / n
+# so the forward can compute the loss AND overwrite the logits with their gradient, in one kernel that reads each
+# row twice (the second time it may still be in L2) and writes it once: the backward is then just the two matmuls
+# dX = G W, dW = G^T X, scaled by the incoming scalar gradient (applied to the small results, not to G).
+# Liger-Kernel's cross-entropy does the same (Hsu et al. 2024).
+
+if triton is not None:
+    @triton.jit
+    def _cross_entropy_kernel(X, stride_x, Y, Loss, Inv_n, ignore_index, V: tl.constexpr, BLOCK: tl.constexpr):
+        # one program per row of X (N, V) logits: loss[row] and, in place, X[row] <- d mean-loss / d X[row].
+        # V is a compile-time constant (one vocabulary per model): fixed loop bounds, one compilation.
+        row = tl.program_id(0).to(tl.int64)
+        X += row * stride_x
+        cols = tl.arange(0, BLOCK)
+        # pass 1: online log-sum-exp over blocks of the row (Milakov & Gimelshein 2018): keep the running max m and
+        # the running sum s of exp(x - m); a new block rescales s by exp(m_old - m_new)
+        x = tl.load(X + cols, mask=cols < V, other=float('-inf')).to(tl.float32)
+        m = tl.max(x, 0)
+        s = tl.sum(tl.exp(x - m), 0)
+        for off in range(BLOCK, V, BLOCK):
+            x = tl.load(X + off + cols, mask=off + cols < V, other=float('-inf')).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, 0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
+            m = m_new
+        lse = m + tl.log(s)
+        y = tl.load(Y + row)
+        valid = y != ignore_index
+        y = tl.where(valid, y, 0)
+        x_y = tl.load(X + y).to(tl.float32)  # read before pass 2 overwrites it
+        tl.store(Loss + row, tl.where(valid, lse - x_y, 0.0))  # -log softmax(x)[y]
+        scale = tl.where(valid, tl.load(Inv_n), 0.0)  # 1/n for the mean; ignored rows get no gradient
+        # pass 2: the gradient, written over the logits
+        for off in range(0, V, BLOCK):
+            c = off + cols
+            x = tl.load(X + c, mask=c < V, other=0.0).to(tl.float32)
+            g = tl.exp(x - lse)  # softmax
+            g = tl.where(c == y, g - 1.0, g) * scale
+            tl.store(X + c, g.to(X.dtype.element_ty), mask=c < V)
+
+
+FUSED_CE_BLOCK, FUSED_CE_WARPS = 4096, 8  # columns per step of a row, warps per row
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """mean cross-entropy of (h @ w^T) against targets, ignoring targets == ignore_index; h (N, C), w (V, C),
+    targets (N,). The same value as cross_entropy(h @ w.t(), targets); the logits never leave this function."""
+
+    @staticmethod
+    def forward(ctx, h, w, targets, ignore_index=-100):
+        logits = h @ w.t()  # (N, V), overwritten below by its own gradient
+        N, V = logits.shape
+        n = (targets != ignore_index).sum().clamp(min=1)
+        inv_n = (1.0 / n.float()).reshape(1)  # stays on the device: no sync
+        row_loss = torch.empty(N, dtype=torch.float32, device=h.device)
+        _cross_entropy_kernel[(N,)](logits, logits.stride(0), targets, row_loss, inv_n, ignore_index, V=V,
+                                    BLOCK=min(FUSED_CE_BLOCK, triton.next_power_of_2(V)), num_warps=FUSED_CE_WARPS)
+        ctx.save_for_backward(logits, h, w)
+        return row_loss.sum() * inv_n[0]
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_logits, h, w = ctx.saved_tensors  # grad_logits (N, V): d loss / d logits for grad_loss == 1
+        dh = (grad_logits @ w) * grad_loss.to(h.dtype)  # (N, C)
+        dw = (grad_logits.t() @ h) * grad_loss.to(w.dtype)  # (V, C)
+        return dh, dw, None, None
 
 
 # -----------------------------------------------------------------------------
@@ -332,6 +413,10 @@ class KVCache:
 class TransformerLM(nn.Module):
     """token_embeddings -> num_layers x TransformerBlock -> ln_final -> lm_head, returning logits (no softmax)."""
 
+    # forward(idx, targets) on CUDA through FusedLinearCrossEntropy (train.py's `fused_loss` key). Off by default:
+    # tested on the CPU, not yet timed on a GPU (the device time ran out; see results/train_throughput.md, round 5)
+    fused_loss = False
+
     def __init__(self, vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=None,
                  rope_theta=10000.0, device=None, dtype=None, **options):
         super().__init__()
@@ -372,7 +457,11 @@ class TransformerLM(nn.Module):
             x = layer(x, rope=self.rope, token_positions=token_positions, kv_cache=kv_cache, layer_idx=i, mask=mask)
         if kv_cache is not None:
             kv_cache.advance(T)
-        logits = self.lm_head(self.ln_final(x))  # (B, T, V)
+        x = self.ln_final(x)
+        if targets is not None and self.fused_loss and x.is_cuda and triton is not None \
+                and self.config.attn_impl != 'reference':
+            return self._fused_loss(x, targets)
+        logits = self.lm_head(x)  # (B, T, V)
         if targets is not None:
             # torch's fused log-softmax + NLL: the same value as cross_entropy() above (tests/test_model.py checks),
             # computed by fewer and lighter kernels than inductor makes of ours (whose backward wrote (B, T, V)
@@ -383,6 +472,15 @@ class TransformerLM(nn.Module):
                 return cross_entropy(logits, targets)
             return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
         return logits
+
+    def _fused_loss(self, x, targets):
+        # the GPU training loss: lm_head matmul + cross-entropy + its gradient without separate passes over the
+        # logits (see FusedLinearCrossEntropy). Under autocast: the bf16 operands autocast would give the matmul.
+        h, w = x.flatten(0, -2), self.lm_head.weight  # (B*T, C), (V, C)
+        if torch.is_autocast_enabled(h.device.type):
+            dt = torch.get_autocast_dtype(h.device.type)
+            h, w = h.to(dt), w.to(dt)
+        return FusedLinearCrossEntropy.apply(h, w, targets.flatten(), -100)
 
     # -------------------------------------------------------------------------
     # Generation

@@ -59,6 +59,8 @@ num_heads = 16
 d_ff = 1344  # 0 = derived: 8/3 d_model rounded to 64 for SwiGLU, 4 d_model for ffn='silu'
 rope_theta = 10000.0
 attn_impl = 'sdpa'  # 'reference' | 'sdpa' | 'flash' (flash_attn.py's Triton kernel)
+fused_loss = False  # CUDA: lm_head + cross-entropy + its gradient in one Triton pass (model.FusedLinearCrossEntropy);
+# opt-in until timed on a GPU: `--mode=bench --fused_loss=True` vs `False`
 norm = 'rmsnorm'  # ablation: 'none'
 post_norm = False  # ablation: post-norm blocks
 pos_emb = 'rope'  # ablation: 'nope'
@@ -510,6 +512,7 @@ def train(cfg):
     # 2) Model, optimizer, resume
     model_args = build_model_args(cfg, vocab)
     raw_model = TransformerLM(**model_args).to(dev)
+    raw_model.fused_loss = cfg['fused_loss']
     n_params = count_parameters(raw_model)
     print0(f"model: {n_params / 1e6:.2f}M parameters without the embedding table "
            f"({count_parameters(raw_model, exclude_embeddings=False) / 1e6:.2f}M with); {model_args}")
@@ -781,6 +784,7 @@ def bench(cfg):
     vocab = cfg['vocab_size'] if cfg['vocab_size'] > 0 else 10000
     model_args = build_model_args(cfg, vocab)
     raw_model = TransformerLM(**model_args).to(dev)
+    raw_model.fused_loss = cfg['fused_loss']
     model = compile_model(raw_model, cfg)
     B, T = cfg['batch_size'], cfg['context_length']
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if cfg['dtype'] == 'bfloat16' else nullcontext()

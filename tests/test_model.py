@@ -246,3 +246,62 @@ def test_forward_loss_matches_readable_cross_entropy():
         y = torch.randint(0, 50, (2, 16))
         y[0, :3] = -100
         torch.testing.assert_close(model(x, targets=y), M.cross_entropy(model(x), y))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_fused_linear_cross_entropy_matches_torch(dtype, monkeypatch):
+    """The GPU training loss (Triton; on a CPU through TRITON_INTERPRET=1, set in conftest.py): loss and both
+    gradients against F.cross_entropy, with ignored targets, a vocabulary that is not a multiple of the column
+    block (ragged last block), a row whose logits are huge (the log-sum-exp must not overflow) and an upstream
+    gradient != 1 (the backward scales by it)."""
+    if M.triton is None:
+        pytest.skip("triton is not installed")
+    monkeypatch.setattr(M, 'FUSED_CE_BLOCK', 64)  # several blocks per row
+    torch.manual_seed(0)
+    N, C, V = 24, 16, 203
+    h = torch.randn(N, C).to(dtype).requires_grad_()
+    w = torch.randn(V, C).to(dtype).requires_grad_()
+    with torch.no_grad():
+        h[5] *= 300  # logits of order 1e3: exp() overflows without the max subtraction
+    y = torch.randint(0, V, (N,))
+    y[[2, 7]] = -100
+    loss = M.FusedLinearCrossEntropy.apply(h, w, y, -100)
+    (2.5 * loss).backward()
+    gh, gw = h.grad, w.grad
+    h.grad = w.grad = None
+    ref = F.cross_entropy((h @ w.t()).float(), y)  # bf16 logits, like the kernel's input
+    (2.5 * ref).backward()
+    assert torch.isfinite(loss)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.05, rtol=0.02)
+    torch.testing.assert_close(loss, ref, **tol)
+    torch.testing.assert_close(gh, h.grad, **tol)
+    torch.testing.assert_close(gw, w.grad, **tol)
+    assert gh[2].abs().sum() == 0 and gh[7].abs().sum() == 0  # ignored rows get no gradient
+
+
+def test_model_fused_loss_path_matches_default():
+    """TransformerLM._fused_loss (what forward(idx, targets) uses on CUDA) gives the default path's loss and
+    gradients, including through autocast's casts and a tied lm_head."""
+    if M.triton is None:
+        pytest.skip("triton is not installed")
+    for kw in ({}, {'tie_embeddings': True}):
+        model = tiny(**kw)
+        x, y = torch.randint(0, 97, (2, 20)), torch.randint(0, 97, (2, 20))
+        y[1, :4] = -100
+        ref = model(x, targets=y)
+        ref.backward()
+        ref_grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        seen = []
+        hook = model.ln_final.register_forward_hook(lambda mod, inp, out: seen.append(out))
+        model(x)  # the same forward, up to ln_final's output h
+        hook.remove()
+        h = seen[0]
+        loss = model._fused_loss(h, y)
+        loss.backward()
+        torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+        for g, p in zip(ref_grads, model.parameters()):
+            torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # the cast branch: bf16 operands, float32 master weights
+        loss = model._fused_loss(h.detach(), y)
+    assert loss.dtype == torch.float32 and abs(loss.item() - ref.item()) < 0.05
