@@ -24,9 +24,9 @@ What this file teaches, top to bottom:
        - heaviest programs first (the last query tile sees the most keys under causal masking);
        - tile sizes / warps / pipeline stages per head dim and dtype, chosen by `--tune` on the H100 and frozen
          in the tables below (so a 240-point sweep does not re-autotune at every shape).
-       - the backward per (dtype, head dim): two passes (dK/dV, then dQ; no atomics) or FA3's key-outer backward
-         whose dQ tiles go out as TMA reduce-adds ('atomic_tma': bf16 d=16 and fp32 d>=32, 5-33% faster there;
-         see BWD_MODES).
+       - the backward per (dtype, head dim, length): two passes (dK/dV, then dQ; no atomics) or FA3's key-outer
+         backward whose dQ tiles go out as TMA reduce-adds ('atomic_tma': bf16 d=16, fp32 d>=32, and bf16 d=64 from
+         T=16384, 4-33% faster there; see BWD_MODES).
      Candidates timed on the H100 and left off (results/flash_attn_candidates.md; see BWD_MODE): the backward in
      one launch ('fused', the Triton tutorial's: 4.27 vs 4.30 ms), FA2's atomic-dQ backward ('atomic': 4.37 ms at
      best, 22 ms with 4 warps), a software-pipelined forward loop (the next tile's QK^T issued before this tile's
