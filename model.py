@@ -14,7 +14,7 @@ Notable features:
 - a static-shape KV cache and `generate` with temperature / top-p, end-of-text stop, batched prompts of different
   lengths (left-padded), and on CUDA a CUDA graph for the decode step (no Python or launch overhead per token).
 - `cross_entropy` via log-sum-exp, parameter and FLOP counting for MFU and scaling laws; `FusedLinearCrossEntropy`
-  (opt-in, CUDA): a Triton kernel computes the training loss and its gradient in one pass over the logits.
+  (CUDA, train.py's default): a Triton kernel computes the training loss and its gradient in one kernel over the logits.
 
 Run `python model.py` for a smoke test, or `python model.py --ckpt=out/ckpt.pt --prompt="Once upon a time"` to sample
 from a checkpoint written by train.py (train.py --mode=sample does the same with its config).
@@ -413,9 +413,17 @@ class KVCache:
 class TransformerLM(nn.Module):
     """token_embeddings -> num_layers x TransformerBlock -> ln_final -> lm_head, returning logits (no softmax)."""
 
-    # forward(idx, targets) on CUDA through FusedLinearCrossEntropy (train.py's `fused_loss` key). Off by default:
-    # tested on the CPU, not yet timed on a GPU (the device time ran out; see results/train_throughput.md, round 5)
+    # Two training-speed switches, off here (the model's plain definition) and on in train.py (its keys of the same
+    # names; on an H100 they take GPT-2 small's step from 68.3 to 64.8 ms, results/train_throughput.md, round 6).
+    # fused_loss: forward(idx, targets) on CUDA through FusedLinearCrossEntropy, never materialising the float32
+    # log-probabilities: 1.0-1.3 ms less per GPT-2 small step, 0.4 ms per A1 step.
     fused_loss = False
+    # Under autocast the residual stream x stays float32 (the embedding table is float32, and x + bf16 block output
+    # promotes), so every norm and residual add moves 4-byte activations. With lowp_residual the embedding output is
+    # cast to the autocast dtype (bf16) and the whole stream stays in it, halving that traffic (nanochat does the same
+    # by keeping its embedding table in bf16): 2.8 ms less per GPT-2 small step; after 3000 A1 steps on pycode the
+    # validation loss is 2.0685 vs 2.0672 in float32 (noise). The norms still compute in float32.
+    lowp_residual = False
 
     def __init__(self, vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=None,
                  rope_theta=10000.0, device=None, dtype=None, **options):
@@ -453,6 +461,8 @@ class TransformerLM(nn.Module):
         if self.rope is not None and token_positions.dim() == 2:
             token_positions = token_positions.unsqueeze(1)  # (B, 1, T): broadcast over heads
         x = self.token_embeddings(idx)  # (B, T, C)
+        if self.lowp_residual and torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         for i, layer in enumerate(self.layers):
             x = layer(x, rope=self.rope, token_positions=token_positions, kv_cache=kv_cache, layer_idx=i, mask=mask)
         if kv_cache is not None:
@@ -473,9 +483,12 @@ class TransformerLM(nn.Module):
             return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
         return logits
 
+    @torch.compiler.disable
     def _fused_loss(self, x, targets):
         # the GPU training loss: lm_head matmul + cross-entropy + its gradient without separate passes over the
         # logits (see FusedLinearCrossEntropy). Under autocast: the bf16 operands autocast would give the matmul.
+        # Left out of torch.compile's graph (one graph break, at the very end): traced, the kernel's in-place
+        # overwrite of the logits was functionalized into a full copy of them first (0.43 ms per A1 step on an H100)
         h, w = x.flatten(0, -2), self.lm_head.weight  # (B*T, C), (V, C)
         if torch.is_autocast_enabled(h.device.type):
             dt = torch.get_autocast_dtype(h.device.type)

@@ -305,3 +305,25 @@ def test_model_fused_loss_path_matches_default():
     with torch.autocast('cpu', dtype=torch.bfloat16):  # the cast branch: bf16 operands, float32 master weights
         loss = model._fused_loss(h.detach(), y)
     assert loss.dtype == torch.float32 and abs(loss.item() - ref.item()) < 0.05
+
+
+def test_lowp_residual_keeps_the_stream_in_the_autocast_dtype():
+    """lowp_residual: under bf16 autocast every block sees (and returns) a bf16 residual stream instead of float32;
+    the loss stays close to the float32-stream one and the embedding's gradient is still float32."""
+    model = tiny()
+    x, y = torch.randint(0, 97, (2, 20)), torch.randint(0, 97, (2, 20))
+    dtypes = []
+    hook = model.layers[1].register_forward_hook(lambda mod, inp, out: dtypes.append((inp[0].dtype, out.dtype)))
+    losses = {}
+    for lowp in (False, True):
+        model.lowp_residual = lowp
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            losses[lowp] = model(x, targets=y)
+        losses[lowp].backward()
+        assert model.token_embeddings.weight.grad.dtype == torch.float32
+        model.zero_grad()
+    hook.remove()
+    assert dtypes == [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)]
+    assert abs(losses[True].item() - losses[False].item()) < 0.05
+    model.lowp_residual = True  # no autocast: no effect, float32 throughout
+    torch.testing.assert_close(model(x, targets=y), tiny()(x, targets=y))
