@@ -80,7 +80,9 @@ def cross_entropy(logits, targets, ignore_index=-100):
 # so the forward can compute the loss AND overwrite the logits with their gradient, in one kernel that reads each
 # row twice (the second time it may still be in L2) and writes it once: the backward is then just the two matmuls
 # dX = G W, dW = G^T X, scaled by the incoming scalar gradient (applied to the small results, not to G).
-# Liger-Kernel's cross-entropy does the same (Hsu et al. 2024).
+# Liger-Kernel's cross-entropy does the same (Hsu et al. 2024). Measured on an H100: 3.3 ms per GPT-2 small step
+# instead of 4.7 (at 50,304 columns the second read mostly misses L2: ~1,000 rows of 100 KB are in flight), and a
+# step 1.0-1.4 ms shorter; at A1's 10,000 columns 0.4 ms shorter (results/train_throughput.md, round 6).
 
 if triton is not None:
     @triton.jit
