@@ -69,7 +69,7 @@ def cross_entropy(logits, targets, ignore_index=-100):
 
 
 # -----------------------------------------------------------------------------
-# The training loss on the GPU: lm_head matmul + cross-entropy + its gradient, one Triton pass over the logits
+# The training loss on the GPU: lm_head matmul + cross-entropy + its gradient, one Triton kernel over the logits
 #
 # What the plain `F.cross_entropy(x @ W^T, y)` costs under torch.compile at GPT-2 small's shape (32,768 x 50,304
 # bf16 logits, 3.3 GB): the matmul writes the logits, inductor's forward reduction reads them, and its backward
@@ -82,7 +82,7 @@ def cross_entropy(logits, targets, ignore_index=-100):
 # dX = G W, dW = G^T X, scaled by the incoming scalar gradient (applied to the small results, not to G).
 # Liger-Kernel's cross-entropy does the same (Hsu et al. 2024). Measured on an H100: 3.3 ms per GPT-2 small step
 # instead of 4.7 (at 50,304 columns the second read mostly misses L2: ~1,000 rows of 100 KB are in flight), and a
-# step 1.0-1.4 ms shorter; at A1's 10,000 columns 0.4 ms shorter (results/train_throughput.md, round 6).
+# step 1.0-1.3 ms shorter; at A1's 10,000 columns 0.4 ms shorter (results/train_throughput.md, round 6).
 
 if triton is not None:
     @triton.jit
@@ -416,7 +416,7 @@ class TransformerLM(nn.Module):
     """token_embeddings -> num_layers x TransformerBlock -> ln_final -> lm_head, returning logits (no softmax)."""
 
     # Two training-speed switches, off here (the model's plain definition) and on in train.py (its keys of the same
-    # names; on an H100 they take GPT-2 small's step from 68.3 to 64.8 ms, results/train_throughput.md, round 6).
+    # names; on an H100 they take GPT-2 small's step from 68.5 to 64.7 ms, results/train_throughput.md, round 6).
     # fused_loss: forward(idx, targets) on CUDA through FusedLinearCrossEntropy, never materialising the float32
     # log-probabilities: 1.0-1.3 ms less per GPT-2 small step, 0.4 ms per A1 step.
     fused_loss = False

@@ -60,8 +60,8 @@ d_ff = 1344  # 0 = derived: 8/3 d_model rounded to 64 for SwiGLU, 4 d_model for 
 rope_theta = 10000.0
 attn_impl = 'sdpa'  # 'reference' | 'sdpa' | 'flash' (flash_attn.py's Triton kernel)
 # two speed switches of model.py, measured on an H100 (results/train_throughput.md, round 6): together they take
-# GPT-2 small's step from 68.3 to 64.8 ms and A1's from 12.7 to 11.7 ms; the same validation loss after 3000 steps
-fused_loss = True  # CUDA: lm_head + cross-entropy + its gradient in one Triton pass (model.FusedLinearCrossEntropy)
+# GPT-2 small's step from 68.5 to 64.7 ms and A1's from 12.8 to 11.6 ms; the same validation loss after 3000 steps
+fused_loss = True  # CUDA: lm_head + cross-entropy + its gradient in one Triton kernel (model.FusedLinearCrossEntropy)
 lowp_residual = True  # under autocast, keep the residual stream in bf16 rather than float32 (halves the norms' traffic)
 norm = 'rmsnorm'  # ablation: 'none'
 post_norm = False  # ablation: post-norm blocks
@@ -379,6 +379,15 @@ def build_model_args(cfg, vocab):
     return asdict(ModelConfig(**args))  # with the derived values filled in (d_ff, num_kv_heads)
 
 
+def build_model(cfg, model_args, dev):
+    """The model on `dev`, with model.py's two training-speed switches set from cfg (they are not architecture,
+    so they stay out of model_args and the checkpoint)."""
+    model = TransformerLM(**model_args).to(dev)
+    model.fused_loss = cfg['fused_loss']
+    model.lowp_residual = cfg['lowp_residual']
+    return model
+
+
 def check_config(cfg):
     unknown = sorted(set(cfg) - set(config))
     if unknown:
@@ -513,9 +522,7 @@ def train(cfg):
 
     # 2) Model, optimizer, resume
     model_args = build_model_args(cfg, vocab)
-    raw_model = TransformerLM(**model_args).to(dev)
-    raw_model.fused_loss = cfg['fused_loss']
-    raw_model.lowp_residual = cfg['lowp_residual']
+    raw_model = build_model(cfg, model_args, dev)
     n_params = count_parameters(raw_model)
     print0(f"model: {n_params / 1e6:.2f}M parameters without the embedding table "
            f"({count_parameters(raw_model, exclude_embeddings=False) / 1e6:.2f}M with); {model_args}")
@@ -786,9 +793,7 @@ def bench(cfg):
         torch.backends.cudnn.allow_tf32 = True
     vocab = cfg['vocab_size'] if cfg['vocab_size'] > 0 else 10000
     model_args = build_model_args(cfg, vocab)
-    raw_model = TransformerLM(**model_args).to(dev)
-    raw_model.fused_loss = cfg['fused_loss']
-    raw_model.lowp_residual = cfg['lowp_residual']
+    raw_model = build_model(cfg, model_args, dev)
     model = compile_model(raw_model, cfg)
     B, T = cfg['batch_size'], cfg['context_length']
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if cfg['dtype'] == 'bfloat16' else nullcontext()
