@@ -14,7 +14,7 @@ Notable features:
 - a static-shape KV cache and `generate` with temperature / top-p, end-of-text stop, batched prompts of different
   lengths (left-padded), and on CUDA a CUDA graph for the decode step (no Python or launch overhead per token).
 - `cross_entropy` via log-sum-exp, parameter and FLOP counting for MFU and scaling laws; `FusedLinearCrossEntropy`
-  (CUDA, train.py's default): a Triton kernel computes the training loss and its gradient in one kernel over the logits.
+  (CUDA, train.py's default): one Triton kernel over the logits computes the training loss and its gradient.
 
 Run `python model.py` for a smoke test, or `python model.py --ckpt=out/ckpt.pt --prompt="Once upon a time"` to sample
 from a checkpoint written by train.py (train.py --mode=sample does the same with its config).
