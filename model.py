@@ -84,8 +84,8 @@ def cross_entropy(logits, targets, ignore_index=-100):
 # instead of 4.7, and a step 1.0-1.3 ms shorter; at A1's 10,000 columns 0.4 ms shorter (results/train_throughput.md,
 # round 6). At 50,304 columns the second read mostly misses L2 (~1,000 rows of 100 KB in flight), but both ways of
 # saving it were slower: a persistent grid with fewer rows in flight (round 7), and one program holding its whole row
-# in registers, read once (round 8: 4.5 ms instead of 3.3; one such row fills an SM's registers, so nothing overlaps).
-# Memory parallelism matters more here than the extra read.
+# in registers, read once (round 8: 4.5 ms instead of 3.3; likely because a 64K-wide row takes most of an SM's
+# registers, so one row at a time runs there). Memory parallelism matters more here than the extra read.
 
 if triton is not None:
     @triton.jit
