@@ -102,10 +102,12 @@ max_new_tokens = 200
 temperature = 0.8
 top_p = 0.95
 # benchmark (--mode=bench)
-bench_iters = 30  # timed training steps after warm-up
+bench_iters = 30  # timed training steps after warm-up (a step is gradient_accumulation_steps micro-batches, as in train)
+bench_optimizers = 'torch_adamw,adamw'  # which optimizers --mode=bench times, comma-separated
 bench_generate = False  # also time KV-cache generation (batch 64 and 1, 128-token prompts, 256 new tokens, bf16)
 bench_profile = False  # print torch.profiler's table of the kernels of a few training steps
 compile_tuning = False  # inductor's coordinate-descent tuning of its kernels: slower compile, often faster steps
+compile_mode = 'default'  # torch.compile mode: 'default' | 'reduce-overhead' (CUDA graphs) | 'max-autotune-no-cudagraphs'
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(ROOT, 'configurator.py')).read())  # overrides from the command line or a config file
 config = {k: globals()[k] for k in _config_keys}  # noqa: F821 (defined by configurator.py)
@@ -367,7 +369,10 @@ def compile_model(model, cfg):
     if cfg['compile_tuning']:
         import torch._inductor.config as inductor_config
         inductor_config.coordinate_descent_tuning = True
-    return torch.compile(model)
+    modes = ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs', 'max-autotune')
+    if cfg['compile_mode'] not in modes:
+        raise ValueError(f"compile_mode must be one of {modes}, got {cfg['compile_mode']!r}")
+    return torch.compile(model, mode=cfg['compile_mode'])
 
 
 def build_model_args(cfg, vocab):
@@ -795,25 +800,33 @@ def bench(cfg):
     model_args = build_model_args(cfg, vocab)
     raw_model = build_model(cfg, model_args, dev)
     model = compile_model(raw_model, cfg)
-    B, T = cfg['batch_size'], cfg['context_length']
+    B, T, gas = cfg['batch_size'], cfg['context_length'], cfg['gradient_accumulation_steps']
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if cfg['dtype'] == 'bfloat16' else nullcontext()
     data = torch.randint(0, vocab, (8, B, T + 1), device=dev)
+    opt_names = [o.strip() for o in cfg['bench_optimizers'].split(',') if o.strip()]
+    bad = [o for o in opt_names if o not in ('torch_adamw', 'adamw')]
+    if bad or not opt_names:
+        raise ValueError(f"bench_optimizers: a comma-separated list of 'torch_adamw' and 'adamw', got "
+                         f"{cfg['bench_optimizers']!r}")
 
     def sync():
         if device_type == 'cuda':
             torch.cuda.synchronize()
 
     results = {'model_args': model_args, 'device': torch.cuda.get_device_name() if device_type == 'cuda' else 'cpu'}
-    print(f"bench: {count_parameters(raw_model) / 1e6:.2f}M parameters, batch {B} x {T}, {cfg['dtype']}, "
-          f"compile={cfg['compile']} on {results['device']}")
-    for opt_name in ('torch_adamw', 'adamw'):
+    print(f"bench: {count_parameters(raw_model) / 1e6:.2f}M parameters, batch {B} x {T}"
+          f"{f' x {gas} micro-batches' if gas > 1 else ''}, {cfg['dtype']}, compile={cfg['compile']}"
+          f"{'' if cfg['compile_mode'] == 'default' else ' ' + cfg['compile_mode']} on {results['device']}")
+    for opt_name in opt_names:
         optimizer = configure_optimizer(raw_model.parameters(), {**cfg, 'optimizer': opt_name}, device_type)
 
         def step(i):
-            x, y = data[i % 8, :, :-1], data[i % 8, :, 1:]
-            with autocast:
-                loss = model(x, targets=y)
-            loss.backward()
+            for micro in range(gas):  # what train() does on one process: gradients add up over the micro-batches
+                j = (i * gas + micro) % 8
+                x, y = data[j, :, :-1], data[j, :, 1:]
+                with autocast:
+                    loss = model(x, targets=y) / gas
+                loss.backward()
             if cfg['grad_clip'] > 0:
                 gradient_clipping(raw_model.parameters(), cfg['grad_clip'])
             optimizer.step()
@@ -828,7 +841,7 @@ def bench(cfg):
             step(i)
         sync()
         dt = (time.time() - t) / cfg['bench_iters']
-        tok_s = B * T / dt
+        tok_s = B * T * gas / dt
         mfu = estimate_mfu(raw_model, tok_s, cfg['peak_flops'])
         results[f'train_{opt_name}'] = dict(ms_per_iter=dt * 1000, tokens_per_s=tok_s, mfu=mfu, warmup_s=warm)
         print(f"train step ({opt_name}): {dt * 1000:.2f} ms/iter, {tok_s / 1e6:.3f}M tokens/s, "

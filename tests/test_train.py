@@ -197,6 +197,15 @@ def test_bench_runs_on_cpu():
     assert res['train_adamw']['tokens_per_s'] > 0 and res['train_torch_adamw']['tokens_per_s'] > 0
 
 
+def test_bench_accumulation_optimizer_choice_and_bad_values():
+    res = T.bench(dict(TINY, bench_iters=1, vocab_size=64, gradient_accumulation_steps=2, bench_optimizers='adamw'))
+    assert res['train_adamw']['tokens_per_s'] > 0 and 'train_torch_adamw' not in res
+    with pytest.raises(ValueError, match='bench_optimizers'):
+        T.bench(dict(TINY, bench_iters=1, vocab_size=64, bench_optimizers='sgd'))
+    with pytest.raises(ValueError, match='compile_mode'):
+        T.compile_model(torch.nn.Linear(2, 2), dict(T.config, compile=True, compile_mode='fastest'))
+
+
 def test_tinystories_offline_stand_in_trains(tmp_path):
     """data/tinystories/prepare.py without network: the generated stand-in, skipped on a re-run, trains."""
     import importlib.util
