@@ -107,7 +107,9 @@ bench_optimizers = 'torch_adamw,adamw'  # which optimizers --mode=bench times, c
 bench_generate = False  # also time KV-cache generation (batch 64 and 1, 128-token prompts, 256 new tokens, bf16)
 bench_profile = False  # print torch.profiler's table of the kernels of a few training steps
 compile_tuning = False  # inductor's coordinate-descent tuning of its kernels: slower compile, often faster steps
-compile_mode = 'default'  # torch.compile mode: 'default' | 'reduce-overhead' (CUDA graphs) | 'max-autotune-no-cudagraphs'
+# torch.compile mode: 'default' | 'reduce-overhead' (CUDA graphs; H100: +0.5-0.7%, one micro-batch per step only) |
+# 'max-autotune-no-cudagraphs' (GPT-2 small: cuBLAS beat every Triton matmul template, no gain, 280 s to compile)
+compile_mode = 'default'
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(ROOT, 'configurator.py')).read())  # overrides from the command line or a config file
 config = {k: globals()[k] for k in _config_keys}  # noqa: F821 (defined by configurator.py)
@@ -372,6 +374,14 @@ def compile_model(model, cfg):
     modes = ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs', 'max-autotune')
     if cfg['compile_mode'] not in modes:
         raise ValueError(f"compile_mode must be one of {modes}, got {cfg['compile_mode']!r}")
+    if cfg['compile_mode'] in ('reduce-overhead', 'max-autotune') and \
+            cfg['gradient_accumulation_steps'] > int(os.environ.get('WORLD_SIZE', '1')):
+        # a CUDA graph writes its outputs into the same memory at every replay, so the gradients of one micro-batch
+        # are overwritten by the next one's before they are added up (torch: "accessing tensor output of CUDAGraphs
+        # that has been overwritten by a subsequent run")
+        raise ValueError(f"compile_mode={cfg['compile_mode']!r} uses CUDA graphs, which cannot accumulate gradients "
+                         f"over micro-batches: use gradient_accumulation_steps=1 per process (a larger batch_size) "
+                         f"or compile_mode='default'")
     return torch.compile(model, mode=cfg['compile_mode'])
 
 
@@ -786,8 +796,8 @@ def sample(cfg):
 
 
 def bench(cfg):
-    """Time the training step of cfg's model on random tokens (no data loading at all), for each optimizer, and
-    report tokens/s and MFU. With bench_generate, also time KV-cache generation in bf16 (the ANCHORS.md setup:
+    """Time the training step of cfg's model on random tokens (no data loading at all), for each optimizer in
+    bench_optimizers, and report tokens/s and MFU. A step is gradient_accumulation_steps micro-batches, as in train(). With bench_generate, also time KV-cache generation in bf16 (the ANCHORS.md setup:
     128-token prompts, 256 new tokens, greedy, batch 64 and batch 1)."""
     cfg = check_config(cfg)
     dev = cfg['device'] if cfg['device'] != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')

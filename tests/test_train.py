@@ -204,6 +204,9 @@ def test_bench_accumulation_optimizer_choice_and_bad_values():
         T.bench(dict(TINY, bench_iters=1, vocab_size=64, bench_optimizers='sgd'))
     with pytest.raises(ValueError, match='compile_mode'):
         T.compile_model(torch.nn.Linear(2, 2), dict(T.config, compile=True, compile_mode='fastest'))
+    with pytest.raises(ValueError, match='CUDA graphs'):
+        T.compile_model(torch.nn.Linear(2, 2), dict(T.config, compile=True, compile_mode='reduce-overhead',
+                                                    gradient_accumulation_steps=2))
 
 
 def test_tinystories_offline_stand_in_trains(tmp_path):
