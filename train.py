@@ -102,7 +102,7 @@ max_new_tokens = 200
 temperature = 0.8
 top_p = 0.95
 # benchmark (--mode=bench)
-bench_iters = 30  # timed training steps after warm-up (a step is gradient_accumulation_steps micro-batches, as in train)
+bench_iters = 30  # timed steps after warm-up (a step: gradient_accumulation_steps micro-batches, as in train)
 bench_optimizers = 'torch_adamw,adamw'  # which optimizers --mode=bench times, comma-separated
 bench_generate = False  # also time KV-cache generation (batch 64 and 1, 128-token prompts, 256 new tokens, bf16)
 bench_profile = False  # print torch.profiler's table of the kernels of a few training steps
@@ -299,6 +299,9 @@ def gradient_clipping(params, max_norm, eps=1e-6, sharded=False):
     return norm
 
 
+OPTIMIZERS = ('adamw', 'torch_adamw')  # the values of cfg['optimizer'] (and of bench_optimizers' entries)
+
+
 def configure_optimizer(params, cfg, device_type):
     """Weight decay on matrices (embeddings, projections) but not on the 1-D norm gains (as nanoGPT and most LLMs)."""
     params = [p for p in params if p.requires_grad]
@@ -309,7 +312,7 @@ def configure_optimizer(params, cfg, device_type):
         return AdamW(groups, **kw)
     if cfg['optimizer'] == 'torch_adamw':
         return torch.optim.AdamW(groups, **kw, fused=device_type == 'cuda')
-    raise ValueError(f"optimizer must be 'adamw' or 'torch_adamw', got {cfg['optimizer']!r}")
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg['optimizer']!r}")
 
 
 # -----------------------------------------------------------------------------
@@ -797,8 +800,9 @@ def sample(cfg):
 
 def bench(cfg):
     """Time the training step of cfg's model on random tokens (no data loading at all), for each optimizer in
-    bench_optimizers, and report tokens/s and MFU. A step is gradient_accumulation_steps micro-batches, as in train(). With bench_generate, also time KV-cache generation in bf16 (the ANCHORS.md setup:
-    128-token prompts, 256 new tokens, greedy, batch 64 and batch 1)."""
+    bench_optimizers, and report tokens/s and MFU. A step is gradient_accumulation_steps micro-batches, as in
+    train(). With bench_generate, also time KV-cache generation in bf16 (the ANCHORS.md setup: 128-token prompts,
+    256 new tokens, greedy, batch 64 and batch 1)."""
     cfg = check_config(cfg)
     dev = cfg['device'] if cfg['device'] != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
     device_type = 'cuda' if 'cuda' in dev else 'cpu'
@@ -814,10 +818,8 @@ def bench(cfg):
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if cfg['dtype'] == 'bfloat16' else nullcontext()
     data = torch.randint(0, vocab, (8, B, T + 1), device=dev)
     opt_names = [o.strip() for o in cfg['bench_optimizers'].split(',') if o.strip()]
-    bad = [o for o in opt_names if o not in ('torch_adamw', 'adamw')]
-    if bad or not opt_names:
-        raise ValueError(f"bench_optimizers: a comma-separated list of 'torch_adamw' and 'adamw', got "
-                         f"{cfg['bench_optimizers']!r}")
+    if not opt_names or any(o not in OPTIMIZERS for o in opt_names):
+        raise ValueError(f"bench_optimizers: a comma-separated list of {OPTIMIZERS}, got {cfg['bench_optimizers']!r}")
 
     def sync():
         if device_type == 'cuda':
