@@ -1,5 +1,6 @@
 """
-Tests for scaling.py: the IsoFLOP fits (methods 1-3), bad input, and the sweep's budget and cache.
+Tests for scaling.py (the IsoFLOP fits, methods 1-3, and bad input) and bench/scaling.py (the sweep's budget,
+cache, strategy and time limit; the report; its config checks).
     python -m pytest tests/test_scaling.py -v
 """
 import json
@@ -9,11 +10,17 @@ import subprocess
 import sys
 
 import numpy as np
+import importlib.util
+
 import pytest
 
 import scaling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# bench/scaling.py under another module name (the repo root's scaling.py is `scaling`)
+_spec = importlib.util.spec_from_file_location('bench_scaling', os.path.join(ROOT, 'bench', 'scaling.py'))
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
 # a known law to generate synthetic runs from (Chinchilla's published fit)
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
@@ -59,7 +66,7 @@ def test_parametric_fit_recovers_constants_from_noisy_runs():
 def test_isoflop_methods_recover_optimal_size_exponent():
     runs = synthetic_runs(noise=0.002)
     true_a = TRUE['beta'] / (TRUE['alpha'] + TRUE['beta'])  # N_opt ~ C^0.452
-    s = scaling.analyze(runs, n_boot=50, write=False)
+    s = scaling.analyze(runs, n_boot=50)
     fN = s['power_laws']['parabola']['N_opt']
     assert abs(fN['exponent'] - true_a) < 0.03, fN
     assert fN['exponent_ci'][0] < fN['exponent'] < fN['exponent_ci'][1]
@@ -71,7 +78,7 @@ def test_isoflop_methods_recover_optimal_size_exponent():
 def test_course_data_argmin_and_parabola_agree(data_dir):
     runs = scaling.load_runs(os.path.join(data_dir, 'a3', 'isoflops_curves.json'))
     assert len(runs) == 72
-    s = scaling.analyze(runs, n_boot=100, write=False)
+    s = scaling.analyze(runs, n_boot=100)
     am, pb = s['power_laws']['argmin']['N_opt'], s['power_laws']['parabola']['N_opt']
     assert abs(am['exponent'] - pb['exponent']) < 0.1, (am['exponent'], pb['exponent'])
     # the bootstrap intervals overlap
@@ -104,12 +111,22 @@ def test_missing_file_and_single_budget(tmp_path):
         scaling.load_runs(str(tmp_path / 'nope.json'))
     runs = [dict(parameters=n, compute_budget=1e18, final_loss=3.0 + 0.1 * i) for i, n in enumerate([1e6, 2e6, 4e6])]
     with pytest.raises(ValueError, match='2 or more compute budgets'):
-        scaling.analyze(runs, write=False)
+        scaling.analyze(runs)
 
 
-def test_analyze_command_writes_tables_and_plots(tmp_path, data_dir):
-    p = subprocess.run([sys.executable, 'scaling.py', '--mode=analyze', f'--out_dir={tmp_path}', '--n_bootstrap=20',
+def test_analyze_command_prints_the_fits(tmp_path, data_dir):
+    """scaling.py --mode=analyze prints the three fits and writes nothing."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, 'scaling.py'), '--mode=analyze', '--n_bootstrap=20',
                         f"--input={os.path.join(data_dir, 'a3', 'isoflops_curves.json')}"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert 'parabola' in p.stdout and 'parametric' in p.stdout and 'N_opt(1e+23)' in p.stdout
+    assert os.listdir(tmp_path) == []
+
+
+def test_analyze_report_writes_tables_and_plots(tmp_path, data_dir):
+    p = subprocess.run([sys.executable, 'bench/scaling.py', '--mode=analyze', f'--out_dir={tmp_path}',
+                        '--n_bootstrap=20', f"--input={os.path.join(data_dir, 'a3', 'isoflops_curves.json')}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert 'parabola' in p.stdout
@@ -127,7 +144,7 @@ FAKE = dict(E=1.8, A=60.0, B=900.0, alpha=0.32, beta=0.36)
 
 
 class FakeTrain:
-    """Stands in for train.train(overrides): loss from FAKE at the run's real N and tokens, plus a little noise."""
+    """Stands in for a train.py run (its overrides -> its summary): loss from FAKE at the run's real N and tokens, plus a little noise."""
 
     def __init__(self, noise=0.002, seed=0, law=FAKE):
         self.calls, self.noise, self.rng, self.law = [], noise, np.random.default_rng(seed), law
@@ -144,7 +161,7 @@ class FakeTrain:
 def fake_backend(fake):
     recipe = dict(data_dir='unused', context_length=64, warmup_frac=0.05, eval_iters=2, seed=0, device='cpu',
                   overrides={})
-    return scaling.LocalBackend(recipe, train_fn=fake)
+    return bench.LocalBackend(recipe, train_fn=fake)
 
 
 QUERY = dict(d_model=128, num_layers=2, num_heads=2, batch_size=16, learning_rate=1e-3, train_flops=1e12)
@@ -153,7 +170,7 @@ QUERY = dict(d_model=128, num_layers=2, num_heads=2, batch_size=16, learning_rat
 def test_cache_makes_repeats_free_and_survives_restart(tmp_path):
     fake = FakeTrain()
     path = str(tmp_path / 'runs.json')
-    sweep = scaling.Sweep(path, 1e13, fake_backend(fake))
+    sweep = bench.Sweep(path, 1e13, fake_backend(fake))
     rec, cost = sweep.query(QUERY)
     assert cost == 1e12 and sweep.flops_used == 1e12 and len(fake.calls) == 1
     again, cost = sweep.query(dict(QUERY))
@@ -161,22 +178,22 @@ def test_cache_makes_repeats_free_and_survives_restart(tmp_path):
     # the file is in Part 1's format, and a new session finds the run in its cache
     runs = scaling.load_runs(path)
     assert runs[0]['parameters'] == 12 * 2 * 128 ** 2 and runs[0]['compute_budget'] == 1e12
-    sweep2 = scaling.Sweep(path, 1e13, fake_backend(fake))
+    sweep2 = bench.Sweep(path, 1e13, fake_backend(fake))
     _, cost = sweep2.query(QUERY)
     assert cost == 0 and len(fake.calls) == 1
     # a different recipe (here: context length) is a different run
     be = fake_backend(fake)
     be.recipe['context_length'] = 32
-    _, cost = scaling.Sweep(path, 1e13, be).query(QUERY)
+    _, cost = bench.Sweep(path, 1e13, be).query(QUERY)
     assert cost == 1e12 and len(fake.calls) == 2
 
 
 def test_budget_refuses_over_budget_runs(tmp_path):
     fake = FakeTrain()
-    sweep = scaling.Sweep(str(tmp_path / 'runs.json'), 2.5e12, fake_backend(fake))
+    sweep = bench.Sweep(str(tmp_path / 'runs.json'), 2.5e12, fake_backend(fake))
     sweep.query(QUERY)
     sweep.query(dict(QUERY, d_model=64))
-    with pytest.raises(scaling.BudgetExceeded, match='exceed the total budget'):
+    with pytest.raises(bench.BudgetExceeded, match='exceed the total budget'):
         sweep.query(dict(QUERY, d_model=192))
     assert len(fake.calls) == 2 and sweep.flops_used == 2e12 and len(sweep.runs) == 2
     # a cached config is still free when the budget is spent; an uncounted (target) run is allowed
@@ -189,21 +206,21 @@ def test_sweep_strategy_predicts_target_loss(tmp_path):
     fake = FakeTrain()
     be = fake_backend(fake)
     budgets = (3e12, 1e13, 3e13)
-    sweep = scaling.Sweep(str(tmp_path / 'runs.json'), 12 * sum(budgets), be)
-    shapes = scaling.model_shapes(head_dim=32)
-    make_query = scaling.make_query_fn(16, 3e-3)
-    done, _ = scaling.run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, aspect=32.0, plan=be.plan)
+    sweep = bench.Sweep(str(tmp_path / 'runs.json'), 12 * sum(budgets), be)
+    shapes = bench.model_shapes(head_dim=32)
+    make_query = bench.make_query_fn(16, 3e-3)
+    done, _ = bench.run_sweep(sweep, budgets, make_query, shapes, sizes=5, spread=8.0, aspect=32.0, plan=be.plan)
     assert len({r['compute_budget'] for r in done}) == 3 and len(done) >= 15
     assert sweep.flops_used <= sweep.total_budget
     # each budget's grid brackets its minimum (refinement extends a grid whose minimum sits at an end)
     for C, (N, L, _) in scaling.group_by_budget(done).items():
         assert 0 < int(np.argmin(L)) < len(N) - 1, (C, N, L)
-    target = scaling.predict_and_check(sweep, done, 1e14, make_query, shapes, 32.0, 1e-3, plan=be.plan)
+    target = bench.predict_and_check(sweep, done, 1e14, make_query, shapes, 32.0, 1e-3, plan=be.plan)
     assert abs(target['error']) < 0.02, target
     true_n = scaling.parametric_frontier(FAKE, 1e14)[0]
     assert 0.5 < target['N_pred'] / true_n < 2, (target['N_pred'], true_n)
     assert sweep.runs[-1]['role'] == 'target' and sweep.flops_used <= sweep.total_budget
-    s = scaling.analyze(done, str(tmp_path), 'sw', (1e14,), n_boot=20, target=target,
+    s = bench.analyze(done, str(tmp_path), 'sw', (1e14,), n_boot=20, target=target,
                         info=dict(backend='fake', preset='test', runs=len(done), flops_used=sweep.flops_used,
                                   wall_s=0.0, recipe=be.recipe, runs_file='runs.json'))
     md = (tmp_path / 'sw.md').read_text()
@@ -221,11 +238,11 @@ def _timed_sweep(tmp_path, limit):
         now[0] += 1.0 + loop
         return dict(fake(ov), time_s=loop)
     be = fake_backend(slow_train)
-    sweep = scaling.Sweep(str(tmp_path / f'runs{limit}.json'), 1e15, be, clock=lambda: now[0])
-    make_query, shapes = scaling.make_query_fn(16, 3e-3), scaling.model_shapes(32)
-    done, target_C = scaling.run_sweep(sweep, (3e12, 1e13, 3e13), make_query, shapes, aspect=32.0, plan=be.plan,
+    sweep = bench.Sweep(str(tmp_path / f'runs{limit}.json'), 1e15, be, clock=lambda: now[0])
+    make_query, shapes = bench.make_query_fn(16, 3e-3), bench.model_shapes(32)
+    done, target_C = bench.run_sweep(sweep, (3e12, 1e13, 3e13), make_query, shapes, aspect=32.0, plan=be.plan,
                                        time_limit_s=limit, target_C=1.2e14)
-    target = scaling.predict_and_check(sweep, done, target_C, make_query, shapes, 32.0, 1e-3,
+    target = bench.predict_and_check(sweep, done, target_C, make_query, shapes, 32.0, 1e-3,
                                        time_left=(limit - now[0]) if limit else None, plan=be.plan)
     return done, target, now[0]
 
@@ -243,7 +260,7 @@ def test_time_limit_shrinks_the_plan_and_keeps_the_target_run(tmp_path):
 
 def test_tiny_real_sweep_through_train_py(tmp_path, data_dir):
     """Real trainings on the CPU: byte-level tokens of real text, models of 12k-37k parameters, a few dozen steps."""
-    torch = pytest.importorskip('torch')
+    pytest.importorskip('torch')
     if not os.path.exists(os.path.join(ROOT, 'train.py')):
         pytest.skip('train.py not written yet')
     import gzip
@@ -254,25 +271,20 @@ def test_tiny_real_sweep_through_train_py(tmp_path, data_dir):
     toks[:360_000].tofile(d / 'train.bin')
     toks[360_000:].tofile(d / 'val.bin')
     (d / 'meta.json').write_text(json.dumps(dict(vocab_size=256, dtype='uint16', eot_id=0)))
+    # tiny models: a second thread only adds sync overhead (100x on a busy 2-core box)
     recipe = dict(data_dir=str(d), context_length=32, warmup_frac=0.1, eval_iters=4, seed=0, device='cpu',
-                  overrides={'compile': False, 'dtype': 'float32'})
-    be = scaling.LocalBackend(recipe)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds sync overhead (100x on a busy 2-core box)
-    try:
-        _tiny_sweep(tmp_path, be)
-    finally:
-        torch.set_num_threads(threads)
+                  overrides={'compile': False, 'dtype': 'float32', 'cpu_threads': 1})
+    _tiny_sweep(tmp_path, bench.LocalBackend(recipe))
 
 
 def _tiny_sweep(tmp_path, be):
-    sweep = scaling.Sweep(str(tmp_path / 'runs.json'), 1e11, be)
-    make_query = scaling.make_query_fn(8, 3e-3)
-    shapes = scaling.model_shapes(head_dim=32, max_d_model=64, max_layers=3)
-    done, _ = scaling.run_sweep(sweep, (1.5e9, 3e9), make_query, shapes, sizes=3, refine=0, plan=be.plan)
+    sweep = bench.Sweep(str(tmp_path / 'runs.json'), 1e11, be)
+    make_query = bench.make_query_fn(8, 3e-3)
+    shapes = bench.model_shapes(head_dim=32, max_d_model=64, max_layers=3)
+    done, _ = bench.run_sweep(sweep, (1.5e9, 3e9), make_query, shapes, sizes=3, refine=0, plan=be.plan)
     assert len(done) == 6 and all(2.0 < r['final_loss'] < 6.0 for r in done), [r['final_loss'] for r in done]
     assert all(r['tokens'] == r['iters'] * 8 * 32 for r in done)
-    target = scaling.predict_and_check(sweep, done, 6e9, make_query, shapes, 64.0, 1e-3, plan=be.plan)
+    target = bench.predict_and_check(sweep, done, 6e9, make_query, shapes, 64.0, 1e-3, plan=be.plan)
     assert target['achieved'] is not None and math.isfinite(target['predicted'])
     # asking again is free: the cache answers without training
     n = len(sweep.runs)
@@ -283,7 +295,7 @@ def _tiny_sweep(tmp_path, be):
 def test_time_model_errs_on_the_long_side():
     """Outside the sizes measured the per-token cost is not extrapolated along a (flat, launch-bound) slope: it
     stays at the smallest model's below them and grows like N above them; every estimate carries the margin."""
-    tm = scaling.TimeModel(margin=1.1)
+    tm = bench.TimeModel(margin=1.1)
     for n, spt in ((1e5, 1e-7), (2e5, 1.05e-7), (4e5, 1.1e-7)):  # nearly flat: launch-bound small models
         tm.add(dict(parameters=n, tokens=1e8, time_s=spt * 1e8, wall_s=spt * 1e8 + 2.0))
     inside = tm.estimate(2e5, 1e8)
@@ -305,7 +317,7 @@ def test_gpu_preset_plan_fits_its_time_limit(tmp_path, law, ceiling, flops):
     then compute-bound at `flops`) at the guessed speed and 2.5x slower, and with a much more data-hungry law:
     the sweep and the target run end inside time_limit_s, with >= 3 budgets x 5 sizes and a target >= 3x the
     largest budget, trained."""
-    P = scaling.PRESETS['gpu']
+    P = bench.PRESETS['gpu']
     assert P['data_dir'] == 'data/pycode_bytes' and P['train_overrides']['compile'] is False
     if True:
         now = [0.0]
@@ -319,16 +331,16 @@ def test_gpu_preset_plan_fits_its_time_limit(tmp_path, law, ceiling, flops):
             return dict(fake(ov), time_s=loop)
         recipe = dict(data_dir='unused', context_length=P['context_length'], warmup_frac=0.05, eval_iters=20,
                       seed=0, device='', overrides=P['train_overrides'])
-        be = scaling.LocalBackend(recipe, train_fn=h100)
-        sweep = scaling.Sweep(str(tmp_path / f'runs{ceiling:.0f}.json'), P['total_budget'], be, clock=lambda: now[0])
-        make_query, shapes = scaling.make_query_fn(P['batch_size'], P['learning_rate']), scaling.model_shapes(64)
+        be = bench.LocalBackend(recipe, train_fn=h100)
+        sweep = bench.Sweep(str(tmp_path / f'runs{ceiling:.0f}.json'), P['total_budget'], be, clock=lambda: now[0])
+        make_query, shapes = bench.make_query_fn(P['batch_size'], P['learning_rate']), bench.model_shapes(64)
         limit = P['time_limit_s']
-        done, target_C = scaling.run_sweep(sweep, P['budgets'], make_query, shapes, 5, P['size_spread'],
+        done, target_C = bench.run_sweep(sweep, P['budgets'], make_query, shapes, 5, P['size_spread'],
                                            P['tokens_per_param'], 64.0, time_limit_s=limit,
                                            target_C=P['target_ratio'] * P['budgets'][-1], plan=be.plan,
                                            spread_later=P['size_spread_later'],
                                            min_target_ratio=P['min_target_ratio'])
-        target = scaling.predict_and_check(sweep, done, target_C, make_query, shapes, 64.0, 1e-3,
+        target = bench.predict_and_check(sweep, done, target_C, make_query, shapes, 64.0, 1e-3,
                                            time_left=limit - now[0], plan=be.plan,
                                            min_target_ratio=P['min_target_ratio'])
         groups = scaling.group_by_budget(done)
