@@ -144,7 +144,8 @@ FAKE = dict(E=1.8, A=60.0, B=900.0, alpha=0.32, beta=0.36)
 
 
 class FakeTrain:
-    """Stands in for a train.py run (its overrides -> its summary): loss from FAKE at the run's real N and tokens, plus a little noise."""
+    """Stands in for a train.py run (its overrides -> its summary): loss from FAKE at the run's real N and tokens,
+    plus a little noise."""
 
     def __init__(self, noise=0.002, seed=0, law=FAKE):
         self.calls, self.noise, self.rng, self.law = [], noise, np.random.default_rng(seed), law
