@@ -27,26 +27,21 @@ Usage (train.py --fsdp=True does this):
     loss = model(x, targets=y); loss.backward(); model.finish_gradient_synchronization(); opt.step()
     sd = model.full_state_dict()                           # full weights on rank 0 (a collective: all ranks call it)
 
-Run:
-  python fsdp.py --mode=calc                                   # the course's accounting exercise, worked example
-  torchrun --nproc_per_node=8 fsdp.py --mode=bench --model_size=xl   # step time, peak memory vs the analytic model
-  python fsdp.py --mode=bench --model_size=small               # one GPU (world size 1) or CPU
+Run (the course's accounting exercise: memory and communication of FSDP and tensor parallelism, worked example):
+  python fsdp.py                                               # the XXL model on a TPU v5p mesh
+  python fsdp.py --tokens_per_device=4096 --device_memory_gb=80  # with activations, on 80 GB devices
+Training with FSDP: torchrun --nproc_per_node=8 train.py --fsdp=True. Step time and peak memory against the analytic
+16P/N: bench/fsdp.py (results/fsdp_*.md).
 """
 import contextlib
-import gc
 import math
 import os
-import socket
-import sys
-import time
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 # -----------------------------------------------------------------------------
-mode = 'calc'  # 'calc' (memory/communication calculator) | 'bench' (FSDP step time and memory on a model)
-out_dir = 'results'  # markdown tables go here
 # calculator: the course's XXL model (two linears per block) on TPU v5p (figures from the TPU Scaling Book)
 d_model = 16384  # model width D
 d_ff = 53248  # feed-forward width F
@@ -59,16 +54,6 @@ X = 16  # FSDP (data) axis size of the mesh
 Y = 4  # tensor-parallel (model) axis size of the mesh
 M_X = 2  # axes the FSDP dimension spans (a 3D torus: 2 for X, 1 for Y, as in the exercise)
 M_Y = 1  # axes the TP dimension spans
-# bench
-model_size = 'small'  # a course size: tiny | small | medium | large | xl | 2.7B
-context_length = 128  # tokens per sequence
-batch_size = 4  # sequences per rank per step
-vocab_size = 10000  # the course's vocabulary size
-bench_warmup = 3  # untimed steps
-bench_steps = 10  # timed steps
-backend = 'auto'  # 'gloo' | 'nccl' | 'auto' (nccl when CUDA is available)
-# -----------------------------------------------------------------------------
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
 # torch 2.13 renamed all_gather_into_tensor / reduce_scatter_tensor to *_single (same arguments); older torch
@@ -404,13 +389,14 @@ def memory_and_comm_calculator(d_model, d_ff, num_blocks, device_memory_bytes=95
     )
 
 
-def print_calculator():
+def calculator_report(d_model, d_ff, num_blocks, device_memory_gb, tokens_per_device, W_ici, C_flops, X, Y, M_X, M_Y):
+    """The worked exercise as text, (a) to (c), from memory_and_comm_calculator's numbers. Returns (numbers, text)."""
     r = memory_and_comm_calculator(d_model, d_ff, num_blocks, device_memory_gb * 1e9, tokens_per_device,
                                    W_ici, C_flops, X, Y, M_X, M_Y)
     P, GB = r['params'], 1e9
     lines = [
         f"# FSDP/TP accounting: {num_blocks} blocks of d_model {d_model} -> d_ff {d_ff} -> d_model", '',
-        "Command: `python fsdp.py --mode=calc` (change any figure with --key=value, see --help).", '',
+        "Command: `python fsdp.py` (change any figure with --key=value, see --help).", '',
         f"(a) parameters P = 2 * d_model * d_ff * num_blocks = {P:,} ({P / 1e9:.1f}B)",
         f"    fp32 master weights 4P = {r['weights_bytes'] / GB:,.1f} GB, "
         f"gradients 4P = {r['grads_bytes'] / GB:,.1f} GB,"
@@ -433,125 +419,18 @@ def print_calculator():
         + ('holds, TP communication hides behind compute at any batch' if r['tp_comm_hidden']
            else 'fails: TP communication dominates, use a smaller Y'),
     ]
-    text = '\n'.join(lines)
+    return r, '\n'.join(lines)
+
+
+def main():
+    """Print the calculator's worked example for the config globals."""
+    _, text = calculator_report(d_model, d_ff, num_blocks, device_memory_gb, tokens_per_device, W_ici, C_flops,
+                                X, Y, M_X, M_Y)
     print(text)
-    return r, text
-
-
-# -----------------------------------------------------------------------------
-# The bench: FSDP step time and peak memory on a course model (model.py's MODEL_SIZES), next to the analytic 16P/N
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def run_bench():
-    import model as model_py  # lazy: the wrapper itself does not need model.py
-    if 'RANK' not in os.environ:  # plain python: a group of one
-        os.environ.update(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
-                          MASTER_PORT=str(_free_port()))
-    be = backend if backend != 'auto' else ('nccl' if torch.cuda.is_available() else 'gloo')
-    local_rank = int(os.environ['LOCAL_RANK'])
-    device = torch.device('cuda', local_rank) if be == 'nccl' else torch.device('cpu')
-    if device.type == 'cuda':
-        torch.cuda.set_device(device)
-    dist.init_process_group(be)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    cuda = device.type == 'cuda'
-    MB = 2 ** 20
-    args = dict(vocab_size=vocab_size, context_length=context_length, rope_theta=10000.0,
-                **model_py.MODEL_SIZES[model_size])
-    rows = []
-    # 'replicated' = what every DDP rank holds: the whole fp32 model + AdamW, bf16 autocast, no communication
-    for variant in ('replicated (no sharding)', 'FSDP, prefetch', 'FSDP, no prefetch'):
-        torch.manual_seed(0)
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        net = model_py.TransformerLM(**args, device=device)  # the full model, briefly, before sharding
-        P = sum(p.numel() for p in net.parameters())
-        sharded = variant.startswith('FSDP')
-        m = FSDP(net, prefetch=variant == 'FSDP, prefetch') if sharded else net
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
-        mem_after_wrap = torch.cuda.memory_allocated(device) / MB if cuda else float('nan')
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-        autocast = contextlib.nullcontext() if sharded else torch.autocast(device.type, dtype=torch.bfloat16)
-        torch.manual_seed(1 + rank)
-        x = torch.randint(0, vocab_size, (batch_size, context_length + 1), device=device)
-        times = []
-        for it in range(bench_warmup + bench_steps):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            with autocast:
-                loss = m(x[:, :-1], targets=x[:, 1:])
-            loss.backward()
-            if sharded:
-                m.finish_gradient_synchronization()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if cuda:
-                torch.cuda.synchronize()
-            if it >= bench_warmup:
-                times.append(time.perf_counter() - t0)
-        # median (robust to a stray slow step); the slowest rank sets the pace: max over ranks
-        step = torch.tensor(sorted(times)[len(times) // 2], dtype=torch.float64, device=device)
-        dist.all_reduce(step, op=dist.ReduceOp.MAX)
-        param_bytes = sum(p.numel() for p in m.parameters()) * 4
-        opt_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
-                        if torch.is_tensor(t) and t.dim() > 0)
-        largest_unit = (max(sum(f.padded for f in u.flats) for u in m.units) * torch.finfo(m.param_dtype).bits // 8
-                        if sharded else 0)
-        rows.append(dict(variant=variant, step_ms=1e3 * step.item(), P=P,
-                         analytic_states_MB=16 * P / (world if sharded else 1) / MB, params_MB=param_bytes / MB,
-                         opt_state_MB=opt_bytes / MB, gathered_max=m.max_gathered if sharded else '',
-                         largest_unit_MB=largest_unit / MB, after_wrap_MB=mem_after_wrap,
-                         peak_MB=torch.cuda.max_memory_allocated(device) / MB if cuda else float('nan')))
-        if rank == 0:
-            print(rows[-1], flush=True)
-        del m, opt, net, loss
-    if rank == 0:
-        dev = torch.cuda.get_device_name(device) if cuda else f'CPU ({os.cpu_count()} cores)'
-        r0 = rows[0]
-        lines = [f"# FSDP (bf16 compute/communication, fp32 master weights, AdamW): model {model_size} "
-                 f"({r0['P'] / 1e6:.0f}M parameters), context {context_length}, batch {batch_size}/rank, "
-                 f"{world} x {dev}", '',
-                 f"Command: `{'torchrun --nproc_per_node=' + str(world) if world > 1 else 'python'} "
-                 f"{' '.join(sys.argv)}`. Per rank; median of {bench_steps} steps after {bench_warmup} warm-up "
-                 "steps (max over ranks). Analytic states = 16P/N bytes (fp32 weights + gradients + AdamW moments; "
-                 "N = 1 when replicated); the measured peak adds activations, the gathered bf16 units and the bf16 "
-                 "gradient being reduce-scattered. 'replicated' is one DDP rank's memory, without communication.", '',
-                 '| variant | step ms | analytic 16P/N MB | fp32 params (shards) MB | AdamW state MB | units gathered '
-                 'at once (max) | largest unit bf16 MB | allocated after wrap MB | peak MB |',
-                 '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
-        for r in rows:
-            lines.append(f"| {r['variant']} | {r['step_ms']:.1f} | {r['analytic_states_MB']:.1f} | "
-                         f"{r['params_MB']:.1f} | {r['opt_state_MB']:.1f} | {r['gathered_max']} | "
-                         f"{r['largest_unit_MB']:.1f} | {r['after_wrap_MB']:.1f} | {r['peak_MB']:.1f} |")
-        os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, f'fsdp_bench_{model_size}_{world}x{device.type}.md')
-        with open(path + '.tmp', 'w') as f:
-            f.write('\n'.join(lines) + '\n')
-        os.replace(path + '.tmp', path)
-        print(path)
-    gc.collect()
-    dist.destroy_process_group()
-    return rows
 
 
 if __name__ == '__main__':
-    if mode == 'calc':
-        _, text = print_calculator()
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, 'fsdp_calculator.md.tmp'), 'w') as f:
-            f.write(text.replace('\n(', '\n\n(') + '\n')
-        os.replace(os.path.join(out_dir, 'fsdp_calculator.md.tmp'), os.path.join(out_dir, 'fsdp_calculator.md'))
-    elif mode == 'bench':
-        run_bench()
-    else:
-        raise SystemExit(f"unknown --mode={mode!r}: use 'calc' or 'bench'")
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    main()
+
+

@@ -1,6 +1,6 @@
 """
 Tests for fsdp.py: FSDP on 2 gloo processes (spawned by the test) against single-process training, mixed precision,
-prefetch and freeing, checkpoint round trips; and the calculator's worked example.
+prefetch and freeing, checkpoint round trips; the calculator's worked example; the commands (fsdp.py, bench/fsdp.py).
 
     python -m pytest tests/test_fsdp.py -v
 
@@ -8,6 +8,9 @@ One spawn runs every distributed check and writes a report that the tests read (
 """
 import copy
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -255,3 +258,30 @@ def test_calculator_worked_example():
     # with activations the device fills up: more shards needed, or none enough
     assert fsdp.memory_and_comm_calculator(16384, 53248, 126, 95e9, 1000)['n_fsdp_needed'] > 38
     assert fsdp.memory_and_comm_calculator(16384, 53248, 126, 95e9, 20000)['n_fsdp_needed'] is None
+
+
+# -----------------------------------------------------------------------------
+# The commands: fsdp.py prints the calculator; bench/fsdp.py writes the FSDP bench table and the calculator's report
+
+ROOT = os.path.dirname(os.path.abspath(fsdp.__file__))
+
+
+def run_cmd(args, timeout=300):
+    return subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_fsdp_command_prints_calculator():
+    r = run_cmd(['fsdp.py', '--tokens_per_device=1000'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'N_FSDP >= ' in r.stdout and '1,000 tokens' in r.stdout
+
+
+def test_bench_fsdp_writes_tables(tmp_path):
+    r = run_cmd(['bench/fsdp.py', '--mode=bench', '--model_size=tiny', '--context_length=16', '--vocab_size=64',
+                 '--bench_steps=1', '--bench_warmup=0', f'--out_dir={tmp_path}'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = (tmp_path / 'fsdp_bench_tiny_1xcpu.md').read_text()
+    assert '| FSDP, prefetch |' in text and '| replicated (no sharding) |' in text
+    r = run_cmd(['bench/fsdp.py', '--mode=calc', f'--out_dir={tmp_path}'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'N_FSDP >= 38' in (tmp_path / 'fsdp_calculator.md').read_text()

@@ -1,19 +1,19 @@
 """
-bench.py: where do the time and the memory of a Transformer go? Benchmark and profile model.py like a systems
-engineer (CS336 assignment 2, part 1): timing with proper warm-up and synchronisation, mixed precision, NVTX and
-torch.profiler traces, memory snapshots with an analytic memory model next to the measured peak, an attention
+bench/profile_model.py: where do the time and the memory of a Transformer go? Benchmark and profile model.py like a
+systems engineer (CS336 assignment 2, part 1): timing with proper warm-up and synchronisation, mixed precision, NVTX
+and torch.profiler traces, memory snapshots with an analytic memory model next to the measured peak, an attention
 sweep (naive vs compiled vs SDPA vs our Triton kernel), and eager vs torch.compile.
 
-Every mode writes a markdown table (and a PNG where a picture helps) into out_dir:
+Every mode writes a markdown table (and a PNG where a picture helps) into out_dir (results/bench):
 
-    python bench.py --mode=timing                      # the course sizes small..2.7B, contexts 128..1024
-    python bench.py --mode=precision                   # fp32 vs bf16 autocast; accumulation error; dtypes table
-    python bench.py --mode=profile                     # torch.profiler top kernels (+ NVTX ranges, see below)
-    nsys profile -o trace python bench.py --mode=profile --sizes=small   # a readable timeline in Nsight Systems
-    python bench.py --mode=memory                      # snapshots for pytorch.org/memory_viz + analytic model
-    python bench.py --mode=attention                   # attention implementations, OOM points marked
-    python bench.py --mode=compile                     # eager vs torch.compile
-    python bench.py --mode=all
+    python bench/profile_model.py --mode=timing     # the course sizes small..2.7B, contexts 128..1024
+    python bench/profile_model.py --mode=precision  # fp32 vs bf16 autocast; accumulation error; dtypes table
+    python bench/profile_model.py --mode=profile    # torch.profiler top kernels (+ NVTX ranges, see below)
+    nsys profile -o trace python bench/profile_model.py --mode=profile --sizes=small   # a timeline in Nsight Systems
+    python bench/profile_model.py --mode=memory     # snapshots for pytorch.org/memory_viz + analytic model
+    python bench/profile_model.py --mode=attention  # attention implementations, OOM points marked
+    python bench/profile_model.py --mode=compile    # eager vs torch.compile
+    python bench/profile_model.py --mode=all
 
 On a CPU everything runs with a tiny model (`--sizes=tiny`), skipping what only CUDA can measure (peak memory,
 snapshots, NVTX) with a message saying so. Sizes: the course's table (vocab 10,000, batch 4):
@@ -35,14 +35,17 @@ Notes on measuring (why the code looks the way it does):
 import math
 import os
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
-import model as model_lib
-from model import TransformerLM
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)  # the teaching scripts live in the repo root
+import model as model_lib  # noqa: E402
+from model import TransformerLM  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # config
@@ -66,8 +69,7 @@ attn_impls = 'naive,naive_compiled,sdpa,flash'  # attention sweep implementation
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 tf32 = False  # allow TF32 tensor cores for fp32 matmuls (faster, ~10-bit mantissa); off = true fp32 numbers
 out_dir = 'results/bench'  # tables, plots and snapshots go here
-seed = 1337
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+seed = 1337  # of the random token batches
 # -----------------------------------------------------------------------------
 
 
@@ -333,7 +335,15 @@ def annotated_scaled_dot_product_attention(Q, K, V, mask=None):
 
 def run_profile():
     size, T = csv(sizes)[0], csv(contexts, int)[0]
+    plain_sdpa = model_lib.scaled_dot_product_attention
     model_lib.scaled_dot_product_attention = annotated_scaled_dot_product_attention  # patch the reference path
+    try:
+        return _profile(size, T)
+    finally:
+        model_lib.scaled_dot_product_attention = plain_sdpa  # leave model.py as we found it
+
+
+def _profile(size, T):
     m = build_model(size, T, 'reference', device, vocab_size)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
     x, y = random_batch(batch_size, T, vocab_size, device)
@@ -361,9 +371,10 @@ def run_profile():
     table = prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, 'profile.md')
-    with open(path, 'w') as f:
+    with open(path + '.tmp', 'w') as f:
         f.write(f"## torch.profiler: 3 training steps of '{size}' at context {T}, reference attention, "
                 f"sorted by {key}\n\ndevice: {device_name()}\n\n```\n{table}\n```\n")
+    os.replace(path + '.tmp', path)
     print(table)
     if not str(device).startswith('cuda'):
         print("(no CUDA: NVTX ranges were recorded as torch.profiler labels; run under nsys on a GPU for a timeline)")
@@ -484,7 +495,7 @@ def run_memory():
     notes = (f"batch {batch_size}, vocab {vocab_size}, reference attention, AdamW (per-parameter). Static memory: "
              f"{est['n_params'] / 1e9:.2f}B parameters = {est['params'] / 2**30:.1f} GiB of fp32 weights, the same "
              f"again for gradients and twice that for AdamW's m and v. Peaks in GiB (torch.cuda.max_memory_allocated)."
-             " The analytic model is the docstring of bench.analytic_memory.")
+             " The analytic model is the docstring of bench/profile_model.py's analytic_memory.")
     return write_table('memory', f"Memory of '{size}'", header, rows, notes=notes)
 
 
@@ -615,7 +626,10 @@ def run_compile():
 MODES = {'timing': run_timing, 'precision': run_precision, 'profile': run_profile, 'memory': run_memory,
          'attention': run_attention, 'compile': run_compile}
 
-if __name__ == '__main__':
+
+
+def main():
+    """Run the mode(s) named by the config globals."""
     torch.manual_seed(seed)
     if str(device).startswith('cuda'):
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -628,3 +642,8 @@ if __name__ == '__main__':
             raise SystemExit(f"unknown mode '{name}': choose from {', '.join(MODES)} or all")
         print(f"\n===== {name} =====")
         MODES[name]()
+
+
+if __name__ == '__main__':
+    exec(open(os.path.join(_ROOT, 'configurator.py')).read())
+    main()
