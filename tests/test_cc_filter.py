@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -23,6 +24,15 @@ from fastwarc.warc import ArchiveIterator
 import cc_filter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_bench():
+    """bench/cc_filter.py as a module (its name clashes with the script's, so load it by path)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('bench_cc_filter', os.path.join(ROOT, 'bench', 'cc_filter.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 # -----------------------------------------------------------------------------
@@ -53,7 +63,7 @@ def wet_path(data_dir):
 
 @pytest.fixture(scope='module')
 def cfg(data_dir):
-    return dict(cc_filter.config, lid_model=os.path.join(data_dir, 'a4', 'lid.176.ftz'))
+    return dict(cc_filter.current_config(), lid_model=os.path.join(data_dir, 'a4', 'lid.176.ftz'))
 
 
 # -----------------------------------------------------------------------------
@@ -294,9 +304,11 @@ def test_pipeline_and_token_folder(crawl, cfg, tmp_path):
     assert len(docs) == c['kept'] and all(d['lang'] == 'en' for d in docs)
     enc = tiktoken.get_encoding('gpt2')
     assert enc.decode(train[:train.tolist().index(50256)].tolist()) in {d['text'] for d in docs}
-    assert set(report['throughput']['stages']) >= {'read', 'extract', 'langid', 'gopher', 'pii', 'tokenize'}
-    assert report['throughput']['core_h_100000_files'] > report['throughput']['core_h_5000_files'] > 0
-    md = cc_filter.format_report(report)
+    bench = load_bench()  # per-stage throughput and the cost projection: bench/cc_filter.py, from the report
+    tp = bench.throughput(report)
+    assert set(tp['stages']) >= {'read', 'extract', 'langid', 'gopher', 'pii', 'tokenize'}
+    assert tp['core_h_100000_files'] > tp['core_h_5000_files'] > 0
+    md = bench.format_report(report)
     assert 'documents/s per core' in md and '100,000 files' in md
     # a second run finds everything done and changes nothing
     before = _outputs(out)
@@ -389,3 +401,36 @@ def test_pipeline_with_harm_and_quality_models(crawl, cfg, tiny_models, tmp_path
     assert n['in_quality'] == n['in_toxic'] - n.get('drop_toxic', 0)
     assert n['kept'] == n['in_quality'] - n.get('drop_quality', 0)
     assert {'nsfw', 'toxic', 'quality'} <= set(stats['stage_cpu_s'])
+
+
+# -----------------------------------------------------------------------------
+# issue 29: the script alone, copied into an empty folder, imports without running anything and runs from Python
+
+def test_copy_alone_runs_main(data_dir, tmp_path):
+    wet = os.path.join(data_dir, 'a4', 'docs_crawl.warc.wet.gz')
+    if not os.path.exists(wet):
+        pytest.skip(f"no WET at {wet}")
+    work, inputs = tmp_path / 'alone', tmp_path / 'in'
+    work.mkdir()
+    inputs.mkdir()
+    shutil.copy(os.path.join(ROOT, 'cc_filter.py'), work)  # no configurator.py, no model.py: cc_filter needs neither
+    (inputs / 'tiny.warc.wet.gz').write_bytes(warc_slice(wet, 1, 11))
+    code = (f"import sys; sys.argv = ['their_program.py', '--their_flag=1']\n"
+            f"import cc_filter\n"
+            f"import os; assert set(os.listdir('.')) - {{'__pycache__'}} == {{'cc_filter.py'}}, os.listdir('.')\n"
+            f"cc_filter.input = {str(inputs / '*.wet.gz')!r}\n"
+            f"cc_filter.lid_model = {os.path.join(data_dir, 'a4', 'lid.176.ftz')!r}\n"
+            f"cc_filter.out_dir, cc_filter.num_workers = 'out', 1\n"
+            f"report = cc_filter.main()\n"
+            f"print('KEPT', report['counts']['kept'])\n")
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'LMSCRATCH_DATA')}
+    env['TIKTOKEN_CACHE_DIR'] = os.path.join(data_dir, 'tiktoken_cache')
+    r = subprocess.run([sys.executable, '-c', code], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    kept = int(r.stdout.split('KEPT ')[1])
+    docs = open(work / 'out' / 'docs' / 'tiny.warc.wet.jsonl', encoding='utf-8').read().splitlines()
+    assert 0 < kept == len(docs) <= 10 and all(json.loads(d)['lang'] == 'en' for d in docs)
+    tokens = np.fromfile(work / 'out' / 'train.bin', dtype=np.uint16)
+    val = np.fromfile(work / 'out' / 'val.bin', dtype=np.uint16)
+    assert (tokens == 50256).sum() + (val == 50256).sum() == kept
+    assert set(os.listdir(work)) - {'__pycache__'} == {'cc_filter.py', 'out'}  # nothing written beside it but out_dir

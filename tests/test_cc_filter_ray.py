@@ -64,7 +64,7 @@ def crawl(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def cfg(data_dir):
-    return dict(cc_filter.config, lid_model=os.path.join(data_dir, 'a4', 'lid.176.ftz'))
+    return dict(cc_filter.current_config(), lid_model=os.path.join(data_dir, 'a4', 'lid.176.ftz'))
 
 
 @pytest.fixture(scope='module')
