@@ -827,6 +827,13 @@ def die(msg):
     sys.exit(2)
 
 
+def same_file(a, b):
+    """True when paths a and b name one file (the same path, or links to one file)."""
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
 def check_config(c):
     """Every key's range and the combinations, before anything is trained or written."""
     if c['mode'] not in ('sweep', 'analyze'):
@@ -893,7 +900,7 @@ def main():
     if c['mode'] == 'analyze':
         # 2a) fit given runs; the outputs must not overwrite them
         path = c['input'] or scaling.default_input()
-        if any(os.path.exists(o) and os.path.samefile(o, path) for o in outputs if os.path.exists(path)):
+        if any(same_file(o, path) for o in outputs):
             die(f"--input={path} is one of the outputs (--out_dir/--name): give another --out_dir or --name")
         try:
             runs = scaling.load_runs(path)
@@ -913,6 +920,8 @@ def main():
     target_C = c['target_budget'] or c['target_ratio'] * bud[-1]
     total = c['total_budget'] or 2 * c['sizes_per_budget'] * sum(bud)
     sweep_path = c['sweep_json'] or os.path.join(c['out_dir'], f"{c['name']}_runs.json")
+    if any(same_file(o, sweep_path) for o in outputs):
+        die(f"--sweep_json={sweep_path} is one of the report's outputs (--out_dir/--name): give another path")
     if os.path.exists(sweep_path):
         try:  # the cache of an earlier run: a broken file is refused before anything is trained
             scaling.load_runs(sweep_path)

@@ -350,3 +350,97 @@ def test_gpu_preset_plan_fits_its_time_limit(tmp_path, law, ceiling, flops):
         assert now[0] <= limit, (ceiling, now[0], limit)
         print(f"ceiling {ceiling:.1e} tok/s: {len(done)} runs at {len(groups)} budgets, target {target['C']:.2g} "
               f"({target['ratio']:.1f}x), {now[0]:.0f}s of {limit:.0f}s")
+
+
+# -----------------------------------------------------------------------------
+# Bad input (issue 32): one line naming the key, exit code 2, no traceback, nothing written or changed
+
+def _refused(script, args, cwd, needle):
+    """Run `script args` in cwd; it must refuse with one line on stderr that contains needle."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, capture_output=True, text=True,
+                       timeout=120)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2, (p.returncode, p.stdout[-1000:], p.stderr[-2000:])
+    assert len(lines) == 1 and 'Traceback' not in p.stderr, p.stderr
+    assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def _write_runs(path, budgets=(1e18, 3e18)):
+    runs = [dict(parameters=n, compute_budget=c, final_loss=3.0 + 0.1 * abs(math.log(n / 2e6)))
+            for c in budgets for n in (1e6, 2e6, 4e6)]
+    path.write_text(json.dumps(runs))
+    return path.read_text()
+
+
+@pytest.mark.parametrize('args, needle', [
+    (['--mode=sweep'], 'bench/scaling.py'),
+    (['--n_bootstrap=-1'], '--n_bootstrap'),
+    (['--huber_delta=0'], '--huber_delta'),
+    (['--extrapolate_to=(0,)'], '--extrapolate_to'),
+    (['--input=missing.json'], 'missing.json'),
+    (['--input=bad.json'], 'not valid JSON'),
+    (['--input=one_budget.json'], '2 or more budgets'),
+    (['--input=.'], '.'),
+    (['--n_bootstrap=many'], 'n_bootstrap'),
+])
+def test_scaling_refuses_bad_config(tmp_path, args, needle):
+    (tmp_path / 'bad.json').write_text('[{"parameters": 1e6,')
+    _write_runs(tmp_path / 'one_budget.json', budgets=(1e18,))
+    before = sorted(os.listdir(tmp_path))
+    _refused('scaling.py', args, tmp_path, needle)
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize('args, needle', [
+    (['--mode=fit'], '--mode'),
+    (['--preset=huge'], '--preset'),
+    (['--preset=none', '--budgets=(1e10,)'], '2 or more different budgets'),
+    (['--preset=none', '--budgets=()'], '--budgets'),
+    (['--preset=cpu', '--sizes_per_budget=2'], '--sizes_per_budget'),
+    (['--preset=cpu', '--warmup_frac=1.5'], '--warmup_frac'),
+    (['--preset=cpu', '--batch_size=0'], '--batch_size'),
+    (['--preset=cpu', '--size_spread=1.0'], '--size_spread'),
+    (['--preset=cpu', '--time_limit_s=-1'], '--time_limit_s'),
+    (['--preset=cpu', '--data_dir=no_such_folder'], 'no_such_folder'),
+    (['--backend=remote'], '--api_key'),
+    (['--name=a/b'], '--name'),
+])
+def test_bench_scaling_refuses_bad_config(tmp_path, args, needle):
+    _refused('bench/scaling.py', [*args, f'--out_dir={tmp_path / "out"}'], tmp_path, needle)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bench_scaling_never_overwrites_its_input(tmp_path):
+    """The report's <name>.json would be the runs file itself: refused, the runs untouched."""
+    text = _write_runs(tmp_path / 'runs.json')
+    _refused('bench/scaling.py', ['--mode=analyze', '--input=runs.json', f'--out_dir={tmp_path}', '--name=runs'],
+             tmp_path, 'runs.json')
+    assert (tmp_path / 'runs.json').read_text() == text and os.listdir(tmp_path) == ['runs.json']
+
+
+def _token_folder(d):
+    """A minimal token folder (train.bin, val.bin, meta.json) that passes the sweep's data check."""
+    d.mkdir()
+    for f in ('train.bin', 'val.bin'):
+        np.zeros(1000, dtype=np.uint16).tofile(d / f)
+    (d / 'meta.json').write_text(json.dumps(dict(vocab_size=256, dtype='uint16', eot_id=0)))
+    return d
+
+
+def test_bench_scaling_sweep_cache_is_not_a_report_file(tmp_path):
+    d = _token_folder(tmp_path / 'bytes')
+    _refused('bench/scaling.py', ['--preset=cpu', f'--data_dir={d}', f'--out_dir={tmp_path / "out"}',
+                                  '--name=sw', f'--sweep_json={tmp_path / "out" / "sw.json"}'], tmp_path, 'sw.json')
+    assert os.listdir(tmp_path) == ['bytes']
+
+
+def test_bench_scaling_refuses_a_broken_sweep_cache(tmp_path):
+    """A corrupt --sweep_json (the cache of an earlier sweep) is refused before anything is trained, and kept."""
+    d = _token_folder(tmp_path / 'bytes')
+    (tmp_path / 'cache.json').write_text('[{"parameters": 1e6')
+    before = {p: os.path.getmtime(os.path.join(tmp_path, p)) for p in os.listdir(tmp_path)}
+    _refused('bench/scaling.py', ['--preset=cpu', f'--data_dir={d}', '--sweep_json=cache.json',
+                                  f'--out_dir={tmp_path / "out"}'], tmp_path, '--sweep_json')
+    assert (tmp_path / 'cache.json').read_text() == '[{"parameters": 1e6'
+    assert {p: os.path.getmtime(os.path.join(tmp_path, p)) for p in os.listdir(tmp_path)} == before
