@@ -5,6 +5,7 @@ fails once and is retried, corrupt input counted and skipped, and a clear error 
 
     python -m pytest tests/test_dedup_ray.py -v
 """
+import importlib.util
 import json
 import os
 import sys
@@ -12,6 +13,16 @@ import sys
 import pytest
 
 import dedup
+
+
+def load_bench():
+    """bench/dedup.py as a module (it makes the planted-duplicate corpus)."""
+    if 'bench_dedup' not in sys.modules:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        spec = importlib.util.spec_from_file_location('bench_dedup', os.path.join(root, 'bench', 'dedup.py'))
+        sys.modules['bench_dedup'] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules['bench_dedup'])
+    return sys.modules['bench_dedup']
 
 
 @pytest.fixture(scope='module')
@@ -26,7 +37,7 @@ def ray_local():
 def inputs(data_dir, tmp_path_factory):
     """300 one-file documents with planted near-duplicates, two JSONL files, and bad input."""
     d = tmp_path_factory.mktemp('in')
-    texts, fam = dedup.make_bench_corpus(400, seed=2, words_per_doc=150)
+    texts, fam = load_bench().make_bench_corpus(400, seed=2, words_per_doc=150)
     files = []
     for i, t in enumerate(texts[:300]):
         files.append(str(d / f"doc{i:04d}.txt"))
@@ -62,7 +73,7 @@ def local_result(inputs, tmp_path_factory):
 def test_ray_equals_local(ray_local, inputs, local_result, tmp_path):
     stats, outputs = local_result
     assert stats['docs_removed'] > 10 and stats['binary'] == 1 and stats['bad_lines'] == 2  # a real test
-    r = dedup.minhash_dedup(inputs, output_dir=tmp_path, engine='ray', num_partitions=4, **ARGS)
+    r = dedup.minhash_dedup(inputs, output_dir=tmp_path, engine='ray', **ARGS)
     assert _outputs(tmp_path) == outputs
     for k in ('docs', 'candidate_pairs', 'duplicate_pairs', 'clusters', 'docs_removed', 'removed_names',
               'binary', 'bad_lines', 'empty', 'non_utf8'):
