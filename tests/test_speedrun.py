@@ -157,3 +157,31 @@ def test_a_missing_or_empty_crawl_is_a_clear_error(tmp_path, data_dir):
     assert r.returncode == 2 and 'is empty' in r.stderr
     r = speedrun('--tiny', '--until=nonsense', f'--run_dir={tmp_path / "c"}', data_dir=data_dir)
     assert r.returncode == 2 and '--until=nonsense' in r.stderr
+
+
+@pytest.mark.parametrize('args, needle', [
+    (['--tiny', '--until=nonsense'], '--until=nonsense'),
+    (['--tiny', '--nproc=0'], '--nproc=0'),
+    (['--gpu', '--nproc=3'], 'does not divide'),
+    (['--tiny', '--bogus'], "unknown option '--bogus'"),
+    (['--tiny', '--crawl=no/such/*.warc.gz'], 'matches no file'),
+])
+def test_bad_options_are_one_line_errors_that_write_nothing(tmp_path, data_dir, args, needle):
+    """Refused before any stage: exit code 2, one line on stderr, no traceback, no run folder made."""
+    run_dir = tmp_path / 'run'
+    r = speedrun(*args, f'--run_dir={run_dir}', data_dir=data_dir)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+    assert 'Traceback' not in r.stderr and not run_dir.exists()
+
+
+def test_a_folder_that_is_not_a_run_is_refused_untouched(tmp_path, data_dir):
+    crawl = tmp_path / 'c.warc.gz'
+    crawl.write_bytes(b'x')
+    other = tmp_path / 'mine'
+    other.mkdir()
+    (other / 'notes.txt').write_text('keep me')
+    r = speedrun('--tiny', f'--run_dir={other}', f'--crawl={crawl}', data_dir=data_dir)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and 'no config.env' in lines[0], r.stderr
+    assert os.listdir(other) == ['notes.txt'] and (other / 'notes.txt').read_text() == 'keep me'
