@@ -44,7 +44,6 @@ seed = 1337  # bootstrap seed
 # -----------------------------------------------------------------------------
 
 
-# -----------------------------------------------------------------------------
 # The runs: read, check, and group by compute budget
 
 def load_runs(path):
@@ -94,6 +93,9 @@ def group_by_budget(runs):
         out[C] = (N, L, D)
     return out
 
+
+# -----------------------------------------------------------------------------
+# Methods 1 and 2: the optimum of each IsoFLOP curve, then power laws through the optima
 
 def argmin_optimum(N, L):
     """Method 1: the best run of the curve. Returns (N_opt, L_opt, at_edge)."""
