@@ -7,23 +7,23 @@ DDP keeps everything on every GPU: fp32 weights (4 bytes/param), fp32 gradients 
 al. 2020; Zhao et al. 2023, "PyTorch FSDP", https://arxiv.org/abs/2304.11277) shards all of it over N ranks:
 
   - the model is cut into units (here: each Transformer block, plus a root unit for embeddings, final norm and head);
-    a unit's parameters are flattened into fp32 vectors (one for its matrices, one for its gains and biases, so
-    that weight decay can still treat them differently), padded to a multiple of N, and each rank keeps 1/N of
-    each: the *shards*, nn.Parameters that the optimizer updates (fp32 master weights, fp32 AdamW state);
-  - before a unit's forward, the shards are cast to bf16 and all-gathered into the full flat vector, and the
-    module's weights become views into it; after the unit's forward the gathered copy is freed;
+    every parameter is sharded on dim 0 (FSDP2's Shard(0)): each rank keeps 1/N of its rows, padded to a multiple
+    of N. The *shards* replace the parameters in the module, under their names: nn.Parameters in fp32 (master
+    weights) that the optimizer updates, with fp32 AdamW state;
+  - before a unit's forward, its shards are cast to bf16 and all-gathered into full tensors, and the module computes
+    with views of them; after the unit's forward the gathered copies are freed;
   - before the unit's backward it is gathered again (autograd saved views into it; we refill their storage);
-  - the unit's bf16 gradient is reduce-scattered: each rank receives the sum over ranks of its own slice, which it
-    averages and accumulates in fp32 into its shard's .grad;
+  - each parameter's bf16 gradient is reduce-scattered: each rank receives the sum over ranks of its own rows, which
+    it averages and accumulates in fp32 into its shard's .grad;
   - while unit i computes, unit i+1's all-gather is already in flight (prefetch, forward and backward).
 
 Per rank this costs 16P/N bytes of states plus at most two gathered units in bf16 (plus activations), for
-three collectives per unit per step (all-gather, all-gather, reduce-scatter) instead of DDP's one all-reduce
-(which itself is a reduce-scatter plus an all-gather: FSDP moves 1.5x DDP's bytes).
+three collectives per parameter per step (all-gather, all-gather, reduce-scatter; FSDP2 packs a unit's into one
+of each) instead of DDP's one all-reduce (itself a reduce-scatter plus an all-gather: FSDP moves 1.5x DDP's bytes).
 
 Usage (train.py --fsdp=True does this):
     model = FSDP(TransformerLM(...).to(device))            # every rank; rank 0's weights win
-    opt = torch.optim.AdamW(model.parameters(), lr=...)    # the local fp32 shards
+    opt = torch.optim.AdamW(model.parameters(), lr=...)    # the local fp32 shards (so are the inner module's)
     loss = model(x, targets=y); loss.backward(); model.finish_gradient_synchronization(); opt.step()
     sd = model.full_state_dict()                           # full weights on rank 0 (a collective: all ranks call it)
 
@@ -63,50 +63,51 @@ _reduce_scatter = getattr(dist, 'reduce_scatter_single', None) or dist.reduce_sc
 
 
 # -----------------------------------------------------------------------------
-# One FSDP unit: a module's parameters as flat vectors (matrices, vectors), sharded
+# One sharded parameter, and a unit of them
+#
+# FSDP2 (torch.distributed.fsdp.fully_shard) shards every parameter on dim 0, Shard(0): rank r keeps rows
+# [r * rows, (r + 1) * rows) of it, dim 0 padded with zeros to a multiple of N. The shard replaces the parameter in
+# its module, under its own name, so module.named_parameters() and module.parameters() are the shards: an optimizer
+# built from them updates the fp32 master weights, and a rule like "weight decay on p.dim() >= 2" still holds,
+# since a shard keeps its parameter's number of dims. We do the same.
 
-class FlatParam:
+class ShardedParam:
     """
-    Some parameters of one unit, flattened and sharded.
-      shard   nn.Parameter, this rank's slice of the flat fp32 vector (the master weights the optimizer updates);
-              (shard_numel,) for vectors, (1, shard_numel) for matrices -- see matrices below
-      full    (padded,) param_dtype leaf tensor: the gathered vector; its storage is freed (size 0) when not in use
-      slots   (submodule, attribute, index): where each parameter lived; the attribute becomes a view into `full`
+    One parameter of a unit, sharded on dim 0.
+      shard   nn.Parameter (rows, *shape[1:]) fp32: this rank's rows, registered in the module at the parameter's name
+      full    (N * rows, *shape[1:]) param_dtype leaf: every rank's rows, gathered; its storage is freed (size 0) when
+              not in use. The module computes with the view full[:shape[0]] (the padding rows cut off)
+      slots   (submodule, attribute) where the parameter is used (two for a tied weight), names its state-dict keys
     """
 
-    def __init__(self, params, slots, names, param_dtype, rank, world_size, matrices):
-        self.slots, self.names = slots, names
-        self.shapes = [p.shape for p in params]
-        self.numels = [p.numel() for p in params]
-        total = sum(self.numels)
-        self.padded = math.ceil(total / world_size) * world_size  # equal shards: all_gather needs equal sizes
-        self.shard_numel = self.padded // world_size
-        self.split_sizes = self.numels + [self.padded - total]  # the last piece is padding
-        device = params[0].device
+    def __init__(self, p, slots, names, param_dtype, rank, world_size):
+        assert p.dim() >= 1, f"{names}: FSDP here shards on dim 0, so a parameter needs at least one dim"
+        self.slots, self.names, self.shape = slots, names, p.shape
+        self.rows = math.ceil(p.shape[0] / world_size)  # equal shards: all_gather needs equal sizes
+        padded = (world_size * self.rows,) + tuple(p.shape[1:])
         with torch.no_grad():
-            flat = torch.zeros(self.padded, dtype=torch.float32, device=device)
-            flat[:total] = torch.cat([p.detach().reshape(-1).float() for p in params])
-            dist.broadcast(flat, src=0)  # rank 0's initialization wins, as with DDP
-            shard = flat[rank * self.shard_numel:(rank + 1) * self.shard_numel].clone()
-            # NOTE: a shard of matrices is kept 2-D, (1, shard_numel), so that the usual optimizer rule "weight
-            # decay on p.dim() >= 2, not on gains and biases" (nanoGPT, train.py) still picks the right shards
-            self.shard = nn.Parameter(shard.view(1, -1) if matrices else shard)
-        del flat
-        # A leaf that requires grad: views of it become the module's weights, so autograd sums their gradients
-        # into full.grad (one (padded,) tensor) and then calls our post-accumulate-grad hook.
-        self.full = torch.empty(self.padded, dtype=param_dtype, device=device, requires_grad=True)
+            full = torch.zeros(padded, dtype=torch.float32, device=p.device)
+            full[:p.shape[0]] = p.detach().float()
+            dist.broadcast(full, src=0)  # rank 0's initialization wins, as with DDP
+            self.shard = nn.Parameter(full[rank * self.rows:(rank + 1) * self.rows].clone())
+        del full
+        for sub, attr in slots:
+            sub._parameters[attr] = self.shard  # the module's parameter is now its shard (FSDP2's sharded param)
+        # A leaf that requires grad: the module computes with a view of it, so autograd sums the gradients of every
+        # use into full.grad (one (N * rows, ...) tensor) and then calls our post-accumulate-grad hook.
+        self.full = torch.empty(padded, dtype=param_dtype, device=p.device, requires_grad=True)
         self.full.untyped_storage().resize_(0)
         self.state = 'free'  # 'free' -> 'gathering' (all-gather in flight) -> 'ready'
         self.work = None  # the in-flight all-gather
-        self.gather_src = None  # the bf16 copy of the shard it reads from (kept alive until it finishes)
+        self.gather_src = None  # the param_dtype copy of the shard it reads from (kept alive until it finishes)
 
 
 class Unit:
-    """A module sharded as one piece (a Transformer block, or the root): one FlatParam for its matrices, one for
-    its vectors (norm gains, biases), gathered and freed together."""
+    """A module sharded as one piece (a Transformer block, or the root): its ShardedParams are gathered and freed
+    together."""
 
-    def __init__(self, module, flats):
-        self.module, self.flats = module, flats
+    def __init__(self, module, params):
+        self.module, self.params = module, params
 
 
 class FSDP(nn.Module):
@@ -117,6 +118,7 @@ class FSDP(nn.Module):
       param_dtype   compute and communication dtype (bf16); master weights, gradients and optimizer stay fp32.
                     torch.float32 gives exact fp32 training (what the tests compare against one process).
       prefetch      start the next unit's all-gather before the current unit runs.
+    After wrapping, module.named_parameters() (and this wrapper's, prefixed 'module.') are the fp32 shards.
     """
 
     def __init__(self, module, unit_modules=None, param_dtype=torch.bfloat16, prefetch=True):
@@ -144,7 +146,7 @@ class FSDP(nn.Module):
         root_subs = [m for m in module.modules() if id(m) not in in_unit]
         members = [(module, root_subs)] + [(u, list(u.modules())) for u in unit_modules]
         for ui, (unit_module, subs) in enumerate(members):
-            groups = {True: ([], [], [], {}), False: ([], [], [], {})}  # matrices?: (params, slots, names, index)
+            found = {}  # id(param) -> (param, its slots), in module order
             for sub in subs:
                 for attr, p in list(sub._parameters.items()):
                     if p is None:
@@ -153,71 +155,63 @@ class FSDP(nn.Module):
                     assert owner.get(id(p), ui) == ui, \
                         f"{names_of[id(p)]} is shared between two FSDP units: tie only parameters of one unit"
                     owner[id(p)] = ui
-                    params, slots, names, index = groups[p.dim() >= 2]
-                    if id(p) not in index:
-                        index[id(p)] = len(params)
-                        params.append(p)
-                        names.append(names_of[id(p)])
-                    slots.append((sub, attr, index[id(p)]))
-            flats = [FlatParam(params, slots, names, param_dtype, self.rank, self.world_size, matrices)
-                     for matrices, (params, slots, names, _) in groups.items() if params]
-            if not flats:
-                continue
-            for f in flats:
-                for sub, attr, _ in f.slots:
-                    if attr in sub._parameters:
-                        del sub._parameters[attr]  # from now on a plain attribute, set to a view before each use
-            self.units.append(Unit(unit_module, flats))
-        del groups
-        self.flats = [f for u in self.units for f in u.flats]
-        # the shards are this module's parameters: FSDP(...).parameters() is what the optimizer sees
-        self.shards = nn.ParameterList([f.shard for f in self.flats])
+                    found.setdefault(id(p), (p, []))[1].append((sub, attr))
+            if found:
+                params = [ShardedParam(p, slots, names_of[id(p)], param_dtype, self.rank, self.world_size)
+                          for p, slots in found.values()]
+                self.units.append(Unit(unit_module, params))
+        self.params = [sp for u in self.units for sp in u.params]
         self._order = []  # units in forward execution order, recorded during the first forward (for prefetch)
         self._recording = True
-        self._pending = []  # (flat, work, reduced shard gradient, full gradient kept alive) in flight
+        self._pending = []  # (sharded param, work, reduced shard gradient, full gradient kept alive) in flight
         self.max_gathered = 0  # most units gathered at once (statistic for tests and the bench)
         for u in self.units:
             u.module.register_forward_pre_hook(lambda m, args, u=u: self._pre_forward(u))
             u.module.register_forward_hook(lambda m, args, out, u=u: self._post_forward(u, out))
-            for f in u.flats:
-                f.full.register_post_accumulate_grad_hook(lambda full, f=f: self._grad_ready(f))
+            for sp in u.params:
+                sp.full.register_post_accumulate_grad_hook(lambda full, sp=sp: self._grad_ready(sp))
 
     # ---- gathering and freeing -------------------------------------------------
     def _gather_async(self, u):
-        """Start the all-gathers of u's shards into the full vectors (bf16)."""
-        for f in u.flats:
-            if f.state != 'free':
+        """Start the all-gathers of u's shards into the full tensors (param_dtype), one per parameter."""
+        for sp in u.params:
+            if sp.state != 'free':
                 continue
-            f.full.untyped_storage().resize_(f.padded * f.full.element_size())  # re-allocate the freed storage
-            f.gather_src = f.shard.detach().reshape(-1).to(self.param_dtype)  # cast before sending: half the bytes
+            sp.full.untyped_storage().resize_(sp.full.numel() * sp.full.element_size())  # re-allocate the storage
+            sp.gather_src = sp.shard.detach().to(self.param_dtype)  # cast before sending: half the bytes in bf16
+            # Shard(0) gathered is a concatenation along dim 0, i.e. of the flat shards: (N * rows * ...,)
             # NOTE: write through .data: it shares the storage but not the version counter, so autograd does not
             # complain that tensors it saved for backward (views of full) were modified in place -- we refill them
-            # with the very same values on purpose
-            f.work = _all_gather(f.full.data, f.gather_src, async_op=True)
-            f.state = 'gathering'
+            # with the very same values on purpose.
+            # FSDP2 packs a unit's shards into one buffer for a single all-gather (then copies out); one call per
+            # parameter costs more launches and keeps this short (the trade-off of ddp.py's buckets).
+            sp.work = _all_gather(sp.full.data.view(-1), sp.gather_src.view(-1), async_op=True)
+            sp.state = 'gathering'
         self.max_gathered = max(self.max_gathered,
-                                sum(any(f.state != 'free' for f in v.flats) for v in self.units))
+                                sum(any(sp.state != 'free' for sp in v.params) for v in self.units))
 
     def _wait(self, u, set_views):
         self._gather_async(u)
-        for f in u.flats:
-            if f.work is not None:
-                f.work.wait()
-                f.work, f.gather_src = None, None
-            f.state = 'ready'
+        for sp in u.params:
+            if sp.work is not None:
+                sp.work.wait()
+                sp.work, sp.gather_src = None, None
+            sp.state = 'ready'
             if set_views:
-                # the module's weights become views of the gathered vector: (padded,) -> pieces -> original shapes.
-                # split() makes one SplitWithSizesBackward node: in backward the pieces' gradients are concatenated
-                pieces = f.full.split(f.split_sizes)
-                for sub, attr, i in f.slots:
-                    setattr(sub, attr, pieces[i].view(f.shapes[i]))
+                # the module computes with the gathered weight: an instance attribute shadows the registered
+                # (sharded) parameter, because nn.Module looks in _parameters only when normal lookup fails
+                view = sp.full[:sp.shape[0]]  # (shape[0], ...) the padding rows cut off
+                for sub, attr in sp.slots:
+                    sub.__dict__[attr] = view
 
-    def _free_flat(self, f):
-        if f.work is not None:  # a prefetch nobody used: finish it before dropping its buffer
-            f.work.wait()
-            f.work, f.gather_src = None, None
-        f.full.untyped_storage().resize_(0)  # the views (and what autograd saved) keep their shape, lose the memory
-        f.state = 'free'
+    def _free(self, sp):
+        if sp.work is not None:  # a prefetch nobody used: finish it before dropping its buffer
+            sp.work.wait()
+            sp.work, sp.gather_src = None, None
+        sp.full.untyped_storage().resize_(0)  # the views (and what autograd saved) keep their shape, lose the memory
+        for sub, attr in sp.slots:
+            sub.__dict__.pop(attr, None)  # outside forward, module.<attr> is the shard again
+        sp.state = 'free'
 
     def _neighbour(self, u, step):
         if self._recording or u not in self._order:
@@ -236,8 +230,8 @@ class FSDP(nn.Module):
                 self._gather_async(nxt)
 
     def _post_forward(self, u, output):
-        for f in u.flats:
-            self._free_flat(f)
+        for sp in u.params:
+            self._free(sp)
         if torch.is_grad_enabled():
             # "pre-backward hook": the gradient w.r.t. the unit's output arrives just before the unit's backward
             for t in _tensors(output):
@@ -245,21 +239,21 @@ class FSDP(nn.Module):
                     t.register_hook(lambda grad, u=u: self._pre_backward(u))
 
     def _pre_backward(self, u):
-        self._wait(u, set_views=False)  # autograd already holds views of the full vectors: refill their storage
+        self._wait(u, set_views=False)  # autograd already holds views of the full tensors: refill their storage
         if self.prefetch:
             prv = self._neighbour(u, -1)  # backward runs the units in reverse order
             if prv is not None:
                 self._gather_async(prv)
 
-    def _grad_ready(self, f):
-        """All of f's gradients have been summed into f.full.grad: reduce-scatter it, free the gathered weights."""
-        grad = f.full.grad  # (padded,) in param_dtype
-        f.full.grad = None
-        self._free_flat(f)  # every op that used these weights has finished its backward
+    def _grad_ready(self, sp):
+        """All of sp's gradients have been summed into sp.full.grad: reduce-scatter it, free the gathered weight."""
+        grad = sp.full.grad  # (N * rows, ...) in param_dtype, zeros in the padding rows
+        sp.full.grad = None
+        self._free(sp)  # every op that used this weight has finished its backward
         grad.div_(self.world_size)  # average (before the sum: no overflow risk in low precision)
-        out = torch.empty(f.shard_numel, dtype=grad.dtype, device=grad.device)
-        work = _reduce_scatter(out, grad, async_op=True)  # out = sum over ranks of our slice of grad
-        self._pending.append((f, work, out, grad))
+        out = torch.empty(sp.shard.numel(), dtype=grad.dtype, device=grad.device)
+        work = _reduce_scatter(out, grad.view(-1), async_op=True)  # out = sum over ranks of our rows of grad
+        self._pending.append((sp, work, out, grad))
 
     # ---- the DDP-like interface train.py uses -------------------------------------
     def forward(self, *args, **kwargs):
@@ -271,17 +265,17 @@ class FSDP(nn.Module):
 
     def finish_gradient_synchronization(self):
         """Wait for the reduce-scatters and accumulate the gradient shards into shard.grad in fp32."""
-        for f, work, out, _ in self._pending:
+        for sp, work, out, _ in self._pending:
             work.wait()
-            g = out.float().view_as(f.shard)
-            if f.shard.grad is None:
-                f.shard.grad = g
+            g = out.float().view_as(sp.shard)
+            if sp.shard.grad is None:
+                sp.shard.grad = g
             else:
-                f.shard.grad.add_(g)
+                sp.shard.grad.add_(g)
         self._pending.clear()
-        for f in self.flats:
-            if f.state != 'free':
-                self._free_flat(f)
+        for sp in self.params:
+            if sp.state != 'free':
+                self._free(sp)
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -300,14 +294,12 @@ class FSDP(nn.Module):
         A collective: every rank must call it. Returns {} on ranks other than 0 when rank0_only.
         """
         params = {}
-        for f in self.flats:
-            full = torch.empty(f.padded, dtype=torch.float32, device=f.shard.device)
-            _all_gather(full, f.shard.detach().reshape(-1))  # fp32: the checkpoint keeps the master weights
-            full = full.cpu()
-            for i, piece in enumerate(full.split(f.split_sizes)[:-1]):
-                t = piece.view(f.shapes[i]).clone()
-                for name in f.names[i]:
-                    params[name] = t
+        for sp in self.params:
+            full = torch.empty(sp.full.shape, dtype=torch.float32, device=sp.shard.device)
+            _all_gather(full.view(-1), sp.shard.detach().reshape(-1))  # fp32: the checkpoint keeps master weights
+            t = full[:sp.shape[0]].cpu().clone()
+            for name in sp.names:
+                params[name] = t
         if rank0_only and self.rank != 0:
             return {}
         buffers = dict(self.module.named_buffers())
@@ -315,16 +307,17 @@ class FSDP(nn.Module):
 
     @torch.no_grad()
     def load_full_state_dict(self, state_dict):
-        """Load a full (unsharded) state dict: every rank passes it and keeps only its own slices."""
+        """Load a full (unsharded) state dict: every rank passes it and keeps only its own rows."""
         missing = [k for k in self._sd_keys if k not in state_dict]
         unexpected = [k for k in state_dict if k not in self._sd_keys]
         if missing or unexpected:
             raise KeyError(f"state dict does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
                            " (a checkpoint of another model config?)")
-        for f in self.flats:
-            flat = torch.zeros(f.padded, dtype=torch.float32)
-            flat[:sum(f.numels)] = torch.cat([state_dict[n[0]].reshape(-1).float().cpu() for n in f.names])
-            f.shard.copy_(flat[self.rank * f.shard_numel:(self.rank + 1) * f.shard_numel].view_as(f.shard))
+        for sp in self.params:
+            w = state_dict[sp.names[0]].float().to(sp.shard.device)
+            rows = w[self.rank * sp.rows:(self.rank + 1) * sp.rows]  # fewer (or none) on the last ranks: padding
+            sp.shard.zero_()
+            sp.shard[:rows.shape[0]].copy_(rows)
         buffers = dict(self.module.named_buffers())
         for k in self._buffer_keys:
             buffers[k].copy_(state_dict[k])

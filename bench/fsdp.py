@@ -45,7 +45,7 @@ def _atomic_write(path, text):
 
 def largest_unit_bytes(m):
     """Bytes of the largest unit once gathered in the compute dtype (what one prefetch adds to the peak)."""
-    return max(sum(f.padded for f in u.flats) for u in m.units) * torch.finfo(m.param_dtype).bits // 8
+    return max(sum(sp.full.numel() for sp in u.params) for u in m.units) * torch.finfo(m.param_dtype).bits // 8
 
 
 def run_bench(be):

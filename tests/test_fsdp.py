@@ -88,9 +88,10 @@ def reference(model, data, micro=1):
     return model, losses
 
 
-def fsdp_train(model, data, rank, micro=1, **kw):
+def fsdp_train(model, data, rank, micro=1, inner_params=False, **kw):
     m = fsdp.FSDP(copy.deepcopy(model), **kw)
-    opt = torch.optim.SGD(decay_groups(m.parameters()), lr=0.5, momentum=0.9)
+    # inner_params: the optimizer takes the wrapped module's own parameters (its shards, like FSDP2), not the wrapper's
+    opt = torch.optim.SGD(decay_groups(m.module.parameters() if inner_params else m.parameters()), lr=0.5, momentum=0.9)
     losses = []
     for batch in data:
         total = torch.zeros(())
@@ -135,11 +136,31 @@ def _checks(rank):
         report[f'max_gathered_prefetch{prefetch}'] = m.max_gathered
     report['n_units'] = len(m.units)
     report['tied_in_sd'] = sd['head.weight'].data_ptr() == sd['emb.weight'].data_ptr()
-    # nothing stays gathered between steps, and the shards are 1/WORLD of each (padded) unit
-    report['all_freed'] = all(f.full.untyped_storage().nbytes() == 0 for f in m.flats)
-    report['shard_sizes_ok'] = all(f.shard.numel() * WORLD == f.padded >= sum(f.numels) for f in m.flats)
-    report['shard_dims'] = [f.shard.dim() for f in m.flats]  # matrices (1, n), vectors (n,), per unit
+    # nothing stays gathered between steps, and each shard is 1/WORLD of its parameter's rows (dim 0 padded)
+    report['all_freed'] = all(sp.full.untyped_storage().nbytes() == 0 for sp in m.params)
+    report['shard_sizes_ok'] = all(sp.shard.shape[0] * WORLD == sp.full.shape[0] >= sp.shape[0] > sp.full.shape[0]
+                                   - WORLD and sp.shard.shape[1:] == sp.shape[1:] for sp in m.params)
+    report['shard_dims'] = [sp.shard.dim() for sp in m.params]  # a shard keeps its parameter's dims
     rank0 = m.full_state_dict()
+
+    # the wrapped module's named_parameters() are its shards (issue 31): same names, dim 0 cut into WORLD parts,
+    # the same objects as the wrapper's parameters; an optimizer over them trains like one process does
+    plain = copy.deepcopy(model)
+    before = {n: tuple(p.shape) for n, p in plain.named_parameters()}
+    wrapped = fsdp.FSDP(plain, param_dtype=torch.float32)
+    named = dict(plain.named_parameters())
+    report['names_kept'] = list(named) == list(before)
+    report['shard_shapes'] = {n: [tuple(p.shape), (-(-before[n][0] // WORLD),) + before[n][1:]]  # ceil(rows / N)
+                              for n, p in named.items()}
+    report['all_parameters'] = all(isinstance(p, nn.Parameter) and p.dtype == torch.float32 for p in named.values())
+    report['same_as_wrapper'] = [id(p) for p in plain.parameters()] == [id(p) for p in wrapped.parameters()]
+    mi, _ = fsdp_train(model, data, rank, inner_params=True, param_dtype=torch.float32)
+    report['inner_params_train'] = sd_diff(mi.full_state_dict(rank0_only=False), ref_sd)
+    rows_diff = 0.0  # what a walker of named_parameters() sees: this rank's rows of the trained weights
+    for n, p in mi.module.named_parameters():
+        mine = ref_sd[n][rank * p.shape[0]:(rank + 1) * p.shape[0]]
+        rows_diff = max(rows_diff, (p.detach()[:mine.shape[0]] - mine).abs().max().item())
+    report['named_rows_diff'] = rows_diff
     report['rank0_only_empty'] = (len(rank0) == 0) if rank != 0 else (len(rank0) == len(ref_sd))
 
     # gradient accumulation (2 micro-steps, the first in no_sync)
@@ -153,13 +174,14 @@ def _checks(rank):
     mb, losses_bf16 = fsdp_train(model, data, rank)
     hook = mb.units[1].module.fc1.register_forward_hook(
         lambda mod, args, out: dtypes.update(weight=str(mod.weight.dtype), out=str(out.dtype)))
+    report['outside_forward'] = str(mb.units[1].module.fc1.weight.dtype)  # the fp32 shard, not the gathered copy
     x = data[0][:B_LOCAL]
     loss = mb(x[:, :-1], targets=x[:, 1:])
     loss.backward()
     mb.finish_gradient_synchronization()
     hook.remove()
-    report['bf16_dtypes'] = dict(dtypes, loss=str(loss.dtype), shard=str(mb.units[1].flats[0].shard.dtype),
-                                 grad=str(mb.units[1].flats[0].shard.grad.dtype))
+    report['bf16_dtypes'] = dict(dtypes, loss=str(loss.dtype), shard=str(mb.units[1].params[0].shard.dtype),
+                                 grad=str(mb.units[1].params[0].shard.grad.dtype))
     report['bf16_loss_diff'] = max(abs(a - b) for a, b in zip(losses_bf16, ref_losses))
     report['bf16_weight_diff'] = sd_diff(mb.full_state_dict(rank0_only=False), ref_sd)
 
@@ -216,12 +238,22 @@ def test_fp32_fsdp_matches_single_process(report, rank, prefetch):
 def test_units_freed_and_sharded(report):
     r = report['rank0']
     assert r['n_units'] == 4  # root + 3 blocks
-    assert r['shard_dims'] == [2, 1] * 4, r['shard_dims']  # each unit: a matrix shard and a vector shard
+    # root: emb/head (tied, one shard), norm gain and bias; each block: norm gain, bias, fc1 and fc2 weight, bias
+    assert r['shard_dims'] == [2, 1, 1] + [1, 1, 2, 1, 2, 1] * 3, r['shard_dims']
     assert r['all_freed'] and r['shard_sizes_ok'] and r['tied_in_sd']
     # without prefetch one block (plus the root, gathered for the whole pass) is resident; with prefetch one more
     assert r['max_gathered_prefetchFalse'] == 2, r['max_gathered_prefetchFalse']
     assert r['max_gathered_prefetchTrue'] == 3, r['max_gathered_prefetchTrue']
     assert report['rank0']['rank0_only_empty'] and report['rank1']['rank0_only_empty']
+
+
+def test_wrapped_module_parameters_are_the_shards(report):
+    for r in report.values():
+        assert r['names_kept'] and r['all_parameters'] and r['same_as_wrapper']
+        for name, (got, want) in r['shard_shapes'].items():
+            assert got == want, (name, got, want)
+        assert r['inner_params_train'] < 1e-5, r['inner_params_train']
+        assert r['named_rows_diff'] < 1e-5, r['named_rows_diff']
 
 
 def test_gradient_accumulation(report):
@@ -232,6 +264,7 @@ def test_bf16_mixed_precision(report):
     r = report['rank0']
     assert r['bf16_dtypes'] == dict(weight='torch.bfloat16', out='torch.bfloat16', loss='torch.float32',
                                     shard='torch.float32', grad='torch.float32'), r['bf16_dtypes']
+    assert r['outside_forward'] == 'torch.float32'
     # bf16 rounding moves the losses a little; training still follows the fp32 run closely
     assert r['bf16_loss_diff'] < 0.05, r['bf16_loss_diff']
     assert 0 < r['bf16_weight_diff'] < 0.1, r['bf16_weight_diff']
