@@ -466,6 +466,16 @@ def rewrite_unique_lines(task):
 
 
 # ----------------------------------------------------------------------- Executors: a process pool, or Ray tasks
+def _die_with_parent(parent_pid):
+    """Pool initializer: ask Linux to SIGKILL this worker when its parent dies (prctl(PR_SET_PDEATHSIG = 1)), so a
+    killed run leaves no workers blocked on a pipe forever. A no-op on other systems."""
+    if sys.platform.startswith('linux'):
+        import ctypes
+        import signal
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # the parent died before prctl: nobody will send the signal
+            os._exit(1)
+
 def map_tasks(fn, tasks, workers=None, ray=None, desc='', show=False):
     """[fn(t) for t in tasks] in order: as Ray tasks if ray is given, else in a fork process pool (inline for one
     worker or one task). The fork start method lets workers share the parent's memory (numpy, tables) for free."""
@@ -482,7 +492,8 @@ def map_tasks(fn, tasks, workers=None, ray=None, desc='', show=False):
                 bar.update(len(done))
             return ray.get(refs)
         local, out = workers <= 1 or len(tasks) <= 1, []
-        with contextlib.nullcontext() if local else mp.get_context('fork').Pool(min(workers, len(tasks))) as pool:
+        with contextlib.nullcontext() if local else mp.get_context('fork').Pool(
+                min(workers, len(tasks)), _die_with_parent, (os.getpid(),)) as pool:
             for r in map(fn, tasks) if local else pool.imap(fn, tasks):
                 out.append(r)
                 bar.update()
@@ -508,16 +519,25 @@ def _start_ray(address, workers):
 
 
 # ---------------------------------------------------------------------------------------------- The two pipelines
-def _check_inputs(input_files, output_dir):
-    files = [os.fspath(p) for p in input_files]
+def _check_inputs(input_files, output_dir, input_dirs=()):
+    """Refuse, with a ValueError naming the fix, what would lose data: an input that is not a readable file, two
+    inputs of one name (outputs keep names), an output folder that is an input, holds one, or lies inside an input
+    folder (a rerun would read the outputs). Then create output_dir and return the input paths."""
+    files, out = [os.fspath(p) for p in input_files], os.path.realpath(output_dir) + os.sep
     for p in files:
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"dedup: input {p!r} is not a file")
+        if not os.path.isfile(p) or not os.access(p, os.R_OK):
+            raise ValueError(f"input {p} is not a readable file: fix --inputs")
+        if (os.path.realpath(p) + os.sep).startswith(out):
+            raise ValueError(f"--output_dir={output_dir} is or holds the input {p}: pick an output folder elsewhere")
+    for d in input_dirs:
+        if out.startswith(os.path.realpath(d) + os.sep):
+            raise ValueError(f"--output_dir={output_dir} lies inside the input folder {d}: pick one outside it")
     names = [os.path.basename(p) for p in files]
     if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})[:5]
-        raise ValueError(f"outputs keep input file names, but several inputs are named {dup}; "
-                         "rename them or deduplicate the folders separately")
+        raise ValueError(f"outputs keep input file names, but several inputs are named "
+                         f"{sorted({n for n in names if names.count(n) > 1})[:3]}: rename them or run each folder")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output_dir={output_dir} is a file: pick a folder")
     os.makedirs(output_dir, exist_ok=True)
     return files
 
@@ -620,25 +640,54 @@ def minhash_dedup(input_files, num_hashes, num_bands, ngrams, jaccard_threshold,
 # ---------------------------------------------------------------------------------------------------- Command line
 def list_inputs(spec):
     """--inputs: a folder (all files, recursively, sorted), a glob, or a comma-separated list of files."""
-    if os.path.isdir(spec):
-        files = [os.path.join(r, f) for r, _, fs in os.walk(spec) for f in fs]
-    else:
-        files = spec.split(',') if ',' in spec else glob.glob(spec, recursive=True)
+    if ',' in spec:
+        return sorted(spec.split(','))  # named files: a missing one is an error, not skipped
+    files = [os.path.join(r, f) for r, _, fs in os.walk(spec) for f in fs] if os.path.isdir(spec) else glob.glob(
+        spec, recursive=True)
     return sorted(f for f in files if os.path.isfile(f))
 
+def die(msg):
+    """A user error: one line naming the key and the fix, exit code 2, no traceback, nothing written."""
+    print(f"dedup: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
 def main():
-    """Run --mode on --inputs, from this module's globals (set by configurator.py or by an importer)."""
-    files = list_inputs(inputs)
-    if not files:
-        raise SystemExit(f"dedup: no input files found for --inputs={inputs!r}")
+    """Run --mode on --inputs, from this module's globals (set by configurator.py or by an importer). Every key is
+    checked before anything is written."""
+    import importlib.util
+    for bad, msg in ((mode not in ('minhash', 'exact'), f"--mode={mode!r}: use minhash or exact"),
+                     (engine not in ('local', 'ray'), f"--engine={engine!r}: use local or ray"),
+                     (not 1 <= num_hashes <= 4096, f"--num_hashes={num_hashes}: use 1 to 4096 (128 is usual)"),
+                     (not 1 <= ngrams <= 64, f"--ngrams={ngrams}: use 1 to 64 words (5 is usual)"),
+                     (num_bands < 0, f"--num_bands={num_bands}: use 0 (pick for the threshold) or a divisor"),
+                     (not 0 < jaccard_threshold <= 1, f"--jaccard_threshold={jaccard_threshold}: use (0, 1]"),
+                     (max_bucket < 2, f"--max_bucket={max_bucket}: use 2 or more (200 is usual)"),
+                     (shard_docs < 1, f"--shard_docs={shard_docs}: use 1 or more"),
+                     (num_workers < 0, f"--num_workers={num_workers}: use 0 (every core) or more"),
+                     (not text_key, "--text_key is empty: name the JSONL field of the text"),
+                     (not output_dir, "--output_dir is empty: name the output folder"),
+                     (not inputs, "--inputs is empty: give a folder, a glob or a comma-separated list of files"),
+                     (engine == 'ray' and importlib.util.find_spec('ray') is None,
+                      "--engine=ray needs Ray: pip install 'ray>=2.9', or use --engine=local")):
+        if bad:
+            die(msg)
+    bands = num_bands or choose_bands(num_hashes, jaccard_threshold)[0]
+    try:
+        if mode == 'minhash':
+            _check_bands(num_hashes, bands)
+        files = list_inputs(inputs)
+        if not files:
+            raise ValueError(f"no input files match --inputs={inputs}: give a folder, a glob or file1,file2")
+        in_dirs = [inputs] if os.path.isdir(inputs) else [inputs.split('**')[0] or '.'] if '**' in inputs else []
+        files = _check_inputs(files, output_dir, in_dirs)
+    except ValueError as e:
+        die(e)
     if mode == 'exact':
         print(f"exact line dedup: {len(files):,} files -> {output_dir} (engine {engine})")
         s = exact_line_dedup(files, output_dir, num_workers or None, engine, ray_address, progress)
         print(f"files {s['files']:,} | lines {s['lines']:,} | removed {s['lines_removed']:,} "
               f"({s['lines_removed'] / max(s['lines'], 1):.1%}) | {s['time_s']:.2f} s")
         return s
-    bands = num_bands or choose_bands(num_hashes, jaccard_threshold)[0]
-    _check_bands(num_hashes, bands)
     print(f"minhash dedup: {len(files):,} files -> {output_dir} | {num_hashes} hashes, {bands} bands x "
           f"{num_hashes // bands} rows, {ngrams}-grams, threshold {jaccard_threshold} | engine {engine}")
     s = minhash_dedup(files, num_hashes, bands, ngrams, jaccard_threshold, output_dir, seed, num_workers or None,

@@ -274,3 +274,154 @@ def test_copy_of_dedup_alone_runs(tmp_path):
     out = os.listdir(tmp_path / 'out')
     assert len(out) == 2 and 'c.txt' in out  # one of the two near-duplicates survives
     assert sorted(set(os.listdir(tmp_path)) - {'__pycache__'}) == ['dedup.py', 'in', 'out']  # no configurator.py
+
+
+# ------------------------------------------------------------------------------ bad input (issue 32)
+
+def _snapshot(folder):
+    """Every path under folder with its bytes and mtime: 'nothing written or changed' is an equal snapshot."""
+    out = {}
+    for r, ds, fs in os.walk(folder):
+        for name in ds + fs:
+            p = os.path.join(r, name)
+            out[os.path.relpath(p, folder)] = (open(p, 'rb').read(), os.stat(p).st_mtime_ns) if name in fs else None
+    return out
+
+
+@pytest.fixture
+def corpus_dir(tmp_path):
+    """tmp/in with two near-duplicate documents and a third one; tmp/in/sub/x.jsonl for the JSONL path."""
+    d = tmp_path / 'in'
+    (d / 'sub').mkdir(parents=True)
+    doc = ' '.join(f"word{i}" for i in range(40))
+    _write(d / 'a.txt', doc + '\nshared line\n')
+    _write(d / 'b.txt', doc + ' tail\nshared line\n')
+    _write(d / 'sub' / 'x.jsonl', '{"text": "another document entirely"}\n')
+    return tmp_path
+
+
+BAD_INPUTS = [  # (arguments, a word the message must contain); {d} is the tmp folder
+    (['--inputs={d}/in', '--output_dir={d}/in'], 'output_dir'),  # the input folder itself: minhash
+    (['--mode=exact', '--inputs={d}/in', '--output_dir={d}/in'], 'output_dir'),  # ... and exact (emptied inputs)
+    (['--inputs={d}/in/sub', '--output_dir={d}/in'], 'output_dir'),  # a folder that holds the inputs
+    (['--inputs={d}/in', '--output_dir={d}/in/sub/out'], 'inside'),  # a folder inside the input folder
+    (['--inputs={d}/in/a.txt,{d}/in/b.txt', '--output_dir={d}/in/a.txt'], 'output_dir'),  # an input file
+    (['--inputs={d}/in', '--ngrams=0'], 'ngrams'),
+    (['--inputs={d}/in', '--num_hashes=0'], 'num_hashes'),
+    (['--inputs={d}/in', '--num_bands=7'], 'num_bands'),  # 7 does not divide 128
+    (['--inputs={d}/in', '--num_bands=-1'], 'num_bands'),
+    (['--inputs={d}/in', '--jaccard_threshold=1.5'], 'jaccard_threshold'),
+    (['--inputs={d}/in', '--jaccard_threshold=0'], 'jaccard_threshold'),
+    (['--inputs={d}/nothing/*.jsonl'], 'no input files'),
+    (['--inputs='], 'inputs'),
+    (['--inputs={d}/in/a.txt,{d}/in/missing.txt'], 'missing.txt'),
+    (['--inputs={d}/in', '--mode=fuzzy'], 'mode'),
+    (['--inputs={d}/in', '--engine=spark'], 'engine'),
+    (['--inputs={d}/in', '--shard_docs=0'], 'shard_docs'),
+    (['--inputs={d}/in', '--num_workers=-3'], 'num_workers'),
+    (['--inputs={d}/in', '--max_bucket=1'], 'max_bucket'),
+    (['--inputs={d}/in', '--text_key='], 'text_key'),
+    (['--inputs={d}/in', '--output_dir={d}/in/a.txt/x'], 'output_dir'),  # inside an input file's path
+    (['--inputs={d}/in', '--output_dir={d}/file_not_folder'], 'is a file'),
+    (['--inputs={d}/in', '--ngrams=five'], 'ngrams'),  # configurator: wrong type
+    (['--inputs={d}/in/a.txt,{d}/in/sub/../a.txt'], 'named'),  # two inputs with one name
+]
+
+
+@pytest.mark.parametrize('args, word', BAD_INPUTS, ids=[' '.join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_refused(corpus_dir, args, word):
+    """One line on stderr naming the key, exit code 2, no traceback, nothing written or changed."""
+    _write(corpus_dir / 'file_not_folder', 'x')
+    out = corpus_dir / 'out'
+    args = [a.format(d=corpus_dir) for a in args]
+    for key, default in (('--output_dir', f"--output_dir={out}"), ('--num_workers', '--num_workers=1')):
+        if not any(a.startswith(key + '=') for a in args):
+            args.append(default)
+    before = _snapshot(corpus_dir)
+    r = subprocess.run([sys.executable, 'dedup.py', *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert word in lines[0], lines[0]
+    assert _snapshot(corpus_dir) == before  # no output folder, inputs untouched
+
+
+def test_good_input_still_runs(corpus_dir):
+    """The same corpus with a correct output folder: exit 0, one near-duplicate removed, inputs untouched."""
+    before = _snapshot(corpus_dir / 'in')
+    r = subprocess.run([sys.executable, 'dedup.py', f"--inputs={corpus_dir}/in", f"--output_dir={corpus_dir}/out",
+                        '--num_workers=1', '--progress=False'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(corpus_dir / 'out')) in (['a.txt', 'x.jsonl'], ['b.txt', 'x.jsonl'])
+    assert _snapshot(corpus_dir / 'in') == before
+
+
+def test_resume_redoes_a_replaced_file_or_a_changed_setting(tmp_path, corpus):
+    """Saved shards are named after their files' size and mtime and the settings: a replaced input or another
+    --ngrams is recomputed, the untouched shards are reused, and the result equals a fresh run."""
+    import json
+    texts = corpus[0]
+    d = tmp_path / 'in'
+    d.mkdir()
+    files = [_write(d / f"part{k}.jsonl", ''.join(json.dumps({'text': t}) + '\n' for t in texts[k * 100:k * 100 + 100]))
+             for k in range(4)]
+    args = (files, 128, 32, 5, 0.8)
+    with pytest.raises(RuntimeError, match='interrupted'):
+        dedup.minhash_dedup(*args, tmp_path / 'out', num_workers=1, _interrupt_after_shards=2)
+    _write(d / 'part0.jsonl', ''.join(json.dumps({'text': t}) + '\n' for t in texts[10:100]))  # replaced: 90 docs
+    again = dedup.minhash_dedup(*args, tmp_path / 'out', num_workers=1)
+    assert again['resumed_shards'] == 1 and again['docs'] == 390  # shard 0 redone, shard 1 reused
+    fresh = dedup.minhash_dedup(*args, tmp_path / 'fresh', num_workers=1)
+    assert fresh['removed_names'] == again['removed_names']
+    for f in os.listdir(tmp_path / 'fresh'):
+        assert (tmp_path / 'fresh' / f).read_bytes() == (tmp_path / 'out' / f).read_bytes()
+    # another setting that shapes the signatures: nothing is reused
+    with pytest.raises(RuntimeError, match='interrupted'):
+        dedup.minhash_dedup(*args, tmp_path / 'out2', num_workers=1, _interrupt_after_shards=2)
+    assert dedup.minhash_dedup(files, 128, 32, 4, 0.8, tmp_path / 'out2', num_workers=1)['resumed_shards'] == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='PR_SET_PDEATHSIG is Linux only')
+def test_pool_workers_die_with_their_parent():
+    """SIGKILL the parent while its pool workers run: the workers are gone within a few seconds."""
+    import signal
+    import time
+
+    def state(pid):  # the process state letter, or None once it is gone
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(')', 1)[1].split()[0]
+        except OSError:
+            return None
+
+    def children(ppid):
+        kids = []
+        for pid in filter(str.isdigit, os.listdir('/proc')):
+            try:
+                fields = open(f"/proc/{pid}/stat").read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == ppid and fields[0] != 'Z':
+                kids.append(int(pid))
+        return kids
+
+    code = "import time, dedup; dedup.map_tasks(time.sleep, [60, 60], 2)"
+    parent = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT)
+    workers = []
+    try:
+        deadline = time.time() + 60
+        while len(workers) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+            workers = children(parent.pid)
+        assert len(workers) == 2, workers
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 5
+        while any(state(w) not in (None, 'Z') for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert all(state(w) in (None, 'Z') for w in workers), [(w, state(w)) for w in workers]
+    finally:
+        for w in workers:  # our own test's processes, if the check failed
+            if state(w) not in (None, 'Z'):
+                os.kill(w, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
