@@ -411,9 +411,10 @@ class LocalBackend:
                   max_iters=iters, warmup_iters=max(1, min(max(10, int(r['warmup_frac'] * iters)), iters // 4)),
                   lr_decay_iters=-1,
                   data_dir=r['data_dir'], seed=r['seed'],
-                  # one evaluation, at the end, on the same fixed validation batches for every run; no checkpoint
+                  # one evaluation, at the end, on the same fixed validation batches for every run, no sample; the
+                  # run's folder (its checkpoint too) is a temporary one
                   eval_interval=0, eval_iters=r['eval_iters'], log_interval=max(10, iters // 5),
-                  save_checkpoint=False, max_new_tokens=0, max_time_s=0.0)
+                  max_new_tokens=0, max_time_s=0.0)
         if r.get('device'):
             ov['device'] = r['device']
         ov.update(r.get('overrides', {}))
