@@ -1,37 +1,33 @@
 """
-bpe.py: a byte-level BPE tokenizer (GPT-2 style), trained and used at speed, in plain Python.
+bpe.py: a byte-level BPE tokenizer (GPT-2 style), trained and used at speed in plain Python, and the token files
+(train.bin, val.bin, meta.json) that train.py reads.
 
-What it teaches (CS336 assignment 1, section 2; Sennrich et al. 2016, "Neural Machine Translation of Rare
-Words with Subword Units"; Radford et al. 2019, GPT-2):
-- Training: start from the 256 single bytes (plus the special tokens), split the text into pre-tokens with
-  GPT-2's regex, and repeatedly merge the most frequent adjacent pair of tokens into a new token.
-  Pairs never cross a pre-token or a special token. Ties go to the lexicographically greater pair.
-- Encoding: split out the special tokens (longest first), pre-tokenize, and inside each pre-token apply the
-  merges in the order they were learned. decode() joins the bytes and decodes UTF-8.
-
-What makes it fast (without leaving Python):
-- pre-tokenization runs in worker processes over chunks of the file that start at a line beginning (a place
-  where no pre-token can straddle the cut), streaming, so memory stays bounded on multi-GB corpora;
-  each worker counts pre-tokens with collections.Counter over regex.findall (both in C);
-- the merge loop works on the ~100K *distinct* pre-tokens, not on the text: after each merge only the words
-  that contain the merged pair are rewritten, pair counts are updated incrementally from those words, and
-  the best pair comes from a heap with lazy deletion (stale entries are skipped when popped);
-- encoding maps each *distinct* pre-token once (a cache; a word that is already one token is a dict hit)
-  and builds the id list with itertools.chain over the cached tuples.
+What it teaches (CS336 assignment 1, section 2; Sennrich et al. 2016, "Neural Machine Translation of Rare Words with
+Subword Units"; Radford et al. 2019, GPT-2):
+- Training: start from the 256 single bytes (plus the special tokens), split the text into pre-tokens with GPT-2's
+  regex, and repeatedly merge the most frequent adjacent pair of tokens into a new token. Pairs never cross a
+  pre-token or a special token. Ties go to the lexicographically greater pair.
+- Encoding: split out the special tokens (longest first), pre-tokenize, and inside each pre-token apply the merges in
+  the order they were learned. With GPT-2's files the ids are exactly tiktoken's. decode() joins the bytes.
+What makes it fast without leaving Python:
+- worker processes pre-tokenize chunks of the file (bounded memory), counting with Counter over regex.findall (C);
+- the merge loop works on the distinct pre-tokens, not on the text: a merge rewrites only the words that contain the
+  pair, pair counts change incrementally, and the best pair comes from a lazy-deletion heap;
+- encoding maps each distinct pre-token once (a cache) and chains the cached id tuples.
 
 Run:
     python bpe.py --input=../shared/data/a1/corpus.en --vocab_size=500 --out_dir=out/tok500     # train
     python bpe.py --mode=encode --tokenizer_dir=out/tok500 --input=docs.txt --output=docs.bin  # encode
-    python bpe.py --bench                                     # benchmark vs HF tokenizers and tiktoken
-Library:
-    from bpe import train_bpe, save_tokenizer, Tokenizer, encode_file
+    python bench/bpe.py                                     # speed and ids vs HF tokenizers and tiktoken
+Library (data/*/prepare.py build their token folders with it):
+    from bpe import train_bpe, save_tokenizer, Tokenizer, encode_file, encode_documents, build_token_folder
 """
 import hashlib
 import heapq
 import json
+import mmap
 import multiprocessing as mp
 import os
-import re
 import sys
 import tempfile
 import time
@@ -45,208 +41,160 @@ from tqdm import tqdm
 tqdm.monitor_interval = 0  # no tqdm monitor thread: this file forks worker processes, and fork + threads can deadlock
 
 # -----------------------------------------------------------------------------
-# default config values (override on the command line: --key=value; --help lists them)
-mode = 'train'  # 'train' (input -> tokenizer files) | 'encode' (text -> flat token file) | 'bench'
+# config (override on the command line: --key=value; --help lists them)
+mode = 'train'  # 'train' (text -> tokenizer files) | 'encode' (text -> flat token file)
 input = ''  # train/encode: path of the UTF-8 text file to read
-vocab_size = 10000  # train: final vocabulary size = 256 bytes + merges + special tokens
+vocab_size = 10000  # train: final vocabulary size = special tokens + 256 bytes + merges
 special_tokens = ['<|endoftext|>']  # train: tokens that are never split and never merged across
 out_dir = 'out/tokenizer'  # train: folder for vocab.json, merges.txt, special_tokens.json
 tokenizer_dir = ''  # encode: folder written by train mode
 output = ''  # encode: path of the flat token file (uint16, or uint32 when the vocab needs it)
-num_workers = 0  # processes for pre-tokenization / encoding; 0 = all cores of this machine
-bench_out = 'results/bpe_bench.md'  # bench: where the results table goes
-# -----------------------------------------------------------------------------
-# `python bpe.py --bench` is short for --mode=bench (configurator.py only takes --key=value)
-if __name__ == '__main__' and '--bench' in sys.argv:
-    sys.argv[sys.argv.index('--bench')] = '--mode=bench'
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+num_workers = 0  # processes for pre-tokenization and encoding; 0 = every core of this machine
 # -----------------------------------------------------------------------------
 
 # GPT-2's pre-tokenizer: contractions, letters (with one optional leading space), numbers, punctuation runs,
 # whitespace runs that leave the last space to the next word (\s+(?!\S)), and trailing whitespace.
 SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 PRETOKEN_RE = regex.compile(SPLIT_PATTERN)
-# Where a file may be cut into chunks for the workers without changing any pre-token: a lone '\n' between two
-# printable ASCII characters ('x\nx'). The '\n' is a whitespace run of its own (the next character is not
-# whitespace, the previous one is not whitespace either) and it is not a ' ' that could glue to the next word.
-# NOTE the footgun: after '  \n' the cut would change the run: at the end of a chunk `\s+(?!\S)` takes all of
-# '  \n', while in the whole text it takes '  ' and leaves '\n' alone. Hence the printable byte before it.
-CHUNK_CUT_RE = re.compile(rb'[\x21-\x7e]\n[\x21-\x7e]')
-LONG_WORD = 64  # pre-tokens longer than this (in bytes) use the heap-based BPE (Tokenizer._bpe_long)
-CHUNK_BYTES = 4 << 20  # target size of one worker chunk: bounds memory per worker (tests make it tiny)
+# Where a text may be cut (into chunks for the workers, or a stream into pieces) without changing any pre-token: a
+# lone '\n' between two printable ASCII characters. It is a whitespace run of its own, and no pre-token extends over
+# it. NOTE the footgun: after '  \n' a cut would change the run: at the end of a chunk `\s+(?!\S)` takes all of
+# '  \n', in the whole text it takes '  ' and leaves '\n'. Hence the printable character before it.
+CUT_PATTERN = r'(?<=[\x21-\x7e])\n(?=[\x21-\x7e])'
+CHUNK_CUT_RE, TEXT_CUT_RE = regex.compile(CUT_PATTERN.encode()), regex.compile(CUT_PATTERN)
+CHUNK_BYTES = 4 << 20  # largest chunk a worker reads at once: bounds its memory (tests make it tiny)
+EOT = '<|endoftext|>'  # the document separator of every token folder
 
+class DataError(ValueError):
+    """Bad input data (an empty text, a corpus too small to split): the command prints one line, no traceback."""
 
-def _num_workers(n=None):
-    """n processes; None or 0 = every core this process may use."""
-    if n:
-        return n
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+def num_cores(n=0):
+    """n worker processes; 0 (or None) = every core this process may use."""
+    return n or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1)
 
+def parallel_map(fn, jobs, n, ordered=True):
+    """Yield fn(job) for each job: in this process when n == 1, else in n forked workers (in job order if ordered).
+    Forked workers see the parent's module globals (a loaded Tokenizer, a list of documents) without pickling."""
+    if n == 1 or 'fork' not in mp.get_all_start_methods():  # no fork (Windows): one process does it all
+        yield from map(fn, jobs)
+        return
+    with mp.get_context('fork').Pool(n) as pool:  # leaving the block (also on an error) terminates the workers
+        yield from (pool.imap if ordered else pool.imap_unordered)(fn, jobs)
 
-FORK = 'fork' in mp.get_all_start_methods()
-
-
-def _pool(n, initializer=None, initargs=()):
-    # fork is the cheapest start on Linux: workers inherit the imported modules and the parent's objects
-    # (e.g. a loaded Tokenizer); elsewhere the default start method runs `initializer` in each worker
-    ctx = mp.get_context('fork') if FORK else mp.get_context()
-    return ctx.Pool(n, initializer=initializer, initargs=initargs)
-
-
-def _chunk_size(path, n_workers):
-    """Chunk size for n_workers: at most CHUNK_BYTES (memory), at least 4 chunks per worker (load balance)."""
-    return min(CHUNK_BYTES, max(1 << 16, os.path.getsize(path) // (4 * n_workers) + 1))
-
+# -----------------------------------------------------------------------------
+# Pre-tokenization: chunks of the file, counted in parallel
 
 def find_chunk_boundaries(path, chunk_bytes=None):
-    """Byte offsets [0, ..., file_size] that cut the file into chunks of about chunk_bytes each.
-    Every cut lies just after a lone '\\n' between printable ASCII bytes (see CHUNK_CUT_RE), so it never splits
-    a UTF-8 character, a pre-token, or (as long as special tokens contain no newline) a special token.
-    A file without such a place stays one chunk."""
-    chunk_bytes = chunk_bytes or CHUNK_BYTES
-    size = os.path.getsize(path)
-    cuts = [0]
-    with open(path, 'rb') as f:
-        pos = chunk_bytes
-        while pos < size:
-            f.seek(pos)
-            # read ahead until a cut place shows up (or the file ends)
-            found = None
-            while found is None:
-                block = f.read(1 << 16)
-                if not block:
-                    break
-                m = CHUNK_CUT_RE.search(block)
-                if m:
-                    found = f.tell() - len(block) + m.start() + 2  # the cut goes just after the '\n'
-                else:
-                    if len(block) <= 2:
-                        break
-                    f.seek(-2, os.SEEK_CUR)  # a match may straddle two blocks: look at the last 2 bytes again
-            if found is None:
-                break
-            cuts.append(found)
-            pos = found + chunk_bytes
-    cuts.append(size)
-    return cuts
-
+    """Byte offsets [0, ..., file_size] that cut the file into chunks of about chunk_bytes each. Every cut lies just
+    after a lone '\\n' between printable ASCII bytes (CUT_PATTERN), so it never splits a UTF-8 character, a
+    pre-token or (as long as special tokens hold no newline) a special token. A file without such a place is one
+    chunk."""
+    step, size, cuts = chunk_bytes or CHUNK_BYTES, os.path.getsize(path), [0]
+    if size > step:  # the regex searches the memory-mapped file: the OS reads only the pages the search touches
+        with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            while cuts[-1] + step < size and (m := CHUNK_CUT_RE.search(mm, cuts[-1] + step)):
+                cuts.append(m.end())
+    return cuts + [size]
 
 def _read_text(path, start, end):
     """Bytes [start, end) of path as str. Invalid UTF-8 becomes U+FFFD; returns (text, number of bad spots)."""
     with open(path, 'rb') as f:
         f.seek(start)
         data = f.read(end - start)
-    try:
-        return data.decode('utf-8'), 0
-    except UnicodeDecodeError:
-        text = data.decode('utf-8', errors='replace')
-        return text, text.count('\ufffd') - data.count('\ufffd'.encode('utf-8'))
+    text = data.decode('utf-8', errors='replace')
+    return text, text.count('\ufffd') - data.count('\ufffd'.encode('utf-8'))
 
+def _map_file_chunks(fn, path, num_workers, desc, progress, ordered=True):
+    """Yield fn((path, start, end))'s first result for each chunk of the file, with a progress bar in bytes, and
+    warn once if the file was not valid UTF-8. fn returns (result, number of bad spots, number of bytes).
+    Chunks are at most CHUNK_BYTES (memory) and at least 4 per worker (load balance)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"text not found: {path!r} (give a UTF-8 text file)")
+    n = num_cores(num_workers)
+    cuts = find_chunk_boundaries(path, min(CHUNK_BYTES, max(1 << 16, os.path.getsize(path) // (4 * n) + 1)))
+    jobs = [(path, a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    n_bad = 0
+    with tqdm(total=cuts[-1], unit='B', unit_scale=True, desc=desc, disable=not progress) as bar:
+        for result, bad, nbytes in parallel_map(fn, jobs, min(n, max(1, len(jobs))), ordered):
+            n_bad += bad
+            bar.update(nbytes)
+            yield result
+    if n_bad:
+        print(f"warning: {path} is not valid UTF-8: {n_bad} bad byte sequence(s) became U+FFFD", file=sys.stderr)
 
 def _special_split_re(special_tokens):
     """Regex that matches any special token; longest first so that overlapping ones resolve to the longest."""
-    if not special_tokens:
-        return None
-    alternatives = sorted(special_tokens, key=len, reverse=True)
-    return regex.compile('(' + '|'.join(regex.escape(s) for s in alternatives) + ')')
+    alternatives = '|'.join(map(regex.escape, sorted(special_tokens, key=len, reverse=True)))
+    return regex.compile(f'({alternatives})') if special_tokens else None
 
+_worker_specials = []  # the special tokens of count_pretokens, inherited by the forked workers
 
-def _count_pretokens(args):
+def _count_chunk(job):
     """Worker: pre-token counts of one chunk of the file (special tokens removed; they only separate)."""
-    path, start, end, special_tokens = args
-    text, n_bad = _read_text(path, start, end)
-    split_re = _special_split_re(special_tokens)
-    segments = split_re.split(text)[::2] if split_re else [text]  # odd entries are the special tokens
+    text, n_bad = _read_text(*job)
+    split_re = _special_split_re(_worker_specials)
     counts = Counter()
-    for segment in segments:
+    for segment in (split_re.split(text)[::2] if split_re else [text]):  # odd entries are the special tokens
         counts.update(PRETOKEN_RE.findall(segment))
-    return counts, n_bad, end - start
-
+    return counts, n_bad, job[2] - job[1]
 
 def _check_special_tokens(special_tokens):
     special_tokens = list(special_tokens or [])
-    for s in special_tokens:
-        if not isinstance(s, str) or s == '':
-            raise ValueError(f"special tokens must be non-empty strings, got {s!r} in {special_tokens!r}")
-    if len(set(special_tokens)) != len(special_tokens):
-        raise ValueError(f"special tokens repeat: {special_tokens!r}")
+    if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) < len(special_tokens):
+        raise ValueError(f"special tokens must be distinct non-empty strings, got {special_tokens!r}")
     return special_tokens
-
 
 def count_pretokens(input_path, special_tokens=(), num_workers=None, progress=True):
     """Counter {pre-token string: count} over the whole file, computed in parallel over chunks."""
-    if not os.path.isfile(input_path):
-        raise FileNotFoundError(f"training text not found: {input_path!r} (give a UTF-8 text file, e.g. "
-                                f"--input=../shared/data/a1/corpus.en)")
-    cuts = find_chunk_boundaries(input_path, _chunk_size(input_path, _num_workers(num_workers)))
-    jobs = [(input_path, a, b, list(special_tokens)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
-    n = min(_num_workers(num_workers), max(1, len(jobs)))
-    counts, n_bad = Counter(), 0
-    bar = tqdm(total=cuts[-1], unit='B', unit_scale=True, desc='pre-tokenize', disable=not progress)
-    results = map(_count_pretokens, jobs) if n == 1 else None
-    pool = None
-    if n > 1:
-        pool = _pool(n)
-        results = pool.imap_unordered(_count_pretokens, jobs)
-    try:
-        for chunk_counts, bad, nbytes in results:
-            counts.update(chunk_counts)
-            n_bad += bad
-            bar.update(nbytes)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-    if n_bad:
-        print(f"warning: {input_path} is not valid UTF-8: {n_bad} bad byte sequence(s) were replaced by U+FFFD",
-              file=sys.stderr)
+    global _worker_specials
+    _worker_specials = list(special_tokens)
+    counts = Counter()
+    for chunk_counts in _map_file_chunks(_count_chunk, input_path, num_workers, 'pre-tokenize', progress, False):
+        counts.update(chunk_counts)
     return counts
 
+# -----------------------------------------------------------------------------
+# Training: the merge loop over distinct pre-tokens
 
 def _order_key(b):
     """A bytes key that sorts in the *opposite* order of b (so that a min-heap yields the greater pair first).
-    Each byte c becomes the 2 bytes of 255-c, and a terminator 0x0100 (greater than any of them) makes a
-    string sort after its own extensions: 'ab' > 'a' in bytes order, and key('ab') < key('a')."""
+    Each byte c becomes the 2 bytes of 255-c, and a terminator 0x0100 (greater than any of them) makes a string
+    sort after its own extensions: 'ab' > 'a' in bytes order, and key('ab') < key('a')."""
     return b''.join(bytes((0, 255 - c)) for c in b) + b'\x01\x00'
 
-
 def _merge_word(word, a, b, new):
-    """word (tuple of ids) with every non-overlapping (a, b), left to right, replaced by new."""
-    out = []
-    i, last = 0, len(word) - 1
-    while i < last:
-        if word[i] == a and word[i + 1] == b:
+    """word (sequence of ids) with every non-overlapping (a, b), left to right, replaced by new."""
+    out, i, n = [], 0, len(word)
+    while i < n:
+        if word[i] == a and i + 1 < n and word[i + 1] == b:
             out.append(new)
             i += 2
         else:
             out.append(word[i])
             i += 1
-    if i == last:
-        out.append(word[last])
     return tuple(out)
-
 
 def train_bpe(input_path, vocab_size, special_tokens, num_workers=None, progress=True):
     """Train a byte-level BPE on the text file input_path.
 
-    Returns (vocab, merges): vocab {id: bytes} with the special tokens first (ids 0..S-1), then the 256 bytes,
-    then one token per merge; merges [(bytes, bytes)] in the order they were learned.
-    vocab_size counts everything (specials + 256 + merges). Fewer merges result if the text runs out of pairs."""
+    Returns (vocab, merges): vocab {id: bytes} with the special tokens first (ids 0..S-1), then the 256 bytes, then
+    one token per merge; merges [(bytes, bytes)] in the order they were learned. vocab_size counts everything;
+    when the text runs out of pairs first, a warning says which size was reached."""
     special_tokens = _check_special_tokens(special_tokens)
     n_special = len(special_tokens)
     if not isinstance(vocab_size, int) or vocab_size < 256 + n_special:
         raise ValueError(f"vocab_size={vocab_size!r} is too small: it must be at least 256 bytes + "
                          f"{n_special} special token(s) = {256 + n_special}")
     n_merges = vocab_size - 256 - n_special
-    t0 = time.time()
 
     # 1) pre-token counts, in parallel
     word_counts = count_pretokens(input_path, special_tokens, num_workers, progress)
+    if not word_counts:
+        raise DataError(f"{input_path} holds no text to train on (it is empty or only special tokens)")
 
-    # 2) each distinct pre-token as a tuple of token ids (internal ids: byte b is id b, merge k is id 256+k)
+    # 2) each distinct pre-token as a tuple of ids (internal ids: byte b is id b, merge k is id 256+k)
     words = [tuple(w.encode('utf-8')) for w in word_counts]
     counts = list(word_counts.values())
-    del word_counts
     pair_counts = defaultdict(int)  # (a, b) -> how often a is followed by b, over the whole corpus
     where = defaultdict(set)  # (a, b) -> indices of the words that contain it (may hold stale entries)
     for wi, (word, cnt) in enumerate(zip(words, counts)):
@@ -261,17 +209,13 @@ def train_bpe(input_path, vocab_size, special_tokens, num_workers=None, progress
 
     # 3) the merge loop
     merges = []
-    bar = tqdm(total=n_merges, desc='merges', unit='merge', disable=not progress)
-    while len(merges) < n_merges:
+    for _ in tqdm(range(n_merges), desc='merges', unit='merge', disable=not progress):
         # pop until the top entry is current (its count equals the live count): lazy deletion
-        while heap:
-            neg, _, _, a, b = heap[0]
-            if pair_counts.get((a, b), 0) == -neg:
-                break
+        while heap and pair_counts.get((heap[0][3], heap[0][4]), 0) != -heap[0][0]:
             heapq.heappop(heap)
         if not heap:
             break  # no pair left anywhere: the corpus is fully merged
-        heapq.heappop(heap)
+        _, _, _, a, b = heapq.heappop(heap)
         new = len(token_bytes)
         token_bytes.append(token_bytes[a] + token_bytes[b])
         order_keys.append(_order_key(token_bytes[new]))
@@ -293,77 +237,64 @@ def train_bpe(input_path, vocab_size, special_tokens, num_workers=None, progress
             words[wi] = new_word
         for pair, d in delta.items():
             if d:
-                c = pair_counts[pair] + d
+                c = pair_counts.pop(pair, 0) + d  # a pair whose count drops to 0 leaves the table
                 if c:
                     pair_counts[pair] = c
-                    heapq.heappush(heap, (-c, order_keys[pair[0]], order_keys[pair[1]], pair[0], pair[1]))
-                else:
-                    del pair_counts[pair]
-        bar.update()
-    bar.close()
+                    heapq.heappush(heap, (-c, order_keys[pair[0]], order_keys[pair[1]], *pair))
 
     # 4) final layout: special tokens, then bytes, then merges (the layout of the course's reference vocab)
     vocab = {i: s.encode('utf-8') for i, s in enumerate(special_tokens)}
     vocab.update({n_special + i: t for i, t in enumerate(token_bytes)})
-    merge_bytes = [(token_bytes[a], token_bytes[b]) for a, b in merges]
-    if progress:
-        dt = time.time() - t0
-        longest = max(token_bytes, key=len)
-        print(f"trained {len(merge_bytes)} merges in {dt:.2f}s ({len(merge_bytes) / max(dt, 1e-9):.0f} merges/s "
-              f"overall), {len(words):,} distinct pre-tokens, longest token {len(longest)} bytes: {longest!r}")
-    return vocab, merge_bytes
-
+    if len(merges) < n_merges:
+        print(f"warning: {input_path} ran out of pairs after {len(merges)} merges: the vocabulary has {len(vocab)} "
+              f"tokens, not vocab_size={vocab_size} (give more text or a smaller vocab_size)", file=sys.stderr)
+    return vocab, [(token_bytes[a], token_bytes[b]) for a, b in merges]
 
 # -----------------------------------------------------------------------------
-# Serialization: GPT-2's files. Every byte maps to a printable unicode character (bytes that are printable
-# already map to themselves, the others to chr(256 + k)), so any token is a readable JSON key and merges.txt
-# can separate the two halves with a space. This is GPT-2's encoder.py bytes_to_unicode.
+# Serialization: GPT-2's files. Every byte maps to a printable unicode character (printable bytes to themselves,
+# the others to chr(256 + k)), so any token is a readable JSON key and merges.txt can separate the two halves of a
+# merge with a space. This is GPT-2's encoder.py bytes_to_unicode.
 
 def bytes_to_unicode():
     printable = list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) + \
         list(range(ord('®'), ord('ÿ') + 1))
-    chars = printable[:]
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return dict(zip(printable, map(chr, chars)))
-
+    others = [b for b in range(256) if b not in printable]
+    return dict(zip(printable + others, map(chr, printable + [256 + k for k in range(len(others))])))
 
 BYTE_ENCODER = bytes_to_unicode()  # byte value -> printable char
 BYTE_DECODER = {c: b for b, c in BYTE_ENCODER.items()}
-
+TOKENIZER_FILES = ('vocab.json', 'merges.txt', 'special_tokens.json')
 
 def _to_printable(b):
     return ''.join(BYTE_ENCODER[c] for c in b)
 
-
 def _from_printable(s):
+    return bytes(BYTE_DECODER[c] for c in s)  # a KeyError: s is not in GPT-2's printable byte encoding
+
+def _write_atomic(path, chunks):
+    """Write chunks (bytes, or numpy arrays of ids) to a temporary file next to path, then rename it: a reader never
+    sees half a file, and an error or a kill leaves no partial output. Returns the total length of the chunks."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp, n = f"{path}.tmp{os.getpid()}", 0
     try:
-        return bytes(BYTE_DECODER[c] for c in s)
-    except KeyError as e:
-        raise ValueError(f"{s!r} is not in GPT-2's printable byte encoding (bad character {e.args[0]!r})") from None
-
-
-def _write_atomic(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
+        with open(tmp, 'wb') as f:
+            for chunk in chunks:
+                f.write(chunk)  # an array goes through the buffer protocol: its raw ids, no copy
+                n += len(chunk)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return n
 
 def save_tokenizer(vocab, merges, special_tokens, out_dir):
-    """Write out_dir/vocab.json ({printable token: id}), out_dir/merges.txt (one 'a b' per line, in order)
-    and out_dir/special_tokens.json; each file is written to a temporary name first, then renamed."""
-    os.makedirs(out_dir, exist_ok=True)
-    _write_atomic(os.path.join(out_dir, 'vocab.json'),
-                  json.dumps({_to_printable(t): i for i, t in sorted(vocab.items())}, ensure_ascii=False, indent=0))
-    _write_atomic(os.path.join(out_dir, 'merges.txt'),
-                  ''.join(f"{_to_printable(a)} {_to_printable(b)}\n" for a, b in merges))
-    _write_atomic(os.path.join(out_dir, 'special_tokens.json'), json.dumps(list(special_tokens or [])))
-
+    """Write out_dir/vocab.json ({printable token: id}), merges.txt (one 'a b' per line, in order) and
+    special_tokens.json, each to a temporary name first."""
+    texts = (json.dumps({_to_printable(t): i for i, t in sorted(vocab.items())}, ensure_ascii=False, indent=0),
+             ''.join(f"{_to_printable(a)} {_to_printable(b)}\n" for a, b in merges),
+             json.dumps(list(special_tokens or [])))
+    for name, text in zip(TOKENIZER_FILES, texts):
+        _write_atomic(os.path.join(out_dir, name), [text.encode('utf-8')])
 
 # -----------------------------------------------------------------------------
 # Encoding and decoding
@@ -372,112 +303,66 @@ class Tokenizer:
     """Encode text to ids and back with a trained vocab and merges.
 
     vocab {id: bytes}; merges [(bytes, bytes)] in learned order; special_tokens [str]: split out before
-    pre-tokenization (longest wins when they overlap) and encoded as one id each (a special token missing from
-    the vocab gets the next free id)."""
+    pre-tokenization (longest wins when they overlap) and encoded as one id each."""
 
     def __init__(self, vocab, merges, special_tokens=None):
-        special_tokens = _check_special_tokens(special_tokens)
+        self.special_tokens = _check_special_tokens(special_tokens)
         self.vocab = dict(vocab)
-        # regular tokens: a special token's bytes that also form a regular token (GPT-2's vocab has
-        # '<|endoftext|>' as id 50256) still map to that id
         self.token_to_id = {}
         for i, t in sorted(self.vocab.items()):
             self.token_to_id.setdefault(t, i)
-        self.special_token_ids = {}
-        next_id = max(self.vocab, default=-1) + 1
-        for s in special_tokens:
-            b = s.encode('utf-8')
+        self._single = dict(self.token_to_id)  # fast path (tiktoken's): a pre-token that is a regular token
+        # a special token whose bytes form a regular token keeps its id (GPT-2's '<|endoftext|>' is 50256); the
+        # others get the next free ids (they never come out of the fast path: only the special-token split)
+        for b in (s.encode('utf-8') for s in self.special_tokens):
             if b not in self.token_to_id:
-                self.vocab[next_id] = b
-                self.token_to_id[b] = next_id
-                next_id += 1
-            self.special_token_ids[s] = self.token_to_id[b]
-        self.special_split_re = _special_split_re(special_tokens)
-        self.special_tokens = special_tokens
-        self.vocab_size = max(self.vocab) + 1
-        try:
-            self.byte_ids = [self.token_to_id[bytes([c])] for c in range(256)]
-        except KeyError:
-            raise ValueError("the vocab must contain all 256 single bytes (a byte-level BPE vocab)") from None
+                self.token_to_id[b] = max(self.vocab, default=-1) + 1
+                self.vocab[self.token_to_id[b]] = b
+        self.special_token_ids = {s: self.token_to_id[s.encode('utf-8')] for s in self.special_tokens}
+        self.special_split_re = _special_split_re(self.special_tokens)
+        self.vocab_size, self.eot_id = max(self.vocab) + 1, self.special_token_ids.get(EOT)
+        self.byte_ids = [self.token_to_id[bytes([c])] for c in range(256)]  # a byte-level vocab has all 256
         # (id_a, id_b) -> (rank, id of the merged token): the merge learned first has rank 0
         self.merge_ranks = {}
         for rank, (a, b) in enumerate(merges):
             try:
-                key = (self.token_to_id[a], self.token_to_id[b])
-                self.merge_ranks.setdefault(key, (rank, self.token_to_id[a + b]))
+                self.merge_ranks.setdefault((self.token_to_id[a], self.token_to_id[b]), (rank, self.token_to_id[a + b]))
             except KeyError as e:
                 raise ValueError(f"merge {rank} ({a!r}, {b!r}) uses a token that is not in the vocab: "
                                  f"{e.args[0]!r}") from None
-        # pre-token -> tuple of ids, filled as words are met (real text repeats its words)
-        self.cache = {}
-        # fast path (as in tiktoken): a pre-token that is itself a regular token is that one id. Special tokens
-        # that were added to the vocab here are left out: they only come from the special-token split.
-        added = set(self.special_token_ids.values()) - set(vocab)
-        self._single = {t: i for t, i in self.token_to_id.items() if i not in added}
-        self.eot_id = self.special_token_ids.get('<|endoftext|>')
+        self.cache = {}  # pre-token -> tuple of ids, filled as words are met (real text repeats its words)
 
-    # -- construction from files
     @classmethod
     def from_files(cls, vocab_path, merges_path, special_tokens=None):
-        """Load vocab.json + merges.txt in GPT-2's format (ours or GPT-2's own, '#version' lines skipped)."""
+        """Load vocab.json + merges.txt in GPT-2's format (ours or GPT-2's own; '#version' lines skipped)."""
         with open(vocab_path, encoding='utf-8') as f:
             vocab = {int(i): _from_printable(s) for s, i in json.load(f).items()}
-        merges = []
         with open(merges_path, encoding='utf-8') as f:
-            for n, line in enumerate(f, 1):
-                line = line.rstrip('\n')
-                if not line or line.startswith('#version'):
-                    continue
-                parts = line.split(' ')
-                if len(parts) != 2:
-                    raise ValueError(f"{merges_path}:{n}: expected two tokens separated by one space, got {line!r}")
-                merges.append((_from_printable(parts[0]), _from_printable(parts[1])))
-        return cls(vocab, merges, special_tokens)
+            lines = [line.rstrip('\n').split(' ') for line in f if line.strip('\n') and not line.startswith('#version')]
+        bad = [' '.join(parts) for parts in lines if len(parts) != 2]
+        if bad:
+            raise ValueError(f"{merges_path}: expected two tokens separated by a space, got {bad[0]!r}")
+        return cls(vocab, [(_from_printable(a), _from_printable(b)) for a, b in lines], special_tokens)
 
     @classmethod
-    def from_dir(cls, out_dir):
+    def from_dir(cls, tok_dir):
         """Load what save_tokenizer wrote (vocab.json, merges.txt, special_tokens.json)."""
-        for name in ('vocab.json', 'merges.txt'):
-            if not os.path.isfile(os.path.join(out_dir, name)):
-                raise FileNotFoundError(f"{os.path.join(out_dir, name)} not found: train a tokenizer first with "
-                                        f"python bpe.py --input=<text file> --out_dir={out_dir}")
-        special_path = os.path.join(out_dir, 'special_tokens.json')
-        special = json.load(open(special_path, encoding='utf-8')) if os.path.isfile(special_path) else []
-        return cls.from_files(os.path.join(out_dir, 'vocab.json'), os.path.join(out_dir, 'merges.txt'), special)
+        vocab, merges, special = (os.path.join(tok_dir, name) for name in TOKENIZER_FILES)
+        if not (os.path.isfile(vocab) and os.path.isfile(merges)):
+            raise FileNotFoundError(f"{vocab} or merges.txt not found: train a tokenizer first with "
+                                    f"python bpe.py --input=<text file> --out_dir={tok_dir}")
+        return cls.from_files(vocab, merges, json.load(open(special)) if os.path.isfile(special) else [])
 
-    # -- BPE inside one pre-token
     def _bpe(self, word):
-        """ids of one pre-token: start from its bytes and apply the lowest-rank merge until none applies."""
+        """ids of one pre-token: start from its bytes and apply the lowest-rank merge (leftmost first) until none
+        applies. A heap of (rank, position) over a linked list of the tokens makes this O(n log n), where rescanning
+        every pair after each merge is O(n^2) (a 1 MB run of '=' would take hours). It merges exactly what the scan
+        would, because a pair that contains a new token always ranks after the merge that made it."""
         b = word.encode('utf-8')
-        single = self._single.get(b)
-        if single is not None:
-            return (single,)  # the whole pre-token is a token (merges always build up to it)
-        ids = [self.byte_ids[c] for c in b]
-        if len(ids) > LONG_WORD:
-            return self._bpe_long(ids)
-        ranks = self.merge_ranks
-        while len(ids) > 1:
-            best_pair, best = None, None
-            for pair in zip(ids, ids[1:]):
-                r = ranks.get(pair)
-                if r is not None and (best is None or r[0] < best[0]):
-                    best_pair, best = pair, r
-            if best is None:
-                break
-            # merge every occurrence of the best pair, left to right (they all have the same rank)
-            ids = _merge_word(ids, best_pair[0], best_pair[1], best[1])
-        return tuple(ids)
-
-    def _bpe_long(self, ids):
-        """The same merges as _bpe's scan in O(n log n), for long pre-tokens (a 1 MB run of '=' would take the
-        O(n^2) scan hours). A heap of (rank, position) over a linked list of the tokens: popping the lowest rank,
-        leftmost first, merges exactly what the scan would, because a pair that contains a new token always has
-        a higher rank than the merge that made it (merges are learned in order)."""
-        ranks = self.merge_ranks
-        n = len(ids)
-        nxt = list(range(1, n)) + [-1]  # linked list over the positions still alive
-        prv = list(range(-1, n - 1))
-        alive = [True] * n
+        if b in self._single:
+            return (self._single[b],)  # the whole pre-token is a token (merges always build up to it)
+        ids, ranks, n = [self.byte_ids[c] for c in b], self.merge_ranks, len(b)
+        nxt, prv, alive = list(range(1, n)) + [-1], list(range(-1, n - 1)), [True] * n  # a linked list
         heap = [(r[0], i, r[1]) for i, r in enumerate(map(ranks.get, zip(ids, ids[1:]))) if r is not None]
         heapq.heapify(heap)
         while heap:
@@ -485,472 +370,269 @@ class Tokenizer:
             j = nxt[i] if alive[i] else -1
             if j < 0 or (ranks.get((ids[i], ids[j])) or (None,))[0] != rank:
                 continue  # stale: one side was merged away since this entry was pushed
-            ids[i] = new  # merge j into i, unlink j
-            alive[j] = False
-            nxt[i] = nxt[j]
+            ids[i], alive[j], nxt[i] = new, False, nxt[j]  # merge j into i, unlink j
             if nxt[j] >= 0:
                 prv[nxt[j]] = i
             for p, q in ((prv[i], i), (i, nxt[i])):  # the two pairs that now touch the new token
-                if p >= 0 and q >= 0:
-                    r = ranks.get((ids[p], ids[q]))
-                    if r is not None:
-                        heapq.heappush(heap, (r[0], p, r[1]))
+                r = ranks.get((ids[p], ids[q])) if p >= 0 and q >= 0 else None
+                if r is not None:
+                    heapq.heappush(heap, (r[0], p, r[1]))
         return tuple(t for t, a in zip(ids, alive) if a)
 
     def _encode_words(self, words):
-        """ids of a list of pre-tokens: each distinct one goes through BPE once, then the cache is reused."""
+        """ids of a list of pre-tokens: each distinct one goes through BPE once, then the cache answers."""
         cache = self.cache
-        missing = set(words).difference(cache)
-        if missing:
-            if len(cache) > 2_000_000:
-                cache.clear()  # bound memory on huge corpora with endless distinct words
-            for w in missing:
-                cache[w] = self._bpe(w)
+        if len(cache) > 2_000_000:
+            cache.clear()  # bound memory on huge corpora with endless distinct words
+        for w in set(words).difference(cache):
+            cache[w] = self._bpe(w)
         return list(chain.from_iterable(map(cache.__getitem__, words)))
 
     def encode_ordinary(self, text):
-        """ids of text, with special tokens treated as plain text (tiktoken's name). For data whose documents may
-        contain the string '<|endoftext|>' (e.g. Python sources of tokenizers) while the real separators are added
-        as ids by the caller."""
+        """ids of text, special tokens treated as plain text (tiktoken's name): for documents that may contain the
+        string '<|endoftext|>' (Python sources of tokenizers) while the caller adds the real separators as ids."""
         return self._encode_words(PRETOKEN_RE.findall(text))
-
-    _encode_ordinary = encode_ordinary
 
     def encode(self, text):
         """list of ids of text; special tokens (longest match first) become their own id."""
-        if self.special_split_re is None:
-            return self._encode_ordinary(text)
         ids = []
-        for i, part in enumerate(self.special_split_re.split(text)):
-            if i % 2:
-                ids.append(self.special_token_ids[part])
-            elif part:
-                ids.extend(self._encode_ordinary(part))
+        for i, part in enumerate(self.special_split_re.split(text) if self.special_split_re else [text]):
+            ids.extend([self.special_token_ids[part]] if i % 2 else self.encode_ordinary(part))  # odd: special tokens
         return ids
-
-    def _held_back(self, text):
-        """Length of text's longest suffix that could still grow into a special token (a proper prefix of one,
-        which includes a whole special token that is the start of a longer one)."""
-        hold = 0
-        for s in self.special_tokens:
-            for k in range(min(len(s) - 1, len(text)), hold, -1):
-                if text.endswith(s[:k]):
-                    hold = k
-                    break
-        return hold
 
     def encode_iterable(self, iterable, buffer_chars=1 << 20):
         """Lazily yield the ids of ''.join(iterable) (e.g. an open file), exactly as encode() would, in bounded
-        memory. The tail of the buffer is held back until more text arrives: the last two pre-tokens (a
-        whitespace run or "'l" can change once the next characters are known) and any partial special token."""
+        memory: once the buffer holds buffer_chars, it is encoded up to its last safe cut (CUT_PATTERN, the rule
+        that cuts files for the workers) and the rest waits for more text. Like that rule, it assumes that no
+        special token contains a newline."""
         buffer = ''
         for piece in iterable:
             buffer += piece
-            if len(buffer) < buffer_chars:
-                continue
-            # hold back a suffix that may still grow into a special token, and a special token that spans the cut
-            cut = len(buffer) - self._held_back(buffer)
-            if self.special_split_re is not None:
-                for m in self.special_split_re.finditer(buffer):
-                    if m.start() < cut < m.end():
-                        cut = m.start()
-                        break
-            head = buffer[:cut]
-            parts = self.special_split_re.split(head) if self.special_split_re else [head]
-            # everything up to the last complete special token is final; segments are encoded independently
-            for i, part in enumerate(parts[:-1]):
-                if i % 2:
-                    yield self.special_token_ids[part]
-                elif part:
-                    yield from self._encode_ordinary(part)
-            # of the text after it, emit all pre-tokens but the last two. NOTE: emit them from this list of
-            # pre-tokens, never by re-encoding the string: alone, 'x  \n' would end in the run '  \n' whereas
-            # followed by 'y' it is '  ' + '\n'.
-            words = PRETOKEN_RE.findall(parts[-1])
-            yield from self._encode_words(words[:-2])
-            buffer = ''.join(words[-2:]) + buffer[len(head):]
-        if buffer:
-            yield from self.encode(buffer)
+            if len(buffer) >= buffer_chars:
+                cut = max((m.end() for m in TEXT_CUT_RE.finditer(buffer)), default=0)
+                yield from self.encode(buffer[:cut])
+                buffer = buffer[cut:]
+        yield from self.encode(buffer)
 
     def decode(self, ids):
         """Text of ids: the tokens' bytes joined, decoded as UTF-8 with invalid sequences shown as U+FFFD."""
-        vocab = self.vocab
         try:
-            data = b''.join(map(vocab.__getitem__, ids))
-        except (KeyError, TypeError):
-            bad = next(i for i in ids if not isinstance(i, (int, np.integer)) or i not in vocab)
-            raise ValueError(f"cannot decode id {bad!r}: ids must be ints in [0, {self.vocab_size})") from None
-        return data.decode('utf-8', errors='replace')
-
+            return b''.join(map(self.vocab.__getitem__, ids)).decode('utf-8', errors='replace')
+        except KeyError as e:  # the missing key is the bad id
+            raise ValueError(f"cannot decode id {e.args[0]!r}: ids must be ints in [0, {self.vocab_size})") from None
 
 # -----------------------------------------------------------------------------
-# Encoding a whole file into a flat token file, in parallel
-
-_worker_tokenizer = None
-
-
-def _init_encode_worker(tok_dir):
-    global _worker_tokenizer
-    _worker_tokenizer = Tokenizer.from_dir(tok_dir)
-
-
-def _encode_chunk(args):
-    path, start, end, dtype = args
-    text, n_bad = _read_text(path, start, end)
-    return np.array(_worker_tokenizer.encode(text), dtype=dtype), n_bad, end - start
-
+# Flat token files: a text file or a list of documents -> one array of ids on disk, encoded in parallel
 
 def token_dtype(vocab_size):
-    """Smallest unsigned dtype name that holds every id."""
+    """Smallest unsigned dtype name that holds every id: uint16 up to 65,536 ids."""
     return 'uint16' if vocab_size <= 1 << 16 else 'uint32'
 
+_worker_tokenizer, _worker_docs = None, None  # set just before the pool forks: the workers inherit them
 
-def _write_token_stream(output_path, fn, jobs, n, initializer, initargs, on_result):
-    """Run fn over jobs (in a pool of n worker processes, or in this process when n == 1) and append each returned
-    id array to a temporary file next to output_path, in job order (imap keeps the order); rename it to
-    output_path at the end, or delete it on any error, so a half-written token file never exists.
-    fn returns (ids array, *extra); on_result(*extra) is called for each (progress bars, counters).
-    Returns the number of tokens written."""
-    out_dir = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=os.path.basename(output_path) + '.', suffix='.tmp')
-    n_tokens, pool = 0, None
-    try:
-        if n == 1:
-            results = map(fn, jobs)
-        else:
-            pool = _pool(n, None if FORK else initializer, initargs)
-            results = pool.imap(fn, jobs)
-        with os.fdopen(fd, 'wb') as f:
-            for arr, *extra in results:
-                arr.tofile(f)
-                n_tokens += len(arr)
-                on_result(*extra)
-        os.replace(tmp, output_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    finally:
-        if pool is not None:
-            pool.terminate()
-    return n_tokens
-
+def _encode_chunk(job):
+    text, n_bad = _read_text(*job)
+    ids = np.array(_worker_tokenizer.encode(text), dtype=token_dtype(_worker_tokenizer.vocab_size))
+    return ids, n_bad, job[2] - job[1]
 
 def encode_file(tokenizer_dir, input_path, output_path, num_workers=None, progress=True):
-    """Encode the text file input_path into output_path: the ids as one flat array of uint16 (uint32 when the
-    vocab has more than 65,536 ids), no header. Special tokens in the text (documents separated by
-    '<|endoftext|>') become their ids. Chunks are encoded in parallel and written in order as they arrive
-    (memory stays bounded), to a temporary file that is renamed at the end.
-    Returns {'n_tokens', 'dtype', 'n_bytes', 'time_s'}."""
-    if not os.path.isfile(input_path):
-        raise FileNotFoundError(f"text to encode not found: {input_path!r}")
-    tokenizer = Tokenizer.from_dir(tokenizer_dir)
-    dtype = token_dtype(tokenizer.vocab_size)
-    cuts = find_chunk_boundaries(input_path, _chunk_size(input_path, _num_workers(num_workers)))
-    jobs = [(input_path, a, b, dtype) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
-    n = min(_num_workers(num_workers), max(1, len(jobs)))
-    t0 = time.time()
+    """Encode the text file input_path into output_path: one flat array of ids (token_dtype), no header. Special
+    tokens in the text ('<|endoftext|>' between documents) become their ids. Chunks are encoded in parallel and
+    written in order as they arrive (bounded memory). Returns {n_tokens, dtype, n_bytes, time_s}."""
     global _worker_tokenizer
-    _worker_tokenizer = tokenizer  # used in-process when n == 1; inherited by forked workers otherwise
-    n_bad = 0  # undecodable byte sequences, summed over the chunks
-    bar = tqdm(total=cuts[-1], unit='B', unit_scale=True, desc=f'encode {os.path.basename(input_path)}',
-               disable=not progress)
+    t0 = time.time()
+    _worker_tokenizer = Tokenizer.from_dir(tokenizer_dir)
+    chunks = _map_file_chunks(_encode_chunk, input_path, num_workers, f'encode {os.path.basename(input_path)}',
+                              progress)
+    n_tokens = _write_atomic(output_path, chunks)
+    return {'n_tokens': n_tokens, 'dtype': token_dtype(_worker_tokenizer.vocab_size),
+            'n_bytes': os.path.getsize(input_path), 'time_s': time.time() - t0}
 
-    def on_result(bad, nbytes):
-        nonlocal n_bad
-        n_bad += bad
-        bar.update(nbytes)
-
-    with bar:
-        n_tokens = _write_token_stream(output_path, _encode_chunk, jobs, n, _init_encode_worker, (tokenizer_dir,),
-                                       on_result)
-    if n_bad:
-        print(f"warning: {input_path} is not valid UTF-8: {n_bad} bad byte sequence(s) were encoded as U+FFFD",
-              file=sys.stderr)
-    return {'n_tokens': n_tokens, 'dtype': dtype, 'n_bytes': cuts[-1], 'time_s': time.time() - t0}
-
-
-_worker_docs = None
-
-
-def _encode_docs_batch(args):
-    lo, hi, texts, dtype = args
-    tok = _worker_tokenizer
-    texts = _worker_docs[lo:hi] if texts is None else texts
-    ids = []
-    for text in texts:
-        ids += tok.encode_ordinary(text)
-        ids.append(tok.eot_id)
-    return np.array(ids, dtype=dtype), hi - lo
-
+def _encode_docs_batch(job):
+    tok = _worker_tokenizer  # each document's ids, then the '<|endoftext|>' id
+    ids = chain.from_iterable(tok.encode_ordinary(text) + [tok.eot_id] for text in _worker_docs[job[0]:job[1]])
+    return np.fromiter(ids, dtype=token_dtype(tok.vocab_size))
 
 def encode_documents(tokenizer, docs, output_path, num_workers=None, progress=True, desc='encode', batch_chars=1 << 21):
     """Encode a list of documents (str) into a flat token file: each document's ids, then the '<|endoftext|>' id.
-    Documents are encoded as plain text (encode_ordinary: a '<|endoftext|>' *inside* a document is text).
-    Batches of ~batch_chars characters go to a process pool (forked workers share `docs` without copying it) and
-    come back in order; written to a temporary file that is renamed at the end.
-    Returns {'n_tokens', 'dtype', 'n_docs', 'time_s'}."""
+    Documents are plain text (encode_ordinary: a '<|endoftext|>' *inside* a document stays text). Batches of about
+    batch_chars characters go to forked workers that share `docs` without a copy, and come back in order.
+    Returns {n_tokens, dtype, n_docs, time_s}."""
     global _worker_tokenizer, _worker_docs
     if tokenizer.eot_id is None:
         raise ValueError("the tokenizer has no '<|endoftext|>' special token to separate documents")
-    dtype = token_dtype(tokenizer.vocab_size)
-    # batches of consecutive documents, about batch_chars characters each
-    bounds, size = [0], 0
-    for i, d in enumerate(docs):
-        size += len(d)
-        if size >= batch_chars:
-            bounds.append(i + 1)
-            size = 0
-    if bounds[-1] != len(docs):
-        bounds.append(len(docs))
-    n = min(_num_workers(num_workers), max(1, len(bounds) - 1))
-    jobs = [(lo, hi, None if (FORK or n == 1) else docs[lo:hi], dtype) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    t0 = time.time()
-    bar = tqdm(total=len(docs), unit='doc', desc=desc, disable=not progress)
+    t0, step = time.time(), max(1, batch_chars * len(docs) // max(1, sum(map(len, docs))))  # documents per batch
+    jobs = [(lo, min(lo + step, len(docs))) for lo in range(0, len(docs), step)]
+    _worker_tokenizer, _worker_docs = tokenizer, docs
     try:
-        _worker_tokenizer, _worker_docs = tokenizer, docs  # forked workers inherit both
-        n_tokens = _write_token_stream(output_path, _encode_docs_batch, jobs, n, _init_encode_worker_obj,
-                                       (tokenizer,), bar.update)
+        batches = parallel_map(_encode_docs_batch, jobs, min(num_cores(num_workers), max(1, len(jobs))))
+        n_tokens = _write_atomic(output_path, tqdm(batches, total=len(jobs), desc=desc, unit='batch',
+                                                   disable=not progress))
     finally:
-        bar.close()
         _worker_docs = None
-    return {'n_tokens': n_tokens, 'dtype': dtype, 'n_docs': len(docs), 'time_s': time.time() - t0}
-
-
-def _init_encode_worker_obj(tokenizer):
-    global _worker_tokenizer
-    _worker_tokenizer = tokenizer
-
+    return {'n_tokens': n_tokens, 'dtype': token_dtype(tokenizer.vocab_size), 'n_docs': len(docs),
+            'time_s': time.time() - t0}
 
 # -----------------------------------------------------------------------------
-# Token folders: what data/*/prepare.py write and train.py reads (train.bin, val.bin, meta.json)
+# Token folders: what data/*/prepare.py write and train.py reads (train.bin, val.bin, meta.json, tokenizer/)
 
-def tokenizer_sha1(tok_dir):
-    """sha1 of a tokenizer's files: token files built with another tokenizer must be rebuilt."""
-    h = hashlib.sha1()
-    for name in ('vocab.json', 'merges.txt', 'special_tokens.json'):
-        path = os.path.join(tok_dir, name)
-        if os.path.isfile(path):
-            with open(path, 'rb') as f:
-                h.update(f.read())
-    return h.hexdigest()
+def shared_data(*parts):
+    """A path in the shared data folder: $LMSCRATCH_DATA, else ../shared/data beside the repo."""
+    default = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'data')
+    return os.path.abspath(os.path.join(os.environ.get('LMSCRATCH_DATA', default), *parts))
 
+def gunzip(path):
+    """path.gz -> path (decompressed once, to a temporary name first); other files are returned as they are."""
+    out = path[:-3] if path.endswith('.gz') else path
+    if out != path and not os.path.exists(out):
+        import gzip
+        with gzip.open(path, 'rb') as src:
+            _write_atomic(out, iter(lambda: src.read(1 << 24), b''))  # 16 MB at a time
+    return out
+
+def download(url, path, timeout=30):
+    """Stream url to path (then gunzip it) with a progress bar. A partial file (path + '.part') is resumed with an
+    HTTP Range request; the final name appears only when the download is complete."""
+    import requests  # only the scripts that download need it
+    part = path + '.part'
+    if not os.path.exists(path):
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        with requests.get(url, stream=True, timeout=timeout, headers={'Range': f'bytes={have}-'}) as r:
+            r.raise_for_status()
+            have = have if r.status_code == 206 else 0  # a server that ignores Range sends everything again
+            total_mb = (int(r.headers.get('content-length', 0)) + have) >> 20
+            with open(part, 'ab' if have else 'wb') as f:
+                for chunk in tqdm(r.iter_content(1 << 20), total=total_mb, initial=have >> 20, unit='MB', desc=url):
+                    f.write(chunk)
+        os.replace(part, path)
+    return gunzip(path)
+
+def text_splits(src_train, src_val, urls, raw_dir, name, fallback, offline=False):
+    """({'train': x, 'val': x}, source) for build_token_folder: the local files given (.txt or .txt.gz), else urls
+    downloaded into raw_dir, else (offline, or the download failed: said loudly) the stand-in fallback() returns."""
+    if src_train or src_val:
+        return {'train': gunzip(src_train), 'val': gunzip(src_val)}, f"local files {src_train}, {src_val}"
+    if not offline:
+        try:
+            os.makedirs(raw_dir, exist_ok=True)
+            return {s: download(u, os.path.join(raw_dir, os.path.basename(u))) for s, u in urls.items()}, name
+        except OSError as e:  # requests' errors are OSErrors: no network, an HTTP error, a timeout
+            print('!' * 80 + f"\ncould not download {name} ({type(e).__name__}: {str(e)[:120]}).\nFalling back to "
+                  f"the OFFLINE STAND-IN, NOT {name}: its losses do not compare with published ones.\n" + '!' * 80)
+    return fallback()
 
 def fingerprint(*parts):
-    """A short hash of the inputs of a step: file contents (not names or dates) and settings."""
+    """A short hash of a step's inputs: file contents (not names or dates), lists of documents, settings."""
     h = hashlib.sha1()
     for p in parts:
         if isinstance(p, str) and os.path.isfile(p):
             with open(p, 'rb') as f:
-                for block in iter(lambda: f.read(1 << 24), b''):
+                while block := f.read(1 << 24):
                     h.update(block)
         else:
-            h.update(repr(p).encode())
+            h.update(json.dumps(p).encode())  # JSON keeps the boundaries: ['ab', 'c'] and ['a', 'bc'] differ
     return h.hexdigest()[:16]
 
-
-def build_token_folder(paths, out_dir, vocab_size, source, special_tokens=('<|endoftext|>',), num_workers=None):
-    """Text files {'train': path, 'val': path} -> out_dir/tokenizer/ (a BPE trained on the train text),
-    out_dir/train.bin, val.bin and meta.json ({vocab_size, dtype, eot_id, tokenizer_dir, source, splits,
-    val_bytes, steps}). meta.json records a fingerprint of each step's inputs, so a re-run skips what is done."""
+def build_token_folder(splits, out_dir, vocab_size, source, tokenizer_dir='', bpe_text=None, num_workers=None,
+                       progress=True, **meta_extra):
+    """The end of every data/*/prepare.py: splits {'train': x, 'val': x} -> out_dir/train.bin, val.bin, meta.json.
+    x is a text file (documents separated by '<|endoftext|>'; encode_file) or a list of documents (encode_documents:
+    the '<|endoftext|>' id after each). The tokenizer is tokenizer_dir if given, else a BPE trained into
+    out_dir/tokenizer on bpe_text (default: the train split; never val, which stays unseen).
+    meta.json: vocab_size, dtype, eot_id, tokenizer_dir, source, meta_extra, splits {docs, bytes, tokens}, val_bytes
+    (bits/byte = loss / ln 2 * val_tokens / val_bytes), each step's input fingerprint: a re-run skips what is done."""
     meta_path = os.path.join(out_dir, 'meta.json')
-    old = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
-    special_tokens = list(special_tokens)
-
-    # 1) the tokenizer, trained on the train text only
-    tok_dir = os.path.join(out_dir, 'tokenizer')
-    fp_tok = fingerprint(paths['train'], vocab_size)
-    if old.get('steps', {}).get('tokenizer') == fp_tok and os.path.exists(os.path.join(tok_dir, 'merges.txt')):
-        print(f"tokenizer: up to date in {tok_dir}")
-    else:
-        t = time.time()
-        vocab, merges = train_bpe(paths['train'], vocab_size, special_tokens, num_workers=num_workers)
-        save_tokenizer(vocab, merges, special_tokens, tok_dir)
-        print(f"tokenizer: {len(vocab)} ids trained in {time.time() - t:.1f}s")
-        old = {}  # everything after it is stale
-    tokenizer = Tokenizer.from_dir(tok_dir)
-
-    # 2) the token files
-    meta = {'vocab_size': tokenizer.vocab_size, 'eot_id': tokenizer.eot_id, 'tokenizer_dir': 'tokenizer',
-            'source': source, 'steps': {'tokenizer': fp_tok}, 'splits': {}}
-    for split in ('train', 'val'):
-        out = os.path.join(out_dir, f'{split}.bin')
-        fp = fingerprint(paths[split], fp_tok)
-        if old.get('steps', {}).get(split) == fp and os.path.exists(out):
-            print(f"{split}: up to date")
-            meta['splits'][split] = old['splits'][split]
+    old = json.load(open(meta_path)) if os.path.isfile(meta_path) else {}
+    done, steps = old.get('steps', {}), {}
+    # 1) the tokenizer, trained on train text only
+    tok_dir = os.path.abspath(tokenizer_dir) if tokenizer_dir else os.path.join(out_dir, 'tokenizer')
+    if not tokenizer_dir:
+        text = splits['train'] if bpe_text is None else bpe_text
+        steps['tokenizer'] = fingerprint(text, vocab_size)
+        if done.get('tokenizer') == steps['tokenizer'] and os.path.isfile(os.path.join(tok_dir, 'merges.txt')):
+            print(f"tokenizer: already trained on these inputs ({tok_dir})")
         else:
-            stats = encode_file(tok_dir, paths[split], out, num_workers=num_workers)
-            meta['splits'][split] = {'tokens': stats['n_tokens'], 'bytes': os.path.getsize(paths[split])}
-        meta['steps'][split] = fp
-    meta['dtype'] = token_dtype(tokenizer.vocab_size)  # uint16 up to 65,536 ids
-    meta['val_bytes'] = meta['splits']['val']['bytes']  # lets train.py report bits per byte
-    _write_atomic(meta_path, json.dumps(meta, indent=1))
-    for split, st in meta['splits'].items():
-        print(f"{split}: {st['tokens']:,} tokens ({st['bytes'] / st['tokens']:.2f} bytes/token)")
+            with tempfile.TemporaryDirectory() as tmp:
+                if isinstance(text, list):  # documents -> one text file, '<|endoftext|>' between them
+                    _write_atomic(os.path.join(tmp, 'bpe.txt'), [EOT.join(text).encode('utf-8')])
+                    text = os.path.join(tmp, 'bpe.txt')
+                vocab, merges = train_bpe(text, vocab_size, [EOT], num_workers, progress)
+            save_tokenizer(vocab, merges, [EOT], tok_dir)
+    tokenizer = Tokenizer.from_dir(tok_dir)
+    dtype = token_dtype(tokenizer.vocab_size)
+    meta = {'vocab_size': tokenizer.vocab_size, 'dtype': dtype, 'eot_id': tokenizer.eot_id, 'source': source,
+            'tokenizer_dir': tok_dir if tokenizer_dir else 'tokenizer', **meta_extra, 'splits': {}, 'steps': steps,
+            'complete': False}
+    if dtype == 'uint32':  # said in meta.json, where train.py's reader looks
+        meta['dtype_note'] = f"vocab_size {tokenizer.vocab_size} > 65,536: ids are stored as uint32 (4 bytes a token)"
+    write_meta = lambda: _write_atomic(meta_path, [json.dumps(meta, indent=1).encode()])  # noqa: E731
+    write_meta()
+    # 2) the token files, each skipped when its inputs (text and tokenizer) and its length are as recorded
+    fp_tok = fingerprint(*[os.path.join(tok_dir, name) for name in TOKENIZER_FILES])
+    for split, x in splits.items():
+        path, was = os.path.join(out_dir, f'{split}.bin'), old.get('splits', {}).get(split)
+        steps[split] = fingerprint(x, fp_tok)
+        if done.get(split) == steps[split] and was and os.path.isfile(path) and \
+                os.path.getsize(path) == was['tokens'] * np.dtype(dtype).itemsize:
+            print(f"{split}.bin: already built from these inputs, skipped")
+            meta['splits'][split] = was
+        elif isinstance(x, list):
+            n = encode_documents(tokenizer, x, path, num_workers, progress, f'encode {split}')['n_tokens']
+            meta['splits'][split] = {'docs': len(x), 'bytes': sum(len(d.encode('utf-8')) for d in x), 'tokens': n}
+        else:
+            n = encode_file(tok_dir, x, path, num_workers, progress)['n_tokens']
+            meta['splits'][split] = {'bytes': os.path.getsize(x), 'tokens': n}
+        write_meta()  # a killed run resumes after the last finished split
+    # 3) the summary
+    meta['val_bytes'] = meta['splits']['val']['bytes']
+    meta['bytes_per_token'] = round(meta['splits']['train']['bytes'] / max(1, meta['splits']['train']['tokens']), 4)
+    meta['complete'] = True
+    write_meta()
+    print(', '.join(f"{k}.bin: {s['tokens']:,} tokens ({s['bytes']:,} bytes)" for k, s in meta['splits'].items())
+          + f"; {meta['bytes_per_token']:.2f} bytes per token, vocab {meta['vocab_size']}, {dtype}, in {out_dir}")
     return meta
 
-
 # -----------------------------------------------------------------------------
-# Benchmark (python bpe.py --bench): side by side in one run, on the same text and cores
+# The command
+def die(msg):
+    """A user error (here or in a data/*/prepare.py): one line on stderr naming the command, exit code 2."""
+    print(f"{sys.argv[0] if sys.argv[0].endswith('.py') else 'bpe.py'}: error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
-def _timed_in_child(fn, *args):
-    """Run fn(*args) in a forked child; return (its result, seconds, peak RSS in MB of the child and of its own
-    workers). A fresh process per trainer makes the peak-memory numbers independent of each other."""
-    ctx = mp.get_context('fork')
-    parent, child = ctx.Pipe()
-
-    def target():
-        import resource
-        t0 = time.time()
-        result = fn(*args)
-        dt = time.time() - t0
-        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        child.send((result, dt, own, kids))
-
-    p = ctx.Process(target=target)
-    p.start()
-    out = parent.recv()
-    p.join()
-    return out
-
-
-def _train_ours(path, n_vocab):
-    vocab, merges = train_bpe(path, n_vocab, ['<|endoftext|>'], progress=False)
-    return len(merges), max(len(t) for t in vocab.values())
-
-
-def _train_hf(path, n_vocab):
-    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
-    hf = HFTokenizer(models.BPE())
-    # ByteLevel(use_regex=True) is GPT-2's regex on the bytes-as-printable-unicode text: the same setup
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    trainer = trainers.BpeTrainer(vocab_size=n_vocab, special_tokens=['<|endoftext|>'], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    hf.train([path], trainer)
-    return hf.get_vocab_size(), None
-
-
-def run_bench(out_path, data_dir=None):
-    import gzip
-    import platform
-    import tiktoken
-    import tokenizers
-    data_dir = data_dir or os.environ.get('LMSCRATCH_DATA', os.path.join(os.path.dirname(os.path.abspath(
-        __file__)), '..', 'shared', 'data'))
-    data_dir = os.path.abspath(data_dir)
-    os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(data_dir, 'tiktoken_cache'))
-    gz = os.path.join(data_dir, 'text', 'docs_en.txt.gz')
-    if not os.path.isfile(gz):
-        sys.exit(f"benchmark text not found: {gz} (set LMSCRATCH_DATA to the shared data folder)")
-    cores = _num_workers()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, 'docs_en.txt')
-        with gzip.open(gz, 'rb') as fi, open(path, 'wb') as fo:
-            fo.write(fi.read())
-        text = open(path, encoding='utf-8').read()
-        mb = os.path.getsize(path) / 1e6
-        print(f"benchmark text: {gz} decompressed, {mb:.1f} MB; {cores} cores; load average "
-              f"{os.getloadavg()[0]:.2f}")
-
-        # 1) training, vocab 10K: ours vs HF tokenizers' BpeTrainer (Rust, all cores)
-        (n_merges, longest), t_ours, rss_ours, rss_workers = _timed_in_child(_train_ours, path, 10000)
-        _, t_hf, rss_hf, _ = _timed_in_child(_train_hf, path, 10000)
-        print(f"train 10K: ours {t_ours:.2f}s, HF tokenizers {t_hf:.2f}s")
-        rows.append(('BPE training, vocab 10,000', f'{t_ours:.2f} s ({mb / t_ours:.1f} MB/s)',
-                     f'{t_hf:.2f} s ({mb / t_hf:.1f} MB/s)', f'{t_hf / t_ours:.2f}x'))
-        ref = os.path.join(data_dir, 'a1', 'corpus.en')
-        _, t_ref, _, _ = _timed_in_child(_train_ours, ref, 500)
-        rows.append(('BPE training, corpus.en, vocab 500 (course reference check)', f'{t_ref:.2f} s',
-                     'goal: well under 1.5 s', ''))
-
-        # 2) encoding with GPT-2's merges: one thread, then all cores
-        a1 = os.path.join(data_dir, 'a1')
-        enc = tiktoken.get_encoding('gpt2')
-        tok = Tokenizer.from_files(os.path.join(a1, 'gpt2_vocab.json'), os.path.join(a1, 'gpt2_merges.txt'),
-                                   ['<|endoftext|>'])
-        t0 = time.time()
-        ours = tok.encode(text)  # cold cache: the cache fill is part of the time
-        t_enc = time.time() - t0
-        t0 = time.time()
-        theirs = enc.encode(text, allowed_special='all')
-        t_tik = time.time() - t0
-        same = ours == theirs
-        print(f"encode 1 thread: ours {mb / t_enc:.1f} MB/s, tiktoken {mb / t_tik:.1f} MB/s, same ids: {same}")
-        rows.append(('encode, GPT-2 merges, one thread', f'{mb / t_enc:.1f} MB/s', f'{mb / t_tik:.1f} MB/s',
-                     f'{t_tik / t_enc:.2f}x'))
-        gpt2_dir = os.path.join(tmp, 'gpt2')
-        save_tokenizer(tok.vocab, [(tok.vocab[a], tok.vocab[b]) for (a, b), _ in sorted(
-            tok.merge_ranks.items(), key=lambda kv: kv[1][0])], ['<|endoftext|>'], gpt2_dir)
-        stats = encode_file(gpt2_dir, path, os.path.join(tmp, 'docs.bin'), cores, progress=False)
-        t_par = stats['time_s']
-        same_par = np.fromfile(os.path.join(tmp, 'docs.bin'), dtype=stats['dtype']).tolist() == theirs
-        docs = text.split('<|endoftext|>')
-        t0 = time.time()
-        enc.encode_ordinary_batch(docs, num_threads=cores)
-        t_tikb = time.time() - t0
-        print(f"encode {cores} cores: ours {mb / t_par:.1f} MB/s (encode_file), tiktoken batch {mb / t_tikb:.1f} "
-              f"MB/s, same ids: {same_par}")
-        rows.append((f'encode, GPT-2 merges, all {cores} cores (ours: encode_file to disk)',
-                     f'{mb / t_par:.1f} MB/s', f'{mb / t_tikb:.1f} MB/s', f'{t_tikb / t_par:.2f}x'))
-
-    lines = [
-        '# bpe.py benchmark',
-        '',
-        f'Command: `python bpe.py --bench`; device: {platform.processor() or platform.machine()}, {cores} cores '
-        f'(load average at start {os.getloadavg()[0]:.2f}), Python {platform.python_version()}, '
-        f'tokenizers {tokenizers.__version__}, tiktoken {tiktoken.__version__}.',
-        f'Text: `docs_en.txt.gz` decompressed ({mb:.1f} MB). Speed ratio = reference time / our time (1.00x = same '
-        f'speed; the goals are >= 0.5x for training and >= 0.3x for encoding).',
-        '',
-        '| what | bpe.py | reference (HF tokenizers / tiktoken) | ratio |',
-        '|---|---:|---:|---:|',
-    ] + [f'| {a} | {b} | {c} | {d} |' for a, b, c, d in rows] + [
-        '',
-        f'- Training peak memory (max RSS): {rss_ours:.0f} MB main process, {rss_workers:.0f} MB largest '
-        f'pre-tokenization worker; HF tokenizers {rss_hf:.0f} MB. {n_merges} merges, longest token {longest} bytes.',
-        f'- Ids identical to tiktoken on the whole text: one thread {same}, all cores {same_par}.',
-        '',
-    ]
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    _write_atomic(out_path, '\n'.join(lines))
-    print('\n'.join(lines))
-    print(f"wrote {out_path}")
-
-
-# -----------------------------------------------------------------------------
-if __name__ == '__main__':
-    import resource
-
-    def peak_rss_mb():
-        # ru_maxrss is in KiB on Linux; children = the worker processes (the largest of them)
-        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        return own / 1024, kids / 1024
-
+def main():
+    """The command: train a tokenizer on --input into --out_dir, or encode --input into --output. Every setting is
+    checked first: a mistake is one line on stderr (exit code 2) and nothing is written."""
+    written = [os.path.join(out_dir, name) for name in TOKENIZER_FILES] if mode == 'train' else [output]
+    inputs = [input] + ([os.path.join(tokenizer_dir, name) for name in TOKENIZER_FILES] if mode == 'encode' else [])
+    checks = [(mode in ('train', 'encode'), f"--mode={mode!r}: use 'train' or 'encode'"),
+              (num_workers >= 0, f"--num_workers={num_workers}: give 0 (every core) or a number of processes"),
+              (os.path.isfile(input), f"--input={input!r}: no such file (give the UTF-8 text file to read)"),
+              (not {os.path.realpath(p) for p in written} & {os.path.realpath(p) for p in inputs},
+               f"the output would overwrite an input ({input}): write elsewhere")]
     if mode == 'train':
-        if not input:
-            sys.exit("give the training text: python bpe.py --input=path/to/text.txt --vocab_size=10000")
-        t0 = time.time()
-        vocab, merges = train_bpe(input, vocab_size, special_tokens, num_workers or None)
-        save_tokenizer(vocab, merges, special_tokens, out_dir)
-        own, kids = peak_rss_mb()
-        longest = max(list(vocab.values())[len(special_tokens):], key=len)  # special tokens excluded
-        print(f"wrote {out_dir}/vocab.json, merges.txt, special_tokens.json: vocab {len(vocab)}, "
-              f"{len(merges)} merges")
-        print(f"summary: {time.time() - t0:.2f}s total, peak memory {own:.0f} MB (main) / {kids:.0f} MB "
-              f"(largest worker), longest token {len(longest)} bytes: {longest.decode('utf-8', 'replace')!r}")
-    elif mode == 'encode':
-        if not (input and tokenizer_dir and output):
-            sys.exit("encode mode needs --tokenizer_dir=... --input=<text> --output=<tokens.bin>")
-        stats = encode_file(tokenizer_dir, input, output, num_workers or None)
-        print(f"wrote {output}: {stats['n_tokens']:,} {stats['dtype']} tokens from {stats['n_bytes']:,} bytes "
-              f"({stats['n_bytes'] / max(stats['n_tokens'], 1):.2f} bytes/token) in {stats['time_s']:.1f}s "
-              f"({stats['n_bytes'] / 1e6 / max(stats['time_s'], 1e-9):.1f} MB/s)")
-    elif mode == 'bench':
-        run_bench(bench_out)
+        checks += [(not os.path.isfile(out_dir), f"--out_dir={out_dir!r} is a file: give a folder for the tokenizer")]
     else:
-        sys.exit(f"unknown mode {mode!r}: use 'train', 'encode' or 'bench'")
+        checks += [(os.path.isfile(inputs[2]), f"--tokenizer_dir={tokenizer_dir!r} holds no merges.txt: train one "
+                    f"first with python bpe.py --input=<text> --out_dir=<folder>"),
+                   (output and not os.path.isdir(output), f"--output={output!r}: give the token file to write")]
+    for ok, msg in checks:
+        if not ok:
+            die(msg)
+    t0 = time.time()
+    if mode == 'train':
+        try:  # train_bpe checks vocab_size and special_tokens before any work, and refuses a text without words
+            vocab, merges = train_bpe(input, vocab_size, special_tokens, num_workers)
+        except ValueError as e:
+            die(e)
+        save_tokenizer(vocab, merges, special_tokens, out_dir)
+        longest = max(list(vocab.values())[len(special_tokens):], key=len)  # special tokens excluded
+        print(f"wrote {out_dir}/vocab.json, merges.txt, special_tokens.json: vocab {len(vocab)}, {len(merges)} merges")
+        print(f"summary: {time.time() - t0:.2f}s, longest token {len(longest)} bytes: {longest!r}")
+    else:
+        s = encode_file(tokenizer_dir, input, output, num_workers)
+        print(f"wrote {output}: {s['n_tokens']:,} {s['dtype']} tokens from {s['n_bytes']:,} bytes in "
+              f"{s['time_s']:.1f}s")
+
+if __name__ == '__main__':
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    main()

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ import pytest
 
 import bpe
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADVERSARIAL = [
     '',
     ' ',
@@ -132,15 +134,24 @@ def test_tiktoken_equality_adversarial(gpt2, tiktoken_gpt2, text):
     assert gpt2.decode(ids) == text
 
 
-def test_long_pretokens_heap_bpe(gpt2, tiktoken_gpt2, monkeypatch):
-    # long pre-tokens take the O(n log n) heap path; it must agree with the scan and with tiktoken
+def _bpe_scan(tok, word):
+    """The reference BPE inside one pre-token: rescan every pair, merge the lowest rank everywhere, repeat (O(n^2))."""
+    ids = [tok.byte_ids[c] for c in word.encode()]
+    while True:
+        ranked = [(tok.merge_ranks[p], p) for p in zip(ids, ids[1:]) if p in tok.merge_ranks]
+        if not ranked:
+            return tuple(ids)
+        (_, new), (a, b) = min(ranked)
+        ids = list(bpe._merge_word(ids, a, b, new))
+
+
+def test_long_pretokens_heap_bpe(gpt2, tiktoken_gpt2):
+    # Tokenizer._bpe is a heap over a linked list; it must agree with the O(n^2) scan and with tiktoken
     rng = random.Random(0)
-    words = [''.join(rng.choice('aeiouthnrsl') for _ in range(rng.randint(65, 300))) for _ in range(50)]
+    words = [''.join(rng.choice('aeiouthnrsl') for _ in range(rng.randint(2, 300))) for _ in range(50)]
     for w in words:
-        heap = gpt2._bpe_long([gpt2.byte_ids[c] for c in w.encode()])
-        monkeypatch.setattr(bpe, 'LONG_WORD', 10**9)
-        assert heap == gpt2._bpe(w) and list(heap) == tiktoken_gpt2.encode_ordinary(w)
-        monkeypatch.setattr(bpe, 'LONG_WORD', 64)
+        heap = gpt2._bpe(w)
+        assert heap == _bpe_scan(gpt2, w) and list(heap) == tiktoken_gpt2.encode_ordinary(w)
     for text in ('=' * 20000, 'ab' * 5000, ' ' + 'x' * 3000 + '!'):
         assert gpt2.encode(text) == tiktoken_gpt2.encode_ordinary(text)
 
@@ -265,18 +276,39 @@ def test_encode_file_uses_uint32_for_big_vocab(tmp_path):
 
 
 def test_cli_train_and_encode(tmp_path, data_dir):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     corpus = os.path.join(data_dir, 'a1', 'corpus.en')
-    r = subprocess.run([sys.executable, os.path.join(root, 'bpe.py'), f'--input={corpus}', '--vocab_size=300',
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'bpe.py'), f'--input={corpus}', '--vocab_size=300',
                         f'--out_dir={tmp_path / "tok"}'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert 'summary:' in r.stdout and 'longest token' in r.stdout
-    r = subprocess.run([sys.executable, os.path.join(root, 'bpe.py'), '--mode=encode', f'--tokenizer_dir={tmp_path / "tok"}',
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'bpe.py'), '--mode=encode', f'--tokenizer_dir={tmp_path / "tok"}',
                         f'--input={corpus}', f'--output={tmp_path / "c.bin"}', '--num_workers=1'],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     tok = bpe.Tokenizer.from_dir(str(tmp_path / 'tok'))
     assert np.fromfile(tmp_path / 'c.bin', dtype=np.uint16).tolist() == tok.encode(open(corpus).read())
+
+
+def test_copy_alone_trains_from_its_globals(tmp_path):
+    """issue 29: bpe.py copied alone into an empty folder (no configurator.py, no repo on the path) imports without
+    running anything, and `bpe.<key> = ...; bpe.main()` trains a tokenizer from those globals."""
+    shutil.copy(os.path.join(ROOT, 'bpe.py'), tmp_path / 'bpe.py')
+    text = 'the low lower lowest newer newest wider\n' * 200 + '<|endoftext|>' + "it's the widest, isn't it?\n" * 50
+    (tmp_path / 'text.txt').write_text(text, encoding='utf-8')
+    code = ("import bpe; bpe.input = 'text.txt'; bpe.vocab_size = 280; bpe.out_dir = 'tok'; bpe.num_workers = 1; "
+            "bpe.main()")
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    r = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert 'summary:' in r.stdout and 'vocab 280' in r.stdout and 'warning' not in r.stderr
+    assert sorted(os.listdir(tmp_path / 'tok')) == ['merges.txt', 'special_tokens.json', 'vocab.json']
+    tok = bpe.Tokenizer.from_dir(str(tmp_path / 'tok'))
+    assert tok.vocab_size == 280 and tok.eot_id == 0 and tok.decode(tok.encode(text)) == text
+    assert len(tok.encode('the lowest widest')) < len('the lowest widest') / 2  # merges learned from the text
+    r = subprocess.run([sys.executable, '-c', 'import bpe'], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout == '' and sorted(os.listdir(tmp_path)) == ['bpe.py', 'text.txt', 'tok']
 
 
 # -----------------------------------------------------------------------------
