@@ -10,21 +10,22 @@ cookie banners on every page (exact duplicate *lines*), the same article mirrore
    signature into bands so that only documents sharing a band become candidates; each candidate pair is checked
    with its true Jaccard; union-find joins duplicates into clusters and one seeded document per cluster survives.
 
-Inputs hold one document per file (a removed document gets no output file) or are *.jsonl with one {"text": ...}
-a line (each output keeps its surviving lines); outputs keep the input names. Shards of inputs run in a process
-pool, or as Ray tasks with --engine=ray (ray is imported only then); finished shards are saved, so a killed run
-resumes. Benchmarks against datasketch, Ray vs pool and the S-curve plot: bench/dedup.py.
+Inputs: one document per file, or *.jsonl with one {"text": ...} a line; outputs keep the input names. Shards run
+in a process pool or as Ray tasks (--engine=ray); finished shards are saved, so a killed run resumes. Benchmarks
+(datasketch, Ray vs pool) and the S-curve plot: bench/dedup.py.
 
     python dedup.py --mode=exact --inputs=../shared/data/a4/documents_with_line_duplicates --output_dir=out/lines
     python dedup.py --inputs=corpus/ --output_dir=out/dedup --jaccard_threshold=0.8
     python dedup.py --inputs='data/*.jsonl' --output_dir=out/dedup --engine=ray --ray_address=auto
-    from dedup import exact_line_dedup, minhash_dedup, minhash_near_duplicates   # as a library
+    from dedup import exact_line_dedup, minhash_dedup, minhash_signatures, lsh_pairs   # as a library
 """
+import collections
 import contextlib
 import glob
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import string
 import sys
@@ -58,7 +59,6 @@ progress = True  # tqdm progress bars on stderr
 SIG_EMPTY = np.uint32(0xFFFFFFFF)  # the signature of a document without n-grams (never a candidate)
 _GROUP_CHARS = 1 << 20  # texts are hashed in ~1 MB groups, so the per-byte arrays (8 B a byte) stay in cache
 _CHUNK = 16384  # n-grams per block: a (num_hashes, _CHUNK) uint32 block is 8 MB at 128 hashes
-
 
 # ---------------------------------------------------------------------------------------------- MinHash signatures
 # For a random permutation pi of all n-grams, P[min pi(A) == min pi(B)] = J(A, B): the fraction of equal rows of
@@ -109,10 +109,6 @@ def normalize_words(text):
     """The normalized words of a document: list[str] (the reference implementation)."""
     return _MARKS_PUNCT.sub('', unicodedata.normalize('NFD', text).lower()).split()
 
-def normalize_text(text):
-    """Normalized text: 'Héllo,  World!' -> 'hello world'."""
-    return ' '.join(normalize_words(text))
-
 class _Cache(dict):
     """A per-process cache that pickles empty: Ray ships our functions by value with the globals they use."""
     def __reduce__(self):
@@ -127,12 +123,11 @@ _FIXED_RUNS = _Cache()  # non-ASCII run -> its normalized bytes (the web repeats
 def _fix_non_ascii(m):
     run = m.group()
     if run not in _FIXED_RUNS:
-        # NFD and lower() per run equal doing them on the whole text: NFD decomposes character by character and
-        # only reorders combining marks, which we delete anyway. Unicode spaces become b' ' (they split words).
+        # NFD per run equals NFD of the whole text: it only reorders combining marks, which we delete anyway.
         s = _MARKS_PUNCT.sub('', unicodedata.normalize('NFD', run.decode('utf-8', errors='replace')).lower())
         if len(_FIXED_RUNS) > 100_000:  # bounded: Chinese or Russian text has many distinct runs
             _FIXED_RUNS.clear()
-        _FIXED_RUNS[run] = ''.join(' ' if c.isspace() else c for c in s).encode('utf-8')
+        _FIXED_RUNS[run] = ''.join(' ' if c.isspace() else c for c in s).encode('utf-8')  # Unicode spaces split
     return _FIXED_RUNS[run]
 
 def _normalized_bytes(text):
@@ -165,35 +160,25 @@ def _pow_tables(n):
             _POWERS[key] = t
     return _POWERS['pow'], _POWERS['inv']
 
-def _batch_word_hashes(texts):
-    """(w (W,) uint64 word hashes in document order, counts (D,) int64 words per document) of a batch."""
+def batch_ngram_hashes(texts, n):
+    """The word n-gram hashes of a batch of documents: (X (N,) uint64 in document order, counts (D,) int64).
+    An n-gram hashes as mix64(sum_i w_i * POS_i) over its word hashes w; a document shorter than n words is one
+    n-gram of all its words, an empty one has none."""
     parts = [_normalized_bytes(t) for t in texts]
     buf = b' '.join(parts)  # a space between documents, so no word straddles two
     arr = np.frombuffer(buf, dtype=np.uint8)  # (N,)
-    inword = np.zeros(len(buf) + 2, bool)  # words are the runs of non-space bytes
-    np.not_equal(arr, 32, out=inword[1:-1])
-    edges = np.flatnonzero(inword[1:] != inword[:-1])  # where a word starts or ends
+    edges = np.flatnonzero(np.diff(np.r_[False, arr != 32, False]))  # words are the runs of non-space bytes
     starts, ends = edges[0::2], edges[1::2]  # (W,), (W,)
     pw, ipw = _pow_tables(len(buf) + 1)
-    c = arr.astype(np.uint64) * pw[:len(buf)] + pw[:len(buf)]  # (byte + 1) * BASE^k: the + 1 makes NUL count
-    S = np.concatenate([np.zeros(1, np.uint64), np.cumsum(c, dtype=np.uint64)])  # (N+1,), wraps mod 2^64
-    w = _mix64((S[ends] - S[starts]) * ipw[starts])
-    doc_start = np.cumsum([0] + [len(p) + 1 for p in parts[:-1]])  # (D,) byte offset of each document
-    doc = np.searchsorted(doc_start, starts, side='right') - 1
-    return w, np.bincount(doc, minlength=len(texts)).astype(np.int64)
-
-def batch_ngram_hashes(texts, n):
-    """The word n-gram hashes of a batch: (X (N,) uint64 in document order, counts (D,)). An n-gram hashes as
-    mix64(sum_i w_i * POS_i); a document shorter than n words is one n-gram of all its words, an empty one none."""
-    w, wc = _batch_word_hashes(texts)  # (W,), (D,)
-    W = len(w)
-    doc = np.repeat(np.arange(len(texts)), wc)  # (W,) the document of each word
-    end = np.cumsum(wc)[doc]  # (W,) one past the last word of that document
-    pos = np.arange(W)
-    g = np.zeros(W, np.uint64)  # g[p]: the n-gram starting at word p; words past its document count as 0
-    for i in range(n):
-        wi = np.zeros(W, np.uint64)
-        wi[:max(W - i, 0)] = w[i:]
+    c = (arr.astype(np.uint64) + np.uint64(1)) * pw[:len(buf)]  # (byte + 1) * BASE^k: the + 1 makes NUL count
+    S = np.r_[np.zeros(1, np.uint64), np.cumsum(c, dtype=np.uint64)]  # (N+1,) prefix sums, wrapping mod 2^64
+    w = _mix64((S[ends] - S[starts]) * ipw[starts])  # (W,) word hashes
+    doc = np.searchsorted(np.cumsum([0] + [len(p) + 1 for p in parts[:-1]]), starts, side='right') - 1  # (W,)
+    wc = np.bincount(doc, minlength=len(texts))  # (D,) words per document
+    end, pos, g = np.cumsum(wc)[doc], np.arange(len(w)), np.zeros(len(w), np.uint64)  # end: one past doc's last word
+    for i in range(n):  # g[p]: the n-gram that starts at word p; words past its document count as 0
+        wi = np.zeros(len(w), np.uint64)
+        wi[:max(len(w) - i, 0)] = w[i:]
         wi[pos + i >= end] = 0
         g += wi * _POS_MULT[i]  # uint64 arithmetic wraps mod 2^64 on purpose
     keep = (pos + n <= end) | ((wc[doc] < n) & (pos == end - wc[doc]))  # whole n-grams, or a short document
@@ -225,7 +210,6 @@ def verify_pairs(pairs, sets, threshold):
     """(P,) bool: true Jaccard of each candidate pair >= threshold. sets: doc id -> ngram_set."""
     return np.array([jaccard(sets[i], sets[j]) >= threshold for i, j in pairs.tolist()], dtype=bool)
 
-
 # ----------------------------------------------------------------------------------------- LSH: candidate pairs
 # A signature of k = b*r rows is cut into b bands of r rows. Two documents become candidates if all r rows of some
 # band agree, which for Jaccard s has probability 1 - (1 - s^r)^b: an S-curve whose step sits near (1/b)^(1/r).
@@ -234,35 +218,28 @@ def candidate_probability(s, bands, rows):
     return 1.0 - (1.0 - np.asarray(s, dtype=np.float64) ** rows) ** bands
 
 def choose_bands(num_hashes, threshold, min_recall=0.99):
-    """(bands, rows) with bands*rows == num_hashes: the most rows (the steepest S-curve, fewest false candidates)
-    that still makes a pair *at* the threshold a candidate with probability >= min_recall. Recall first: every
-    candidate is verified with its true Jaccard, so a false candidate costs time, a missed one leaves a duplicate."""
+    """(bands, rows), bands*rows == num_hashes: the most rows (steepest S-curve) that still finds a pair *at* the
+    threshold with probability >= min_recall. Recall first: a false candidate costs a check, a missed one stays."""
     splits = [(b, num_hashes // b) for b in range(1, num_hashes + 1) if num_hashes % b == 0]
     ok = [(b, r) for b, r in splits if candidate_probability(threshold, b, r) >= min_recall]
-    if ok:
-        return max(ok, key=lambda br: br[1])
-    return max(splits, key=lambda br: candidate_probability(threshold, *br))
-
-_BAND_MULT = np.random.default_rng(0x62616E64).integers(1, 2**63, size=1024, dtype=np.uint64) * np.uint64(2) + 1
+    return max(ok, key=lambda br: br[1]) if ok else max(splits, key=lambda br: candidate_probability(threshold, *br))
 
 def _check_bands(num_hashes, num_bands):
-    if num_bands <= 0 or num_hashes % num_bands or num_hashes // num_bands > len(_BAND_MULT):
-        divisors = [b for b in range(1, num_hashes + 1) if num_hashes % b == 0 and num_hashes // b <= 1024]
-        raise ValueError(f"num_hashes={num_hashes} must be divisible by num_bands={num_bands} into at most 1024 "
-                         f"rows a band; pick num_bands from {divisors}")
+    if num_bands <= 0 or num_hashes % num_bands:
+        raise ValueError(f"num_hashes={num_hashes} must be divisible by num_bands={num_bands}: pick num_bands from "
+                         f"{[b for b in range(1, num_hashes + 1) if num_hashes % b == 0]}")
 
 def band_keys(sig, bands):
     """(D, k) uint32 signatures -> (D, bands) uint64 bucket keys, one hash of each band's rows (band mixed in)."""
     D, k = sig.shape
-    s = sig.astype(np.uint64).reshape(D, bands, k // bands)
-    key = (s * _BAND_MULT[:k // bands]).sum(axis=2, dtype=np.uint64)  # wraps mod 2^64
+    mult = np.random.default_rng(0x62616E64).integers(1, 2**63, size=k // bands, dtype=np.uint64) * np.uint64(2) + 1
+    key = (sig.astype(np.uint64).reshape(D, bands, k // bands) * mult).sum(axis=2, dtype=np.uint64)  # wraps mod 2^64
     return _mix64(key + np.arange(bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
 
 def bucket_pairs(key, doc, max_bucket):
-    """Candidate pairs from bucket records key (M,) uint64, doc (M,) int64: documents with equal keys share a
-    bucket. A bucket of m <= max_bucket documents gives its m(m-1)/2 pairs; a bigger one (usually a blob of exact
-    copies) links each member to its smallest document only: a million copies cost a million pairs, not 5e11.
-    Returns (P, 2) int64 pairs (i < j), unique, sorted."""
+    """Unique sorted pairs (P, 2), i < j, of documents doc (M,) int64 that share a bucket key (M,) uint64. A bucket of
+    m <= max_bucket gives its m(m-1)/2 pairs; a bigger one (a blob of exact copies) links each member to its smallest
+    document only: a million copies cost a million pairs, not 5e11."""
     order = np.lexsort((doc, key))
     key, doc = key[order], doc[order]
     start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])  # where each bucket starts
@@ -291,37 +268,27 @@ def lsh_pairs(sig, bands, max_bucket=200):
     pairs = [bucket_pairs(keys[:, j], live, max_bucket) for j in range(bands)]
     return _dedupe_pairs(np.concatenate([np.zeros((0, 2), np.int64)] + pairs))
 
-
 # ------------------------------------------------------------------- Union-find: clusters of duplicates, one survivor
 class UnionFind:
-    """Disjoint sets over 0..n-1 with path halving and union by size (Tarjan 1975): near O(1) per operation."""
+    """Disjoint sets over 0..n-1 with path halving (Tarjan & van Leeuwen 1984): O(log n) amortized per operation."""
     def __init__(self, n):
-        self.parent, self.size = list(range(n)), [1] * n
+        self.parent = list(range(n))
 
     def find(self, x):
-        parent = self.parent
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
+        while self.parent[x] != x:
+            self.parent[x] = x = self.parent[self.parent[x]]  # point x at its grandparent, then move there
         return x
 
     def union(self, x, y):
-        x, y = self.find(x), self.find(y)
-        if x != y:
-            if self.size[x] < self.size[y]:
-                x, y = y, x
-            self.parent[y] = x
-            self.size[x] += self.size[y]
+        self.parent[self.find(x)] = self.find(y)
 
 def priorities(names, seed):
-    """A seeded 64-bit rank per document name; a cluster keeps its lowest-ranked member. It depends only on
-    (seed, name), so every engine, shard order and resumed run picks the same survivor."""
+    """A seeded 64-bit rank per name (a cluster keeps its lowest): the same survivor for any engine, order, resume."""
     return np.array([int.from_bytes(hashlib.blake2b(f"{seed}\0{n}".encode(), digest_size=8).digest(), 'little')
                      for n in names], dtype=np.uint64)
 
 def choose_removed(n_docs, dup_pairs, prio):
-    """Cluster the duplicate pairs -> (removed doc ids, sorted int64; number of clusters). Only documents in a pair
-    enter the union-find, so its memory follows the duplicated documents, not the corpus."""
+    """Duplicate pairs -> (removed doc ids, sorted; number of clusters); only documents in a pair enter union-find."""
     members = np.unique(dup_pairs)  # (m,) doc ids
     uf = UnionFind(len(members))
     for i, j in np.searchsorted(members, dup_pairs).tolist():
@@ -332,19 +299,7 @@ def choose_removed(n_docs, dup_pairs, prio):
     first = np.r_[True, roots[1:] != roots[:-1]][:len(roots)]  # the survivor of each cluster
     return np.sort(members[~first]), int(first.sum())
 
-def minhash_near_duplicates(texts, num_hashes=128, num_bands=0, ngrams=5, jaccard_threshold=0.8, seed=0,
-                            max_bucket=200):
-    """The whole method on in-memory strings: the set of indices to drop (one document of each cluster of near
-    duplicates survives, chosen by the seed). num_bands=0 picks it with choose_bands."""
-    num_bands = num_bands or choose_bands(num_hashes, jaccard_threshold)[0]
-    _check_bands(num_hashes, num_bands)
-    pairs = lsh_pairs(minhash_signatures(texts, num_hashes, ngrams, seed), num_bands, max_bucket)
-    docs = np.unique(pairs).tolist()
-    dup = pairs[verify_pairs(pairs, dict(zip(docs, ngram_sets([texts[d] for d in docs], ngrams))), jaccard_threshold)]
-    return set(choose_removed(len(texts), dup, priorities([str(i) for i in range(len(texts))], seed))[0].tolist())
-
-
-# ---------------------------------------------------------------------- Reading documents: one a file, or JSONL
+# ----------------------------------------------- Reading documents (one a file, or JSONL) and the pool/Ray tasks
 def _decode(data, stats):
     """bytes -> str; invalid UTF-8 is replaced (U+FFFD) and the document counted as non_utf8."""
     try:
@@ -354,116 +309,92 @@ def _decode(data, stats):
         return data.decode('utf-8', errors='replace')
 
 def read_documents(path, file_idx, text_key, stats):
-    """Yield (file_idx, offset, length, name, text) for each document of one input file; offset/length locate a
-    JSONL line (length -1 = the whole file). Bad input is counted in stats and skipped: binary files (a NUL byte
-    in the first 8 KB), unreadable files, JSONL lines that are not objects with a string text_key."""
-    try:
-        with open(path, 'rb') as f:
-            if not path.endswith('.jsonl'):
-                data = f.read()
-                if b'\0' in data[:8192]:
-                    stats['binary'] += 1
-                else:
-                    yield file_idx, 0, -1, os.path.basename(path), _decode(data, stats)
-                return
-            offset = 0
-            for lineno, line in enumerate(f):
-                offset += len(line)
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(_decode(line, stats))[text_key]
-                except (ValueError, KeyError, TypeError):  # not JSON, not an object, no text_key
-                    text = None
-                if not isinstance(text, str):
-                    stats['bad_lines'] += 1
-                else:
-                    yield file_idx, offset - len(line), len(line), f"{os.path.basename(path)}:{lineno}", text
-    except OSError as e:
-        stats['unreadable'] += 1
-        print(f"dedup: skipping unreadable {path}: {e}", file=sys.stderr)
-
-def _read_one(path, offset, length, text_key):
-    """Read back one document located by read_documents."""
+    """Yield (file_idx, offset, length, name, text) per document of a file (length -1: the whole file). Binary files
+    (a NUL byte in the first 8 KB) and JSONL lines without a string text_key are counted in stats and skipped."""
     with open(path, 'rb') as f:
-        f.seek(offset)
-        data = f.read(length).decode('utf-8', errors='replace')
-    return data if length < 0 else json.loads(data)[text_key]
+        if not path.endswith('.jsonl'):
+            data = f.read()
+            if b'\0' in data[:8192]:
+                stats['binary'] += 1
+            else:
+                yield file_idx, 0, -1, os.path.basename(path), _decode(data, stats)
+            return
+        offset = 0
+        for lineno, line in enumerate(f):
+            offset += len(line)
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(_decode(line, stats))[text_key]
+            except (ValueError, KeyError, TypeError):  # not JSON, not an object, no text_key
+                text = None
+            if not isinstance(text, str):
+                stats['bad_lines'] += 1
+            else:
+                yield file_idx, offset - len(line), len(line), f"{os.path.basename(path)}:{lineno}", text
 
-
-# ------------------------------------------------------------- Tasks: the same functions in the pool and in Ray
 def signature_shard(task):
-    """Stage 1, one shard of input files -> {'file_idx', 'offset', 'length' (D,) int64, 'names', 'sig' (D, k)
-    uint32, 'stats'}, saved to task['cache'] (.npz, written to a temp file then renamed) so that a rerun loads it."""
-    if os.path.exists(task['cache']):
-        with np.load(task['cache'], allow_pickle=False) as z:
-            out = {k: z[k] for k in ('file_idx', 'offset', 'length', 'sig')}
-            out['names'], out['stats'] = z['names'].tolist(), dict(json.loads(str(z['stats'])), resumed_shards=1)
-        return out
+    """Stage 1, one shard of input files -> {'docs': [(file_idx, offset, length, name)], 'sig': (D, k) uint32,
+    'stats'}, pickled to task['cache'] (a temp file, then renamed) so that a rerun loads it instead."""
+    if os.path.exists(task['cache']):  # done by an earlier run: the name fingerprints its files and settings
+        with open(task['cache'], 'rb') as f:
+            return pickle.load(f)
     marker = task.get('fail_once_marker')
     if marker and not os.path.exists(marker):  # test hook: the first attempt of this task dies
         open(marker, 'w').close()
         raise RuntimeError("injected failure of shard 0 (test hook)")
-    stats, rows, texts = dict.fromkeys(('binary', 'non_utf8', 'bad_lines', 'unreadable'), 0), [], []
+    stats, docs, texts = dict.fromkeys(('binary', 'non_utf8', 'bad_lines'), 0), [], []
     for idx, path in task['files']:
-        for fi, off, ln, name, text in read_documents(path, idx, task['text_key'], stats):
-            rows.append((fi, off, ln, name))
+        for *doc, text in read_documents(path, idx, task['text_key'], stats):
+            docs.append(tuple(doc))
             texts.append(text)
     sig = minhash_signatures(texts, task['num_hashes'], task['ngrams'], task['seed'])
     stats.update(docs=len(texts), bytes=sum(map(len, texts)), empty=int((sig == SIG_EMPTY).all(axis=1).sum()))
-    cols = list(zip(*rows)) or [()] * 4
-    out = {k: np.array(c, dtype=np.int64) for k, c in zip(('file_idx', 'offset', 'length'), cols)}
-    out.update(sig=sig, names=list(cols[3]), stats=stats)
-    np.savez(task['cache'] + '.tmp.npz', names=np.array(out['names'], dtype=str), stats=json.dumps(stats),
-             **{k: out[k] for k in ('file_idx', 'offset', 'length', 'sig')})
-    os.replace(task['cache'] + '.tmp.npz', task['cache'])
-    return out
+    with open(task['cache'] + '.tmp', 'wb') as f:
+        pickle.dump({'docs': docs, 'sig': sig, 'stats': stats}, f)
+    os.replace(task['cache'] + '.tmp', task['cache'])
+    return {'docs': docs, 'sig': sig, 'stats': stats}
 
 def verify_block(task):
-    """Stage 3: the true Jaccard of a block of candidate pairs (P, 2), reading their documents from task['locs']
-    {doc: (path, offset, length)}. Returns (P,) bool: is a duplicate."""
-    docs = list(task['locs'])
-    texts = [_read_one(*task['locs'][d], task['text_key']) for d in docs]
-    return verify_pairs(task['pairs'], dict(zip(docs, ngram_sets(texts, task['ngrams']))), task['threshold'])
+    """Stage 3: (P,) bool, true Jaccard >= threshold, of candidate pairs (P, 2) whose documents are at task['locs']."""
+    texts = []
+    for path, offset, length in task['locs'].values():
+        with open(path, 'rb') as f:
+            f.seek(offset)
+            text = f.read(length).decode('utf-8', errors='replace')
+        texts.append(text if length < 0 else json.loads(text)[task['text_key']])
+    return verify_pairs(task['pairs'], dict(zip(task['locs'], ngram_sets(texts, task['ngrams']))), task['threshold'])
 
 def write_outputs(tasks):
-    """Stage 5, a group of files: copy each survivor (src -> dst) or a JSONL file's surviving lines (keep_offsets)
-    through a temp file and os.replace, so a killed run never leaves half a file. Returns files written."""
+    """Last stage of both modes: copy each src to dst with all its lines, the lines at keep_offsets (JSONL) or those
+    whose hash is not in dups (exact), through a temp file and os.replace (never half a file). Returns lines removed."""
+    removed = 0
     for t in tasks:
-        with open(t['src'], 'rb') as f, open(t['dst'] + '.tmp', 'wb') as g:
-            if 'keep_offsets' not in t:
-                shutil.copyfileobj(f, g)  # a surviving one-document file, byte for byte
-            keep, offset = set(t.get('keep_offsets', ())), 0
-            for line in f if keep else ():
-                if offset in keep:
-                    g.write(line if line.endswith(b'\n') else line + b'\n')
-                offset += len(line)
+        with open(t['src'], 'rb') as f:
+            lines = f.readlines()  # bytes, endings kept: what is kept is copied byte for byte
+        keep = np.ones(len(lines), bool)
+        if 'dups' in t:
+            keep = ~np.isin(line_keys(lines), t['dups'])
+        elif 'keep_offsets' in t:
+            keep = np.isin(np.cumsum([0] + [len(x) for x in lines[:-1]]), t['keep_offsets'])
+        with open(t['dst'] + '.tmp', 'wb') as g:
+            g.writelines(x for x, k in zip(lines, keep.tolist()) if k)
         os.replace(t['dst'] + '.tmp', t['dst'])
-    return len(tasks)
+        removed += int((~keep).sum())
+    return removed
 
-def _read_lines(path):
-    """A file's lines (bytes, endings kept) and their (n,) uint64 hashes; a line's identity ignores its ending."""
-    with open(path, 'rb') as f:
-        lines = f.readlines()
+def line_keys(lines):
+    """(n,) uint64 hashes of lines (bytes); a line's identity ignores its ending ('x\\n', 'x\\r\\n', a final 'x')."""
     keys = b''.join(hashlib.blake2b(x.rstrip(b'\n').rstrip(b'\r'), digest_size=8).digest() for x in lines)
-    return lines, np.frombuffer(keys, dtype=np.uint64)
+    return np.frombuffer(keys, dtype=np.uint64)
 
 def line_hashes(paths):
     """Exact dedup, pass 1 for a group of files: (lines,) uint64 hashes of all their lines."""
-    return np.concatenate([np.zeros(0, np.uint64)] + [_read_lines(p)[1] for p in paths])
-
-def rewrite_unique_lines(task):
-    """Exact dedup, pass 2 for a group of (src, dst) files: keep the lines whose hash is not in task['dups']."""
-    removed = 0
-    for src, dst in task['files']:
-        lines, h = _read_lines(src)
-        dup = np.isin(h, task['dups'])
-        with open(dst + '.tmp', 'wb') as g:
-            g.writelines(x for x, d in zip(lines, dup.tolist()) if not d)
-        os.replace(dst + '.tmp', dst)
-        removed += int(dup.sum())
-    return removed
-
+    out = [np.zeros(0, np.uint64)]
+    for p in paths:
+        with open(p, 'rb') as f:
+            out.append(line_keys(f))
+    return np.concatenate(out)
 
 # ----------------------------------------------------------------------- Executors: a process pool, or Ray tasks
 def _die_with_parent(parent_pid):
@@ -504,47 +435,38 @@ def _start_ray(address, workers):
     try:
         import ray
     except ImportError:
-        raise SystemExit("dedup: --engine=ray needs Ray, which is not installed: pip install 'ray>=2.9' "
-                         "(or use --engine=local, the default process pool)") from None
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers or None, log_to_driver=False, include_dashboard=False)
-    # Ray workers may not have this file on their sys.path (another folder, another machine): ship our functions
-    # by value, with this module's globals, instead of by module name
+        raise SystemExit("dedup: --engine=ray needs Ray: pip install 'ray>=2.9' (or --engine=local)") from None
+    if not ray.is_initialized():  # num_cpus and include_dashboard are only for a local instance
+        ray.init(address=address or None, num_cpus=None if address else workers or None, log_to_driver=False,
+                 include_dashboard=None if address else False)
+    # workers may lack this file (another folder or machine): ship our functions by value, not by module name
     if __name__ != '__main__':
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     return ray
 
-
 # ---------------------------------------------------------------------------------------------- The two pipelines
 def _check_inputs(input_files, output_dir, input_dirs=()):
-    """Refuse, with a ValueError naming the fix, what would lose data: an input that is not a readable file, two
-    inputs of one name (outputs keep names), an output folder that is an input, holds one, or lies inside an input
-    folder (a rerun would read the outputs). Then create output_dir and return the input paths."""
+    """ValueError naming the fix for what would lose data: an unreadable input, two inputs of one name, an output
+    folder that is an input, holds one or lies inside an input folder. Then create output_dir; return the paths."""
     files, out = [os.fspath(p) for p in input_files], os.path.realpath(output_dir) + os.sep
     for p in files:
         if not os.path.isfile(p) or not os.access(p, os.R_OK):
             raise ValueError(f"input {p} is not a readable file: fix --inputs")
         if (os.path.realpath(p) + os.sep).startswith(out):
             raise ValueError(f"--output_dir={output_dir} is or holds the input {p}: pick an output folder elsewhere")
-    for d in input_dirs:
-        if out.startswith(os.path.realpath(d) + os.sep):
-            raise ValueError(f"--output_dir={output_dir} lies inside the input folder {d}: pick one outside it")
+    if any(out.startswith(os.path.realpath(d) + os.sep) for d in input_dirs):
+        raise ValueError(f"--output_dir={output_dir} lies inside the input folder {input_dirs}: pick one outside")
     names = [os.path.basename(p) for p in files]
     if len(set(names)) != len(names):
-        raise ValueError(f"outputs keep input file names, but several inputs are named "
-                         f"{sorted({n for n in names if names.count(n) > 1})[:3]}: rename them or run each folder")
+        raise ValueError(f"inputs named alike {sorted({n for n in names if names.count(n) > 1})[:3]}: rename them")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"--output_dir={output_dir} is a file: pick a folder")
     os.makedirs(output_dir, exist_ok=True)
     return files
 
 def exact_line_dedup(input_files, output_dir, num_workers=None, engine='local', ray_address='', progress=False):
-    """Rewrite each input file to output_dir/<same name> keeping only the lines that occur exactly once in the whole
-    corpus (a line repeated anywhere is removed everywhere). Every input gets an output, even an empty one.
-    Memory: 8 bytes per line of the corpus. Returns stats: files, lines, lines_removed, repeated_line_hashes."""
+    """Rewrite each input to output_dir/<same name> keeping only the lines that occur once in the whole corpus (a line
+    repeated anywhere is removed everywhere; every input gets an output). Memory: 8 bytes a line. Returns stats."""
     t0 = time.time()
     files = _check_inputs(input_files, output_dir)
     ray = _start_ray(ray_address, num_workers) if engine == 'ray' else None
@@ -554,71 +476,58 @@ def exact_line_dedup(input_files, output_dir, num_workers=None, engine='local', 
     u, c = np.unique(h, return_counts=True)
     dups = u[c > 1]
     # 3) rewrite every file without them (in tasks)
-    tasks = [{'files': [(p, os.path.join(output_dir, os.path.basename(p))) for p in g], 'dups': dups} for g in groups]
-    removed = sum(map_tasks(rewrite_unique_lines, tasks, num_workers, ray, 'rewrite', progress))
+    tasks = [[{'src': p, 'dst': os.path.join(output_dir, os.path.basename(p)), 'dups': dups} for p in g]
+             for g in groups]
+    removed = sum(map_tasks(write_outputs, tasks, num_workers, ray, 'rewrite', progress))
     return {'files': len(files), 'lines': len(h), 'lines_removed': removed, 'repeated_line_hashes': len(dups),
             'time_s': round(time.time() - t0, 3)}
 
-def _fingerprint(shard, **settings):
+def _fingerprint(shard, settings):
     """Names a shard's saved signatures after its files (path, size, mtime) and the settings that shape them, so a
     replaced file or a changed setting is recomputed instead of reused."""
-    h = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8)
-    for _, p in shard:
-        st = os.stat(p)
-        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+    key = [settings] + [(os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for _, p in shard]
+    return hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 def minhash_dedup(input_files, num_hashes, num_bands, ngrams, jaccard_threshold, output_dir, seed=0,
                   num_workers=None, engine='local', ray_address='', shard_docs=1000, max_bucket=200, text_key='text',
                   progress=False, _interrupt_after_shards=None, _fail_once_marker=None):
-    """Near-duplicate documents removed with MinHash + LSH (the steps of the module docstring). Survivors are
-    written to output_dir under their own names. engine='ray' runs the stages as Ray tasks, with the same result.
-    Signatures are saved per shard in output_dir/.dedup_work (removed at the end), so a killed run resumes; the
-    _underscore arguments are test hooks. Returns a stats dict."""
+    """Near-duplicate documents removed with MinHash + LSH (the module docstring's steps); survivors go to output_dir
+    under their own names. engine='ray' runs the stages as Ray tasks, with the same result. Signatures are saved
+    per shard in output_dir/.dedup_work, so a killed run resumes. _underscore arguments are test hooks."""
     _check_bands(num_hashes, num_bands)
-    if not 0.0 < jaccard_threshold <= 1.0:
-        raise ValueError(f"jaccard_threshold must be in (0, 1], got {jaccard_threshold}")
     files = _check_inputs(input_files, output_dir)
     ray = _start_ray(ray_address, num_workers) if engine == 'ray' else None
     work_dir = os.path.join(output_dir, '.dedup_work')
     os.makedirs(work_dir, exist_ok=True)
     t0 = time.time()
-
     # 1) Signatures, one task per shard (a JSONL file, or shard_docs one-document files); finished shards are saved
     shards = [[(i, p)] for i, p in enumerate(files) if p.endswith('.jsonl')]
     small = [(i, p) for i, p in enumerate(files) if not p.endswith('.jsonl')]
     shards += [small[i:i + shard_docs] for i in range(0, len(small), shard_docs)]
     settings = dict(num_hashes=num_hashes, ngrams=ngrams, seed=seed, text_key=text_key)
-    tasks = [dict(settings, files=sh, cache=os.path.join(work_dir, f"sig_{s:06d}_{_fingerprint(sh, **settings)}.npz"),
+    tasks = [dict(settings, files=sh, cache=os.path.join(work_dir, f"sig_{s:06d}_{_fingerprint(sh, settings)}.pkl"),
                   fail_once_marker=_fail_once_marker if s == 0 else None) for s, sh in enumerate(shards)]
+    stats = collections.Counter(resumed_shards=sum(os.path.exists(t['cache']) for t in tasks))  # done earlier
     metas = map_tasks(signature_shard, tasks[:_interrupt_after_shards], num_workers, ray, 'signatures', progress)
     if _interrupt_after_shards is not None:
         raise RuntimeError(f"interrupted after {_interrupt_after_shards} signature shards (test hook)")
-    stats = {'resumed_shards': 0}
-    for k, v in ((k, v) for m in metas for k, v in m['stats'].items()):
-        stats[k] = stats.get(k, 0) + v
-    file_idx, offset, length = (np.concatenate([np.zeros(0, np.int64)] + [m[k] for m in metas])
-                                for k in ('file_idx', 'offset', 'length'))
+    for m in metas:
+        stats.update(m['stats'])
+    docs = [d for m in metas for d in m['docs']]  # (file_idx, offset, length, name) of every document
+    file_idx, offset, length = (np.array([d[k] for d in docs], dtype=np.int64) for k in range(3))
+    names = [d[3] for d in docs]
     sig = np.concatenate([np.zeros((0, num_hashes), np.uint32)] + [m['sig'] for m in metas])  # (D, k)
-    names = [n for m in metas for n in m['names']]
-
     # 2) LSH on the driver: documents sharing a (band, bucket) become candidate pairs
     pairs = lsh_pairs(sig, num_bands, max_bucket)
-
     # 3) The true Jaccard of every candidate pair, in blocks of pairs (each block reads its own documents)
     vtasks = [{'pairs': blk, 'ngrams': ngrams, 'text_key': text_key, 'threshold': jaccard_threshold,
                'locs': {d: (files[file_idx[d]], int(offset[d]), int(length[d])) for d in np.unique(blk).tolist()}}
               for blk in np.split(pairs, range(2000, len(pairs), 2000))]
     dup_pairs = pairs[np.concatenate(map_tasks(verify_block, vtasks, num_workers, ray, 'verify', progress))]
-
-    # 4) Union-find on the driver: clusters of duplicates, one seeded survivor per cluster. It holds ~100 bytes per
-    # document (name, location): tens of millions fit in 8 GB. Beyond that, distributed connected components
-    # (label propagation, Lacki et al. 2018, as text-dedup and NeMo Curator do) would take its place.
+    # 4) Union-find on the driver (~100 B a document; beyond 10^8, distributed connected components, Lacki et al. 2018)
     removed, n_clusters = choose_removed(len(names), dup_pairs, priorities(names, seed))
-
-    # 5) Write the survivors, 64 files a task (binary and unreadable files get no output)
-    alive = np.ones(len(names), bool)
-    alive[removed] = False
+    # 5) Write the survivors, 64 files a task (a binary file gets no output)
+    alive = ~np.isin(np.arange(len(names)), removed)
     wtasks = []
     for i, p in enumerate(files):
         dst, mine = os.path.join(output_dir, os.path.basename(p)), np.flatnonzero(file_idx == i)
@@ -628,14 +537,11 @@ def minhash_dedup(input_files, num_hashes, num_bands, ngrams, jaccard_threshold,
             wtasks.append({'src': p, 'dst': dst})
         elif os.path.exists(dst):
             os.remove(dst)  # written by an earlier run, removed now
-    written = map_tasks(write_outputs, [wtasks[i:i + 64] for i in range(0, len(wtasks), 64)], num_workers, ray,
-                        'write', progress)
+    map_tasks(write_outputs, [wtasks[i:i + 64] for i in range(0, len(wtasks), 64)], num_workers, ray, 'write', progress)
     shutil.rmtree(work_dir)
-    stats.update(candidate_pairs=len(pairs), duplicate_pairs=len(dup_pairs), clusters=n_clusters,
-                 docs_removed=len(removed), files_written=sum(written), engine=engine,
-                 removed_names=[names[i] for i in removed.tolist()], time_s=round(time.time() - t0, 3))
-    return stats
-
+    return dict(stats, candidate_pairs=len(pairs), duplicate_pairs=len(dup_pairs), clusters=n_clusters,
+                docs_removed=len(removed), files_written=len(wtasks), engine=engine,
+                removed_names=[names[i] for i in removed.tolist()], time_s=round(time.time() - t0, 3))
 
 # ---------------------------------------------------------------------------------------------------- Command line
 def list_inputs(spec):
@@ -652,21 +558,18 @@ def die(msg):
     sys.exit(2)
 
 def main():
-    """Run --mode on --inputs, from this module's globals (set by configurator.py or by an importer). Every key is
-    checked before anything is written."""
+    """Run --mode on --inputs from this module's globals (set by configurator.py or an importer), checked first."""
     import importlib.util
     for bad, msg in ((mode not in ('minhash', 'exact'), f"--mode={mode!r}: use minhash or exact"),
                      (engine not in ('local', 'ray'), f"--engine={engine!r}: use local or ray"),
                      (not 1 <= num_hashes <= 4096, f"--num_hashes={num_hashes}: use 1 to 4096 (128 is usual)"),
                      (not 1 <= ngrams <= 64, f"--ngrams={ngrams}: use 1 to 64 words (5 is usual)"),
-                     (num_bands < 0, f"--num_bands={num_bands}: use 0 (pick for the threshold) or a divisor"),
                      (not 0 < jaccard_threshold <= 1, f"--jaccard_threshold={jaccard_threshold}: use (0, 1]"),
                      (max_bucket < 2, f"--max_bucket={max_bucket}: use 2 or more (200 is usual)"),
                      (shard_docs < 1, f"--shard_docs={shard_docs}: use 1 or more"),
                      (num_workers < 0, f"--num_workers={num_workers}: use 0 (every core) or more"),
                      (not text_key, "--text_key is empty: name the JSONL field of the text"),
                      (not output_dir, "--output_dir is empty: name the output folder"),
-                     (not inputs, "--inputs is empty: give a folder, a glob or a comma-separated list of files"),
                      (engine == 'ray' and importlib.util.find_spec('ray') is None,
                       "--engine=ray needs Ray: pip install 'ray>=2.9', or use --engine=local")):
         if bad:
@@ -682,21 +585,12 @@ def main():
         files = _check_inputs(files, output_dir, in_dirs)
     except ValueError as e:
         die(e)
-    if mode == 'exact':
-        print(f"exact line dedup: {len(files):,} files -> {output_dir} (engine {engine})")
-        s = exact_line_dedup(files, output_dir, num_workers or None, engine, ray_address, progress)
-        print(f"files {s['files']:,} | lines {s['lines']:,} | removed {s['lines_removed']:,} "
-              f"({s['lines_removed'] / max(s['lines'], 1):.1%}) | {s['time_s']:.2f} s")
-        return s
-    print(f"minhash dedup: {len(files):,} files -> {output_dir} | {num_hashes} hashes, {bands} bands x "
-          f"{num_hashes // bands} rows, {ngrams}-grams, threshold {jaccard_threshold} | engine {engine}")
-    s = minhash_dedup(files, num_hashes, bands, ngrams, jaccard_threshold, output_dir, seed, num_workers or None,
-                      engine, ray_address, shard_docs, max_bucket, text_key, progress)
-    print(f"documents {s['docs']:,} ({s['bytes'] / 1e6:,.1f} MB) | candidate pairs {s['candidate_pairs']:,} | "
-          f"duplicate pairs {s['duplicate_pairs']:,} | clusters {s['clusters']:,} | removed {s['docs_removed']:,} "
-          f"({s['docs_removed'] / max(s['docs'], 1):.1%})")
-    print(f"bad input: empty {s['empty']}, binary {s['binary']}, non-UTF-8 {s['non_utf8']}, bad JSONL lines "
-          f"{s['bad_lines']}, unreadable {s['unreadable']} | resumed shards {s['resumed_shards']} | {s['time_s']} s")
+    lsh = f" | {num_hashes} hashes = {bands} bands x {num_hashes // bands} rows, {ngrams}-grams, J>={jaccard_threshold}"
+    print(f"{mode} dedup: {len(files):,} files -> {output_dir} | engine {engine}" + lsh * (mode == 'minhash'))
+    s = exact_line_dedup(files, output_dir, num_workers, engine, ray_address, progress) if mode == 'exact' else \
+        minhash_dedup(files, num_hashes, bands, ngrams, jaccard_threshold, output_dir, seed, num_workers, engine,
+                      ray_address, shard_docs, max_bucket, text_key, progress)
+    print(' | '.join(f"{k} {v:,}" for k, v in s.items() if isinstance(v, int)) + f" | {s['time_s']} s")
     return s
 
 if __name__ == '__main__':

@@ -88,6 +88,23 @@ def plot_s_curve(num_hashes, threshold, path, min_recall=0.99):
 
 
 # =============================================================================
+# The whole method on in-memory texts (the reference the benchmarks and tests use)
+# =============================================================================
+
+def minhash_near_duplicates(texts, num_hashes=128, num_bands=0, ngrams=5, jaccard_threshold=0.8, seed=0,
+                            max_bucket=200):
+    """The set of indices to drop from a list of strings: one document of each cluster of near duplicates survives,
+    chosen by the seed. num_bands=0 picks it with choose_bands. dedup.minhash_dedup does the same over files."""
+    num_bands = num_bands or choose_bands(num_hashes, jaccard_threshold)[0]
+    if num_hashes % num_bands:
+        raise ValueError(f"num_hashes={num_hashes} must be divisible by num_bands={num_bands}")
+    pairs = lsh_pairs(minhash_signatures(texts, num_hashes, ngrams, seed), num_bands, max_bucket)
+    docs = np.unique(pairs).tolist()
+    dup = pairs[verify_pairs(pairs, dict(zip(docs, ngram_sets([texts[d] for d in docs], ngrams))), jaccard_threshold)]
+    return set(choose_removed(len(texts), dup, priorities([str(i) for i in range(len(texts))], seed))[0].tolist())
+
+
+# =============================================================================
 # A corpus with planted near-duplicates
 # =============================================================================
 
