@@ -6,8 +6,13 @@ Tests for flash_attn.py: the PyTorch and Triton FlashAttention-2 against naive a
 Without a GPU the Triton kernels run through Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
 so shapes stay tiny; the interpreter tiles are 32x16 / 16x32, so T=40 gives full, diagonal and ragged tiles.
 On a GPU the same tests run the compiled kernels (fp32 there uses TF32 products, hence the fp32 tolerance).
+The last tests run flash_attn.py and bench/flash_attn.py as commands (a copy of flash_attn.py alone; bad settings).
 """
 import math
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -113,7 +118,7 @@ def test_triton_ragged_lengths(T):
 def test_triton_logsumexp():
     q, k, v, do = make_inputs((2, 40, 32), torch.float32)
     for causal in (False, True):
-        o, L = flash_attn._flash_fwd(q.detach(), k.detach(), v.detach(), causal)
+        o, L = flash_attn.flash_fwd(q.detach(), k.detach(), v.detach(), causal)
         _, L_ref, *_ = reference(q, k, v, do, causal)
         assert L.shape == (2, 40) and L.dtype == torch.float32
         assert_close_rel(L, L_ref, 1e-4, 'L')
@@ -145,10 +150,6 @@ def test_sum_backward_with_expanded_grad():
     _, _, dq, dk, dv = reference(q, k, v, torch.ones(1, 2, 24, 16, device=DEVICE), True)
     assert_close_rel(q.grad, dq, TOL[torch.float32], 'dq')
     assert_close_rel(v.grad, dv, TOL[torch.float32], 'dv')
-
-
-def test_triton_forward_compiled_pytorch_backward():
-    check_fn(flash_attn.FlashAttentionTritonCompiledBwd.apply, (1, 40, 16), torch.float32, True)
 
 
 # -----------------------------------------------------------------------------
@@ -183,90 +184,191 @@ def test_cpu_tensors_without_interpreter(monkeypatch):
 
 
 # -----------------------------------------------------------------------------
-# Speed candidates (BWD_MODE 'fused' / 'atomic' / 'atomic_tma') and the block-pointer path that runs where TMA
-# descriptors cannot (FWD_TMA / BWD_TMA off): the same answers as the default path
+# The backward modes: 'atomic_tma' (one key-outer pass, dQ by TMA reduce-adds) must give the same answers as the
+# two-pass default; BWD_MODES picks one per (dtype kind, head dim, length)
 
-@pytest.mark.parametrize('mode', ['fused', 'atomic', 'atomic_tma'])
+ALL_ATOMIC = {(kind, D): ('atomic_tma', 0) for kind in ('16bit', '32bit') for D in flash_attn.SUPPORTED_HEAD_DIMS}
+
+
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('causal', [False, True])
-def test_triton_backward_candidates(monkeypatch, mode, dtype, causal):
-    monkeypatch.setattr(flash_attn, 'BWD_MODE', mode)
+def test_triton_backward_atomic_tma(monkeypatch, dtype, causal):
+    monkeypatch.setattr(flash_attn, 'BWD_MODES', ALL_ATOMIC)
     for shape, seed in (((1, 40, 16), 0), ((2, 33, 64), 1), ((1, 2, 64, 32), 2)):  # ragged, one tile, 4-D
         check_fn(FlashAttentionTriton.apply, shape, dtype, causal, seed=seed)
 
 
-def test_triton_backward_candidates_strided_view(monkeypatch):
+def test_triton_backward_atomic_tma_strided_view(monkeypatch):
+    monkeypatch.setattr(flash_attn, 'BWD_MODES', ALL_ATOMIC)
     B, T, H, D = 2, 40, 3, 16
     qkv = torch.randn(B, T, 3, H, D, device=DEVICE)
     do = torch.randn(B, H, T, D, device=DEVICE)
-    for mode in ('fused', 'atomic', 'atomic_tma'):
-        monkeypatch.setattr(flash_attn, 'BWD_MODE', mode)
-        q, k, v = (qkv[:, :, i].transpose(1, 2).requires_grad_() for i in range(3))  # (B, H, T, D) views
-        flash_attention(q, k, v, is_causal=True).backward(do)
-        _, _, dq, dk, dv = reference(q, k, v, do, True)
-        for a, b, name in ((q.grad, dq, 'dq'), (k.grad, dk, 'dk'), (v.grad, dv, 'dv')):
-            assert_close_rel(a, b, TOL[torch.float32], f"{mode} {name}")
+    q, k, v = (qkv[:, :, i].transpose(1, 2).requires_grad_() for i in range(3))  # (B, H, T, D) views
+    flash_attention(q, k, v, is_causal=True).backward(do)
+    _, _, dq, dk, dv = reference(q, k, v, do, True)
+    for a, b, name in ((q.grad, dq, 'dq'), (k.grad, dk, 'dk'), (v.grad, dv, 'dv')):
+        assert_close_rel(a, b, TOL[torch.float32], f"atomic_tma {name}")
 
 
 def test_backward_mode_per_head_dim(monkeypatch):
-    # with BWD_MODE unset, _flash_bwd takes the mode of BWD_MODES[(dtype kind, head dim)] = (mode, from T) for
-    # sequences of at least T tokens, 'two_pass' for shorter ones and where absent
-    if not flash_attn._tma_ready(torch.zeros(4, 32, device=DEVICE)):
-        pytest.skip("atomic_tma needs TMA descriptors (Hopper or the interpreter); elsewhere it falls back to two_pass")
+    # flash_bwd takes the mode of BWD_MODES[(dtype kind, head dim)] = (mode, from T) for sequences of at least
+    # T tokens, 'two_pass' for shorter ones and where absent
+    if DEVICE == 'cuda' and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("atomic_tma needs TMA reduce-adds (Hopper or the interpreter); elsewhere it falls back to two_pass")
     calls = []
-    real = flash_attn._attn_bwd_atomic
+    real = flash_attn._attn_bwd_dkdv
 
-    class Spy:  # counts launches of the atomic backward kernel
+    class Spy:  # records whether each launch of the dK/dV kernel adds dQ atomically
         def __getitem__(self, grid):
-            calls.append(grid)
-            return real[grid]
-    monkeypatch.setattr(flash_attn, '_attn_bwd_atomic', Spy())
-    monkeypatch.setattr(flash_attn, 'BWD_MODE', None)
+            return lambda *args, **kw: (calls.append(kw['DQ_ATOMIC']), real[grid](*args, **kw))
+    monkeypatch.setattr(flash_attn, '_attn_bwd_dkdv', Spy())
     monkeypatch.setattr(flash_attn, 'BWD_MODES', {('32bit', 32): ('atomic_tma', 40)})
     check_fn(FlashAttentionTriton.apply, (1, 40, 32), torch.float32, True)  # d=32 fp32, T >= 40: atomic backward
-    assert len(calls) == 1
+    assert calls == [True]
     check_fn(FlashAttentionTriton.apply, (1, 39, 32), torch.float32, True)  # T < 40: two_pass
     check_fn(FlashAttentionTriton.apply, (1, 40, 16), torch.float32, True)  # d=16: absent, so two_pass
     check_fn(FlashAttentionTriton.apply, (1, 40, 32), torch.bfloat16, True)  # bf16 d=32: absent, so two_pass
-    assert len(calls) == 1
+    assert calls == [True, False, False, False]
     monkeypatch.setattr(flash_attn, 'BWD_MODES', {('32bit', 32): ('no_such_mode', 0)})
     with pytest.raises(AssertionError, match='unknown backward mode'):
         check_fn(FlashAttentionTriton.apply, (1, 40, 32), torch.float32, True)
 
 
-@pytest.mark.parametrize('causal', [False, True])
 @pytest.mark.parametrize('mode', ['two_pass', 'atomic_tma'])
-def test_triton_block_pointer_path(monkeypatch, causal, mode):
-    q, k, v, _ = make_inputs((1, 40, 16), torch.float32)
-    if DEVICE == 'cpu':
-        assert flash_attn._use_tma(q, k, v)  # by default the interpreter runs the TMA descriptor path itself
-    monkeypatch.setattr(flash_attn, 'FWD_TMA', False)
-    monkeypatch.setattr(flash_attn, 'BWD_TMA', False)
-    monkeypatch.setattr(flash_attn, 'BWD_MODE', mode)
-    assert not flash_attn._use_tma(q, k, v)
-    for shape, dtype in (((1, 40, 16), torch.float32), ((1, 2, 33, 64), torch.bfloat16)):
-        check_fn(FlashAttentionTriton.apply, shape, dtype, causal)
+def test_misaligned_views_are_copied(monkeypatch, mode):
+    # TMA descriptors need 16-byte aligned rows: a view whose rows start at odd offsets is copied, not misread
+    monkeypatch.setattr(flash_attn, 'BWD_MODES', ALL_ATOMIC if mode == 'atomic_tma' else {})
+    for causal in (False, True):
+        # (1, 40, 16) views of (1, 40, 17) tensors: rows 68 bytes apart, starting 4 bytes in
+        q, k, v = (torch.randn(1, 40, 17, device=DEVICE)[..., 1:].requires_grad_() for _ in range(3))
+        assert q.stride(-2) * 4 % 16 and flash_attn._aligned(q)[0] is not q
+        do = torch.randn(1, 40, 16, device=DEVICE)
+        o = FlashAttentionTriton.apply(q, k, v, causal)
+        o.backward(do)
+        o_ref, _, dq, dk, dv = reference(q, k, v, do, causal)
+        for a, b, name in ((o.detach(), o_ref, 'o'), (q.grad, dq, 'dq'), (k.grad, dk, 'dk'), (v.grad, dv, 'dv')):
+            assert_close_rel(a, b, TOL[torch.float32], name)
 
 
 def test_tma_allocator_set_in_other_threads():
     # Triton keeps its scratch allocator (needed by device-side TMA descriptors) in a ContextVar, and autograd runs
-    # the backward in a thread of its own: _tma_ready must set it in whichever thread launches the kernels.
+    # the backward in a thread of its own: _aligned must set it in whichever thread launches the kernels.
     import threading
     from triton.runtime import _allocation
     q, k, v, _ = make_inputs((1, 40, 16), torch.float32)
     seen = []
 
     def worker():
-        seen.append(flash_attn._tma_ready(q, k) and _allocation._allocator.get() is flash_attn._tma_scratch)
+        before = _allocation._allocator.get()
+        flash_attn._aligned(q, k)
+        seen.append((before, _allocation._allocator.get()))
     t = threading.Thread(target=worker)
     t.start()
     t.join()
-    assert seen == [True]
+    before, after = seen[0]
+    assert isinstance(before, _allocation.NullAllocator) and not isinstance(after, _allocation.NullAllocator)
 
 
-def test_tma_ready_traces_without_graph_break():
+def test_aligned_traces_without_graph_break():
     # model.py calls the Triton kernels inside torch.compile'd models: a graph break in this check would split the
-    # compiled graph at every layer (measured 55% slower training steps on the H100)
+    # compiled graph at every layer
     x = torch.randn(2, 40, 3, 16, device=DEVICE).transpose(1, 2)  # (B, H, T, D) view
-    fn = torch.compile(lambda t: t + 1 if flash_attn._tma_ready(t, t) else t - 1, fullgraph=True, backend='eager')
-    torch.testing.assert_close(fn(x), x + 1 if flash_attn._tma_ready(x, x) else x - 1)
+    fn = torch.compile(lambda t: flash_attn._aligned(t, t)[0] + 1, fullgraph=True, backend='eager')
+    torch.testing.assert_close(fn(x), x + 1)
+
+
+# -----------------------------------------------------------------------------
+# The command: flash_attn.py copied alone into an empty folder runs its check (issue 29); bad settings are refused
+# with one line and exit code 2, writing nothing (issue 32)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(args, cwd, timeout=300, interpret=True):
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'TRITON_INTERPRET')}  # no repo on the path
+    if DEVICE == 'cpu' and interpret:
+        env['TRITON_INTERPRET'] = '1'
+    return subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_copy_alone_imports_quietly_and_runs_main(tmp_path):
+    shutil.copy(os.path.join(ROOT, 'flash_attn.py'), tmp_path)
+    # importing runs nothing, whatever sys.argv says
+    r = run_script(['-c', "import sys; sys.argv = ['x', '--seq_len=-1', 'nofile.py']; import flash_attn"], tmp_path)
+    assert r.returncode == 0 and r.stdout == '', r.stdout + r.stderr
+    r = run_script(['-c', "import flash_attn; print(flash_attn.__file__); flash_attn.seq_len = 40; "
+                          "flash_attn.head_dim = 16; flash_attn.main()"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert os.path.dirname(lines[0]) == str(tmp_path)  # the copy, not the repo's file
+    for path in ('pytorch', 'triton'):
+        assert sum(line.startswith(path) for line in lines) == 4  # bf16 and fp32, causal and not
+    assert lines[-1].endswith('(ok)')
+    assert sorted(os.listdir(tmp_path)) == ['__pycache__', 'flash_attn.py'] or os.listdir(tmp_path) == ['flash_attn.py']
+
+
+def assert_refused(r, tmp_path, *words):
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+    assert os.listdir(tmp_path) == []  # nothing written
+
+
+@pytest.mark.parametrize('arg, words', [
+    ('--dtypes=float64', ('--dtypes', 'bfloat16, float16, float32')),
+    ('--dtypes=', ('--dtypes',)),
+    ('--seq_len=0', ('--seq_len=0', 'at least 1')),
+    ('--head_dim=48', ('--head_dim=48', '16, 32, 64, 128')),
+    ('--device=tpu', ('--device', "'cuda'")),
+])
+def test_command_refuses_bad_settings(tmp_path, arg, words):
+    assert_refused(run_script([os.path.join(ROOT, 'flash_attn.py'), arg], tmp_path), tmp_path, *words)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_command_refuses_cuda_without_gpu(tmp_path):
+    assert_refused(run_script([os.path.join(ROOT, 'flash_attn.py'), '--device=cuda'], tmp_path), tmp_path, 'cuda')
+
+
+def test_command_without_interpreter_checks_pytorch_only(tmp_path):
+    if DEVICE == 'cuda':
+        pytest.skip("on a GPU both paths run")
+    r = run_script([os.path.join(ROOT, 'flash_attn.py'), '--seq_len=20', '--head_dim=16'], tmp_path, interpret=False)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert 'TRITON_INTERPRET=1' in r.stdout and sum(line.startswith('pytorch') for line in lines) == 4
+    assert not any(line.startswith('triton') for line in lines)
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--mode=fast'], ('--mode',)),
+    (['--sweep=huge'], ('--sweep', "'small'")),
+    (['--sweep_rep=0'], ('--sweep_rep=0', 'positive')),
+    (['--tune_budget_s=-1'], ('--tune_budget_s',)),
+    (['--tune_cases=some'], ('--tune_cases',)),
+    (['--leaderboard=False', '--sweep=none'], ('nothing to run',)),
+])
+def test_bench_refuses_bad_settings(tmp_path, args, words):
+    r = run_script([os.path.join(ROOT, 'bench', 'flash_attn.py'), f'--out_dir={tmp_path}/out'] + args, tmp_path)
+    assert_refused(r, tmp_path, *words)
+
+
+def test_bench_refuses_out_dir_that_is_a_file(tmp_path):
+    (tmp_path / 'results').write_text('keep me')
+    r = run_script([os.path.join(ROOT, 'bench', 'flash_attn.py'), '--sweep=small'], tmp_path)
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and '--out_dir' in r.stderr, r.stderr
+    assert (tmp_path / 'results').read_text() == 'keep me'
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_bench_refuses_to_run_without_gpu(tmp_path):
+    assert_refused(run_script([os.path.join(ROOT, 'bench', 'flash_attn.py')], tmp_path), tmp_path, 'CUDA GPU')
+
+
+def test_flash_attention_refuses_mixed_devices():
+    q = torch.randn(1, 2, 32, 16, device=DEVICE)
+    with pytest.raises(ValueError, match='one device'):
+        flash_attention(q, q.to('meta'), q)
+    with pytest.raises(TypeError, match='torch.Tensors'):
+        FlashAttentionTriton.apply(q, q.tolist(), q, True)
