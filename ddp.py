@@ -27,6 +27,7 @@ import gc
 import math
 import os
 import socket
+import sys
 import time
 
 import torch
@@ -412,8 +413,35 @@ class ShardedOptimizer(torch.optim.Optimizer):
 # -----------------------------------------------------------------------------
 # The command: train a model.py model data-parallel with one of the wrappers above
 
+def die(msg):
+    """A user error: one line that names the key and the fix, exit code 2, no traceback (bugs keep theirs)."""
+    print(f"ddp.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_config():
+    """Refuse a bad config at startup, before a process group or a model exists."""
+    for key in ('vocab_size', 'context_length', 'batch_size', 'grad_accum_steps', 'max_iters'):
+        value = globals()[key]
+        if not isinstance(value, int) or value < 1:
+            die(f"--{key}={value!r}: must be a whole number >= 1")
+    if impl not in ('naive', 'flat', 'individual', 'bucketed'):
+        die(f"--impl={impl!r}: use naive, flat, individual or bucketed")
+    if not bucket_size_mb > 0:
+        die(f"--bucket_size_mb={bucket_size_mb!r}: must be > 0 (MiB per bucket)")
+    if model_size not in model_py.MODEL_SIZES:
+        die(f"--model_size={model_size!r}: use one of {', '.join(model_py.MODEL_SIZES)}")
+    if not learning_rate > 0:
+        die(f"--learning_rate={learning_rate!r}: must be > 0")
+    if backend not in ('auto', 'gloo', 'nccl'):
+        die(f"--backend={backend!r}: use auto, gloo or nccl")
+    if backend == 'nccl' and not torch.cuda.is_available():
+        die("--backend=nccl needs CUDA GPUs, and none is visible: use --backend=gloo (or auto) on a CPU")
+
+
 def main():
     """A few optimizer steps from the config globals; prints the loss per step, then checks the replicas agree."""
+    check_config()
     rank, _, world, device = init_distributed(backend)
     torch.manual_seed(seed)
     raw_model = model_py.TransformerLM(vocab_size=vocab_size, context_length=context_length, device=device,

@@ -36,6 +36,7 @@ Training with FSDP: torchrun --nproc_per_node=8 train.py --fsdp=True. Step time 
 import contextlib
 import math
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -415,8 +416,23 @@ def calculator_report(d_model, d_ff, num_blocks, device_memory_gb, tokens_per_de
     return r, '\n'.join(lines)
 
 
+def die(msg):
+    """A user error: one line that names the key and the fix, exit code 2, no traceback (bugs keep theirs)."""
+    print(f"fsdp.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main():
-    """Print the calculator's worked example for the config globals."""
+    """Print the calculator's worked example for the config globals (checked first: sizes and counts are whole
+    numbers >= 1, rates and memory positive, tokens >= 0)."""
+    for key in ('d_model', 'd_ff', 'num_blocks', 'X', 'Y', 'M_X', 'M_Y'):
+        if not isinstance(globals()[key], int) or globals()[key] < 1:
+            die(f"--{key}={globals()[key]!r}: must be a whole number >= 1")
+    for key in ('device_memory_gb', 'W_ici', 'C_flops'):
+        if not globals()[key] > 0:
+            die(f"--{key}={globals()[key]!r}: must be > 0")
+    if not isinstance(tokens_per_device, int) or tokens_per_device < 0:
+        die(f"--tokens_per_device={tokens_per_device!r}: must be a whole number >= 0 (0 = no activations)")
     _, text = calculator_report(d_model, d_ff, num_blocks, device_memory_gb, tokens_per_device, W_ici, C_flops,
                                 X, Y, M_X, M_Y)
     print(text)

@@ -364,13 +364,45 @@ def write_ddp_report(rows, mem, s, o, w, world, device):
     return path
 
 
+def die(msg):
+    """A user error: one line naming the key and the fix, exit code 2, no traceback, nothing written."""
+    print(f"bench/ddp.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_config():
+    if mode not in ('allreduce', 'bench'):
+        die(f"--mode={mode!r}: use allreduce or bench")
+    if backend not in ('auto', 'gloo', 'nccl'):
+        die(f"--backend={backend!r}: use auto, gloo or nccl")
+    if backend == 'nccl' and not torch.cuda.is_available():
+        die("--backend=nccl needs CUDA GPUs, and none is visible: use --backend=gloo on a CPU")
+    parent = os.path.abspath(out_dir)  # the folder, or the nearest of its parents that exists
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        die(f"--out_dir={out_dir!r}: {parent} is a file, not a folder; name a folder for the tables")
+    minimum = dict(context_length=1, batch_size=1, vocab_size=2, timed_iters=1, warmup_iters=0, bench_steps=1,
+                   bench_warmup=0)
+    for key, low in minimum.items():
+        if not isinstance(globals()[key], int) or globals()[key] < low:
+            die(f"--{key}={globals()[key]!r}: must be a whole number >= {low}")
+    for key in ('world_sizes', 'sizes_mb', 'bucket_sizes_mb'):
+        values = globals()[key]
+        if not values or not all(isinstance(v, (int, float)) and v > 0 for v in values):
+            die(f"--{key}={values!r}: give a non-empty tuple of positive numbers, e.g. (1, 10)")
+    if not all(isinstance(ws, int) for ws in world_sizes):
+        die(f"--world_sizes={world_sizes!r}: process counts are whole numbers")
+    if model_size not in model_py.MODEL_SIZES:
+        die(f"--model_size={model_size!r}: use one of {', '.join(model_py.MODEL_SIZES)}")
+    if not learning_rate > 0:
+        die(f"--learning_rate={learning_rate!r}: must be > 0")
+
+
 def main():
+    check_config()
     be = backend if backend != 'auto' else ('nccl' if torch.cuda.is_available() else 'gloo')
-    if mode == 'allreduce':
-        return run_allreduce_benchmark(be)
-    if mode == 'bench':
-        return run_ddp_bench(be)
-    raise SystemExit(f"unknown --mode={mode!r}: use 'allreduce' or 'bench'")
+    return run_allreduce_benchmark(be) if mode == 'allreduce' else run_ddp_bench(be)
 
 
 if __name__ == '__main__':

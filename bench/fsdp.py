@@ -144,13 +144,32 @@ def write_calculator_report():
     return path
 
 
+def die(msg):
+    """A user error: one line naming the key and the fix, exit code 2, no traceback, nothing written."""
+    print(f"bench/fsdp.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main():
-    be = backend if backend != 'auto' else ('nccl' if torch.cuda.is_available() else 'gloo')
+    # check the whole config first: the first refusal ends the run before anything is written
+    parent = os.path.abspath(out_dir)  # the folder, or the nearest of its parents that exists
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    whole = dict(context_length=1, batch_size=1, vocab_size=2, bench_steps=1, bench_warmup=0)  # key: minimum
+    checks = [(mode in ('bench', 'calc'), f"--mode={mode!r}: use bench or calc"),
+              (os.path.isdir(parent), f"--out_dir={out_dir!r}: {parent} is a file; name a folder for the tables"),
+              (model_size in model_py.MODEL_SIZES, f"--model_size={model_size!r}: use one of "
+                                                   f"{', '.join(model_py.MODEL_SIZES)}"),
+              (backend in ('auto', 'gloo') or (backend == 'nccl' and torch.cuda.is_available()),
+               f"--backend={backend!r}: use auto, gloo, or nccl (nccl needs CUDA GPUs)")]
+    checks += [(isinstance(globals()[k], int) and globals()[k] >= low,
+                f"--{k}={globals()[k]!r}: must be a whole number >= {low}") for k, low in whole.items()]
+    for ok, msg in checks:
+        if not ok:
+            die(msg)
     if mode == 'calc':
         return write_calculator_report()
-    if mode == 'bench':
-        return run_bench(be)
-    raise SystemExit(f"unknown --mode={mode!r}: use 'calc' or 'bench'")
+    return run_bench(backend if backend != 'auto' else ('nccl' if torch.cuda.is_available() else 'gloo'))
 
 
 if __name__ == '__main__':

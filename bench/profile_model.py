@@ -628,8 +628,49 @@ MODES = {'timing': run_timing, 'precision': run_precision, 'profile': run_profil
 
 
 
+def die(msg):
+    """A user error: one line naming the key and the fix, exit code 2, no traceback, nothing written."""
+    print(f"bench/profile_model.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_config():
+    """Refuse a bad config before any model is built or any table written."""
+    if mode != 'all' and mode not in MODES:
+        die(f"--mode={mode!r}: use one of {', '.join(MODES)} or all")
+    if memory_size not in model_lib.MODEL_SIZES:
+        die(f"--memory_size={memory_size!r}: use one of {', '.join(model_lib.MODEL_SIZES)}")
+    lists = dict(sizes=(sizes, str, model_lib.MODEL_SIZES),
+                 passes=(passes, str, ('forward', 'forward_backward', 'train_step')),
+                 attn_impls=(attn_impls, str, ('naive', 'naive_compiled', 'sdpa', 'flash')),
+                 attn_impl=(attn_impl, str, ('reference', 'sdpa', 'flash')),
+                 contexts=(contexts, int, None), memory_contexts=(memory_contexts, int, None),
+                 attn_dims=(attn_dims, int, None), attn_seqs=(attn_seqs, int, None))
+    for key, (value, cast, allowed) in lists.items():
+        try:
+            items = csv(value, cast)
+        except ValueError:
+            items = None
+        if not items or (allowed is None and min(items) < 1) or (allowed is not None and set(items) - set(allowed)):
+            want = f"names from {', '.join(allowed)}" if allowed else 'whole numbers >= 1'
+            die(f"--{key}={value!r}: give comma-separated {want}")
+    for key, low in dict(batch_size=1, vocab_size=2, warmup=0, steps=1, attn_batch=1).items():
+        if not isinstance(globals()[key], int) or globals()[key] < low:
+            die(f"--{key}={globals()[key]!r}: must be a whole number >= {low}")
+    if str(device).startswith('cuda') and not torch.cuda.is_available():
+        die(f"--device={device!r}: no CUDA GPU is visible; use --device=cpu")
+    if str(device).split(':')[0] not in ('cpu', 'cuda'):
+        die(f"--device={device!r}: use cpu or cuda")
+    parent = os.path.abspath(out_dir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        die(f"--out_dir={out_dir!r}: {parent} is a file, not a folder; name a folder for the tables")
+
+
 def main():
     """Run the mode(s) named by the config globals."""
+    check_config()
     torch.manual_seed(seed)
     if str(device).startswith('cuda'):
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -638,8 +679,6 @@ def main():
         print("no CUDA: timings are CPU timings, and peak-memory measurements and snapshots are skipped")
     todo = list(MODES) if mode == 'all' else [mode]
     for name in todo:
-        if name not in MODES:
-            raise SystemExit(f"unknown mode '{name}': choose from {', '.join(MODES)} or all")
         print(f"\n===== {name} =====")
         MODES[name]()
 

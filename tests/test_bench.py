@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import model as model_lib
+from test_ddp import refused  # the bad-input check: exit code 2, one line, nothing written
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # bench/ is a folder of commands, not a package: load the file under a name of its own
@@ -87,3 +88,14 @@ def test_flops_by_hand():
 def test_unknown_size_is_a_clear_error():
     with pytest.raises(ValueError, match='unknown size'):
         bench.build_model('huge', 16)
+
+
+# -----------------------------------------------------------------------------
+# Bad input (issue 32): refused at startup with one line naming the key, exit code 2, nothing written
+
+@pytest.mark.parametrize('arg,key', [('--mode=nope', 'mode'), ('--sizes=huge', 'sizes'), ('--contexts=12x', 'contexts'),
+                                     ('--steps=0', 'steps'), ('--attn_impls=foo', 'attn_impls'),
+                                     ('--memory_size=2.8B', 'memory_size'), ('--out_dir=notes.txt/bench', 'out_dir')])
+def test_refuses_bad_config(tmp_path, arg, key):
+    (tmp_path / 'notes.txt').write_text('a file where the tables would go')
+    refused(os.path.join('bench', 'profile_model.py'), [arg], tmp_path, key)

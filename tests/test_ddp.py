@@ -327,3 +327,37 @@ def test_bench_ddp_writes_tables(tmp_path):
                  '--timed_iters=1', f'--out_dir={tmp_path}'])
     assert r.returncode == 0, r.stderr[-2000:]
     assert '| 2 | 0.01 MB |' in (tmp_path / 'ddp_allreduce_gloo.md').read_text()
+
+
+# -----------------------------------------------------------------------------
+# Bad input (issue 32): refused at startup with one line naming the key, exit code 2, nothing written
+
+def refused(script, args, tmp_path, key):
+    """Run script with args in tmp_path; check the refusal and that tmp_path's files are untouched."""
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    r = subprocess.run([sys.executable, os.path.join(ROOT, script)] + args, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert len(lines) == 1 and 'Traceback' not in r.stderr and f'--{key}' in lines[0], r.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, "a refused run wrote or changed a file"
+
+
+@pytest.mark.parametrize('arg,key', [('--impl=nope', 'impl'), ('--batch_size=0', 'batch_size'),
+                                     ('--bucket_size_mb=0', 'bucket_size_mb'), ('--model_size=huge', 'model_size'),
+                                     ('--max_iters=-5', 'max_iters')])
+def test_ddp_refuses_bad_config(tmp_path, arg, key):
+    refused('ddp.py', [arg], tmp_path, key)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the refusal on a machine without CUDA')
+def test_ddp_refuses_nccl_without_gpus(tmp_path):
+    refused('ddp.py', ['--backend=nccl'], tmp_path, 'backend')
+
+
+@pytest.mark.parametrize('arg,key', [('--mode=nope', 'mode'), ('--world_sizes=(0,)', 'world_sizes'),
+                                     ('--sizes_mb=()', 'sizes_mb'), ('--timed_iters=0', 'timed_iters'),
+                                     ('--out_dir=notes.txt', 'out_dir')])
+def test_bench_ddp_refuses_bad_config(tmp_path, arg, key):
+    (tmp_path / 'notes.txt').write_text('a file where the tables would go')
+    refused('bench/ddp.py', [arg], tmp_path, key)

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fsdp
+from test_ddp import refused  # the bad-input check, shared with tests/test_ddp.py
 
 WORLD = 2
 VOCAB, D, T, B_LOCAL, STEPS = 17, 12, 5, 3, 4  # odd sizes: the flat vectors need padding to split in 2
@@ -318,3 +319,17 @@ def test_bench_fsdp_writes_tables(tmp_path):
     r = run_cmd(['bench/fsdp.py', '--mode=calc', f'--out_dir={tmp_path}'])
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'N_FSDP >= 38' in (tmp_path / 'fsdp_calculator.md').read_text()
+
+
+# -----------------------------------------------------------------------------
+# Bad input (issue 32): refused at startup with one line naming the key, exit code 2, nothing written
+# (test_ddp.refused runs the script and checks all of that)
+
+@pytest.mark.parametrize('script,arg,key', [
+    ('fsdp.py', '--num_blocks=0', 'num_blocks'), ('fsdp.py', '--W_ici=-1.0', 'W_ici'),
+    ('fsdp.py', '--tokens_per_device=-5', 'tokens_per_device'), ('bench/fsdp.py', '--mode=nope', 'mode'),
+    ('bench/fsdp.py', '--bench_steps=0', 'bench_steps'), ('bench/fsdp.py', '--out_dir=notes.txt/fsdp', 'out_dir'),
+    ('bench/fsdp.py', '--model_size=huge', 'model_size')])
+def test_refuses_bad_config(tmp_path, script, arg, key):
+    (tmp_path / 'notes.txt').write_text('a file where the tables would go')
+    refused(script, [arg], tmp_path, key)
