@@ -373,8 +373,9 @@ def write_outputs(tasks):
         with open(t['src'], 'rb') as f:
             lines = f.readlines()  # bytes, endings kept: what is kept is copied byte for byte
         keep = np.ones(len(lines), bool)
-        if 'dups' in t:
-            keep = ~np.isin(line_keys(lines), t['dups'])
+        if 'dups' in t and len(t['dups']):  # dups is sorted: a binary search per line, not a sort per file
+            h, d = line_keys(lines), t['dups']
+            keep = d[np.minimum(np.searchsorted(d, h), len(d) - 1)] != h
         elif 'keep_offsets' in t:
             keep = np.isin(np.cumsum([0] + [len(x) for x in lines[:-1]]), t['keep_offsets'])
         with open(t['dst'] + '.tmp', 'wb') as g:
