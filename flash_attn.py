@@ -13,7 +13,6 @@ reference; 2) FlashAttentionPytorch, Algorithm 1 with PyTorch tiles; 3) the Trit
   python flash_attn.py                       # check both paths against naive attention on this device
   TRITON_INTERPRET=1 python flash_attn.py    # the same on CPU, the Triton kernels through Triton's interpreter
   python bench/flash_attn.py                 # timings: the course leaderboard setting and sweep, tile tuning
-
 Inputs: (batch, seq, d) like the course, or (batch, heads, seq, d) in any layout with a contiguous last dim; any
 length; fp16/bf16/fp32 (fp32 as TF32 tensor-core products, like SDPA on GPU); head dim 16, 32, 64 or 128.
 """
@@ -89,8 +88,7 @@ def _attn_bwd_recompute(q, k, v, o, L, do, is_causal):
 
 @functools.cache
 def _attn_bwd_compiled():
-    # compiled once, lazily, for the GPU; on CPU the backward runs eagerly, as inductor's C++ build costs far more
-    # than it saves on the tiny shapes the CPU tests use
+    # compiled once, lazily, for the GPU (on CPU inductor's C++ build costs more than it saves on tiny shapes)
     return torch.compile(_attn_bwd_recompute)
 
 
@@ -149,11 +147,10 @@ class FlashAttentionPytorch(torch.autograd.Function):
 
 # -----------------------------------------------------------------------------
 # 3) The Triton forward
-# Kernels see tensors as (batch, heads, T, d) through four strides: (B, T, d) inputs (heads stride 0) and strided
-# (B, H, T, d) views work without a copy. Scores are kept in base 2, s2 = (q . k) * sm_scale * log2(e), so that
-# exp(s - m) = exp2(s2 - m2). Streamed tiles come through tensor descriptors (Triton's tutorial 06-fused-attention):
-# on Hopper, TMA copies (the copy engine fetches whole tiles, rows past T zero-filled, sparing registers and issue
-# slots); before Hopper, Triton rewrites them into ordinary loads.
+# Kernels see tensors as (batch, heads, T, d) through four strides, so (B, T, d) inputs (heads stride 0) and strided
+# views need no copy. Scores are kept in base 2, s2 = (q . k) * sm_scale * log2(e): exp(s - m) = exp2(s2 - m2).
+# Streamed tiles come through tensor descriptors (Triton's tutorial 06-fused-attention): TMA copies on Hopper (whole
+# tiles, rows past T zero-filled, no registers spent on addresses), plain loads before it (Triton rewrites them).
 
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K_desc, V_desc, offs_m, lo, hi, T, qk_scale,
@@ -171,8 +168,7 @@ def _fwd_inner(acc, l_i, m_i, q, K_desc, V_desc, offs_m, lo, hi, T, qk_scale,
             if CAUSAL:
                 keep = keep & (offs_m[:, None] >= cols[None, :])  # keys after the query
             s = tl.where(keep, s, _MASK_VALUE / qk_scale)  # masked scores become -1e6 once scaled
-        # the max of the raw scores, scaled once per row (qk_scale > 0 keeps the argmax), so that the exp2
-        # argument is ONE fused multiply-add per score, s * scale - m
+        # the max of the raw scores, scaled once per row (qk_scale > 0): the exp2 argument is ONE multiply-add
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)  # (BLOCK_M,) running max, base 2
         p = tl.math.exp2(s * qk_scale - m_new[:, None])  # (BLOCK_M, BLOCK_N)
         alpha = tl.math.exp2(m_i - m_new)  # rescale factor of the old accumulator
@@ -228,9 +224,8 @@ def _attn_fwd(Q, K, V, O, L,
 # 4) The Triton backward (Algorithm 2)
 # Two passes by default: dK/dV with the key tile outer (K, V stay in registers while Q, dO stream past), then dQ
 # with the query tile outer; no atomics, but S and dP are computed in both: 7 matmuls per (key tile, query tile).
-# DQ_ATOMIC ('atomic_tma') needs 5 in one key-outer pass, as FlashAttention-2 and -3 do: each pair's partial dQ
-# tile goes out as ONE bulk TMA reduce-add (the copy engine adds it into an fp32 buffer in L2 while the warps move
-# on). That reduce traffic is its cost, so which mode wins depends on dtype, head dim and length: BWD_MODES.
+# DQ_ATOMIC ('atomic_tma', FlashAttention-3's way) needs 5 in one key-outer pass: each pair's partial dQ goes out as
+# ONE bulk TMA reduce-add into an fp32 buffer in L2. Which wins depends on dtype, head dim and length: BWD_MODES.
 
 @triton.jit
 def _attn_bwd_preprocess(O, DO, Delta, sob, soh, sot, sod, sdb, sdh, sdt, sdd, H, T,
@@ -251,9 +246,8 @@ def _attn_bwd_preprocess(O, DO, Delta, sob, soh, sot, sod, sdb, sdh, sdt, sdd, H
 @triton.jit
 def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, DQacc, offs_n, lo, hi, T, qk_scale,
                     BLOCK_M: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DQ_ATOMIC: tl.constexpr):
-    # dK, dV of one key tile over query tiles [lo, hi), computed transposed, (keys, queries), so that dV = P^T dO
-    # and dK = dS^T Q need no register transposes. Q, dO stream by TMA copies in two passes, by block pointers
-    # with DQ_ATOMIC (there measured faster, results/flash_attn_candidates.md).
+    # dK, dV of one key tile over query tiles [lo, hi), computed transposed, (keys, queries), so that dV = P^T dO and
+    # dK = dS^T Q need no transposes. Q, dO: TMA copies, or block pointers with DQ_ATOMIC (faster there, results/).
     if DQ_ATOMIC:
         Q_ptr = tl.advance(Q_ptr, (lo, 0))
         DO_ptr = tl.advance(DO_ptr, (lo, 0))
@@ -421,9 +415,8 @@ def _attn_bwd_dq(Q, K, V, DO, L, Delta, DQ,
 # -----------------------------------------------------------------------------
 # 5) Launching the kernels: tile configs, input checks, the autograd Function, the entry point for model.py
 
-# Tiles (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and (dtype kind, head dim), timed on the H100 by
-# `python bench/flash_attn.py --mode=tune` (results/flash_attn_tune*.md), frozen so a new shape compiles no
-# candidates. BLOCK_M always counts queries, BLOCK_N keys; 'atomic_tma' is the dK/dV kernel where BWD_MODES picks it.
+# Tiles (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages) per kernel and (dtype kind, head dim), chosen on the
+# H100 by `python bench/flash_attn.py --mode=tune` (results/flash_attn_tune*.md) and frozen: no autotuning at run time
 CONFIGS = {
     ('16bit', 16): {'fwd': (128, 64, 4, 3), 'dkdv': (32, 128, 4, 3), 'dq': (128, 32, 4, 3),
                     'atomic_tma': (64, 64, 4, 3)},
@@ -466,7 +459,7 @@ def _strides(x):
     return (x.stride(0), 0, x.stride(1), x.stride(2)) if x.dim() == 3 else tuple(x.stride())
 
 
-def _check_inputs(q, k, v):
+def _check_inputs(q, k, v, is_causal):
     """Clear errors for what the Triton kernels cannot do, instead of a silent wrong result."""
     if not all(isinstance(x, torch.Tensor) for x in (q, k, v)):
         raise TypeError(f"flash attention: q, k, v must be torch.Tensors, got {[type(x).__name__ for x in (q, k, v)]}")
@@ -486,6 +479,8 @@ def _check_inputs(q, k, v):
         msg = "the Triton kernels need CUDA tensors: on CPU use FlashAttentionPytorch, or TRITON_INTERPRET=1 (slow)"
     elif any(x.stride(-1) != 1 for x in (q, k, v)):
         msg = "q, k, v must be contiguous in their last (head) dim: call .contiguous() first"
+    elif not isinstance(is_causal, bool):
+        msg = f"is_causal must be True or False, got {is_causal!r}"
     else:
         return
     got = [(tuple(x.shape), str(x.dtype)[6:], str(x.device), x.stride()) for x in (q, k, v)]
@@ -493,12 +488,9 @@ def _check_inputs(q, k, v):
 
 
 def _aligned(*xs):
-    """Each x, or a dense copy where tensor descriptors cannot read it in place; also hands Triton the allocator
-    device-side descriptors need. torch.compile traces it without a graph break (model.py compiles its model)."""
-    # TMA wants 16-byte aligned addresses and row strides. torch aligns every storage start to >= 256 bytes, so only
-    # a view's storage offset can misalign a tensor (x[..., 1:17]); such rare views are copied, and so is a gradient
-    # with a strided last dim (o.sum().backward() hands us one with all strides 0). Dynamo cannot trace
-    # storage_offset(): inside a compiled graph call .contiguous() on such views first (model.py's are aligned).
+    """Each x, or a dense copy where a tensor descriptor cannot read it in place (TMA wants 16-byte aligned rows:
+    a view like x[..., 1:17], or o.sum().backward()'s gradient with all strides 0); sets Triton's allocator too.
+    Traced by torch.compile without a graph break; there storage_offset() is unknown: model.py's views are aligned."""
     compiling = torch.compiler.is_compiling()
     if not compiling:
         # the descriptors' scratch buffer comes from this allocator at launch; Triton keeps it per thread, and
@@ -526,9 +518,8 @@ def flash_fwd(q, k, v, is_causal, cfg=None):
 
 
 def flash_bwd(q, k, v, o, L, do, is_causal, mode=None, cfgs=None):
-    """Launch the backward kernels: Delta, then dK/dV and dQ (two passes) or dK/dV with dQ by reduce-adds.
-    Returns dq, dk, dv. mode: 'two_pass' | 'atomic_tma' | None (BWD_MODES' choice for this dtype, head dim and
-    length); cfgs: {kind: config} overrides per kernel ('dkdv', 'dq', 'atomic_tma')."""
+    """Launch the backward kernels (Delta; dK/dV and dQ, or dK/dV with dQ by reduce-adds); returns dq, dk, dv.
+    mode: 'two_pass' | 'atomic_tma' | None, BWD_MODES' choice; cfgs: {kind: config} overrides ('dkdv', 'dq', ...)."""
     if mode is None:
         mode, from_T = BWD_MODES.get(('32bit' if q.dtype == torch.float32 else '16bit', q.shape[-1]), ('two_pass', 0))
         mode = mode if q.shape[-2] >= from_T else 'two_pass'
@@ -570,7 +561,7 @@ class FlashAttentionTriton(torch.autograd.Function):
     of shape (batch, seq, d) or (batch, heads, seq, d). Saves L, q, k, v, O for the backward, as the PyTorch one."""
     @staticmethod
     def forward(ctx, q, k, v, is_causal=False):
-        _check_inputs(q, k, v)
+        _check_inputs(q, k, v, is_causal)
         o, L = flash_fwd(q, k, v, is_causal)
         ctx.save_for_backward(L, q, k, v, o)
         ctx.is_causal = is_causal
@@ -649,8 +640,8 @@ def main():
 
 
 # -----------------------------------------------------------------------------
-# Appendix: patches to Triton's interpreter so that the kernels also run on CPU (tests, TRITON_INTERPRET=1); at the
-# end because they teach nothing about attention. Compiled (GPU) kernels never see them.
+# Appendix: patches to Triton's interpreter so that the kernels also run on CPU (tests, TRITON_INTERPRET=1); last,
+# as they teach nothing about attention. Compiled (GPU) kernels never see them.
 
 def _patch_triton_interpreter():
     # NOTE a footgun of Triton 3.6's interpreter: it keeps scalars as 1-element numpy arrays and makes loop bounds
@@ -690,8 +681,7 @@ def _patch_triton_interpreter():
         old = self.create_masked_load(ptrs, mask, zero, None, None, False)
         self.create_masked_store(ptrs, interpreter.TensorHandle(old.data + value.data, value.dtype.scalar), mask,
                                  None, None)
-    if not hasattr(interpreter.InterpreterBuilder, 'create_descriptor_reduce'):
-        interpreter.InterpreterBuilder.create_descriptor_reduce = create_descriptor_reduce
+    interpreter.InterpreterBuilder.create_descriptor_reduce = create_descriptor_reduce
 
 
 # -----------------------------------------------------------------------------

@@ -366,9 +366,11 @@ def test_bench_refuses_to_run_without_gpu(tmp_path):
     assert_refused(run_script([os.path.join(ROOT, 'bench', 'flash_attn.py')], tmp_path), tmp_path, 'CUDA GPU')
 
 
-def test_flash_attention_refuses_mixed_devices():
+def test_flash_attention_refuses_bad_arguments():
     q = torch.randn(1, 2, 32, 16, device=DEVICE)
     with pytest.raises(ValueError, match='one device'):
         flash_attention(q, q.to('meta'), q)
     with pytest.raises(TypeError, match='torch.Tensors'):
         FlashAttentionTriton.apply(q, q.tolist(), q, True)
+    with pytest.raises(ValueError, match="is_causal must be True or False, got 'yes'"):
+        flash_attention(q, q, q, is_causal='yes')
