@@ -328,9 +328,8 @@ def read_documents(path, file_idx, text_key, stats):
                 text = json.loads(_decode(line, stats))[text_key]
             except (ValueError, KeyError, TypeError):  # not JSON, not an object, no text_key
                 text = None
-            if not isinstance(text, str):
-                stats['bad_lines'] += 1
-            else:
+            stats['bad_lines'] += not isinstance(text, str)
+            if isinstance(text, str):
                 yield file_idx, offset - len(line), len(line), f"{os.path.basename(path)}:{lineno}", text
 
 def signature_shard(task):
@@ -577,8 +576,7 @@ def main():
             die(msg)
     bands = num_bands or choose_bands(num_hashes, jaccard_threshold)[0]
     try:
-        if mode == 'minhash':
-            _check_bands(num_hashes, bands)
+        _check_bands(num_hashes, bands)
         files = list_inputs(inputs)
         if not files:
             raise ValueError(f"no input files match --inputs={inputs}: give a folder, a glob or file1,file2")
