@@ -25,6 +25,7 @@ Why exec and not argparse: every config key is a global defined once, next to it
 top of the script; there is no second list of options to keep in sync. (Idea and name from nanoGPT.)
 """
 import ast as _ast
+import builtins as _builtins  # the script may have a config key named `compile`
 import difflib as _difflib
 import os as _os
 import sys as _sys
@@ -89,7 +90,11 @@ if __name__ == '__main__':
                 _config_fail(f"config file '{_arg}' not found (looked in the current directory and next to the script)")
             _before = {k: globals()[k] for k in _config_keys}
             _file_globals = dict(globals())
-            exec(open(_path, encoding='utf-8').read(), _file_globals)
+            try:  # compiled under its own name, so that an error points at the config file and line, not <string>
+                _code = _builtins.compile(open(_path, encoding='utf-8').read(), _path, 'exec')
+            except SyntaxError as _e:
+                _config_fail(f"{_path}, line {_e.lineno}: {_e.msg} (a config file is Python: key = value lines)")
+            exec(_code, _file_globals)
             for _k, _v in _file_globals.items():
                 if _k.startswith('_') or not isinstance(_v, _CONFIG_TYPES):
                     continue  # modules, functions, private helpers of the config file

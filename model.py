@@ -215,16 +215,20 @@ class SwiGLU(nn.Module):
         return self.w2(silu(self.w1(x)) * self.w3(x))
 
 
-class SiLUFFN(nn.Module):
-    """The ablation's plain FFN: w2(silu(w1 x)), usually with d_ff = 4 d_model to match SwiGLU's parameter count."""
+class MLP(nn.Module):
+    """A plain two-matrix FFN w2(act(w1 x)), usually with d_ff = 4 d_model (SwiGLU's parameter count at 8/3).
+    act='silu': the course's ablation. act='relu2': ReLU squared, relu(x)^2 (So et al. 2021, "Primer"), the FFN of
+    modded-nanogpt's speedrun records: sparse like ReLU, smooth at 0, and one matmul fewer than SwiGLU."""
 
-    def __init__(self, d_model, d_ff, device=None, dtype=None):
+    def __init__(self, d_model, d_ff, act='silu', device=None, dtype=None):
         super().__init__()
+        self.act = act
         self.w1 = Linear(d_model, d_ff, device, dtype)
         self.w2 = Linear(d_ff, d_model, device, dtype)
 
     def forward(self, x):
-        return self.w2(silu(self.w1(x)))
+        h = self.w1(x)  # (..., d_ff)
+        return self.w2(F.relu(h).square() if self.act == 'relu2' else silu(h))
 
 
 class RotaryPositionalEmbedding(nn.Module):
@@ -317,8 +321,8 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.post_norm = cfg.post_norm
         self.attn = CausalMultiHeadSelfAttention(cfg, device, dtype)
-        ffn_cls = {'swiglu': SwiGLU, 'silu': SiLUFFN}[cfg.ffn]
-        self.ffn = ffn_cls(cfg.d_model, cfg.d_ff, device, dtype)
+        self.ffn = SwiGLU(cfg.d_model, cfg.d_ff, device, dtype) if cfg.ffn == 'swiglu' else \
+            MLP(cfg.d_model, cfg.d_ff, cfg.ffn, device, dtype)
         norm = (lambda: RMSNorm(cfg.d_model, device=device, dtype=dtype)) if cfg.norm == 'rmsnorm' else nn.Identity
         self.ln1, self.ln2 = norm(), norm()
 
@@ -337,27 +341,32 @@ class ModelConfig:
     d_model: int = 512
     num_layers: int = 4
     num_heads: int = 16
-    d_ff: Optional[int] = None  # None: SwiGLU 8/3 d_model rounded to a multiple of 64 (512 -> 1344); silu: 4 d_model
+    d_ff: Optional[int] = None  # None: SwiGLU 8/3 d_model rounded to a multiple of 64 (512 -> 1344); else 4 d_model
     rope_theta: float = 10000.0
     attn_impl: str = 'sdpa'  # 'reference' | 'sdpa' | 'flash'
     norm: str = 'rmsnorm'  # 'rmsnorm' | 'none' (ablation)
     post_norm: bool = False  # ablation: norm after the residual add
     pos_emb: str = 'rope'  # 'rope' | 'nope' (ablation: no positional information at all)
-    ffn: str = 'swiglu'  # 'swiglu' | 'silu' (ablation)
+    ffn: str = 'swiglu'  # 'swiglu' | 'silu' (ablation) | 'relu2' (see MLP)
     tie_embeddings: bool = False  # lm_head shares token_embeddings' weight
     qk_norm: bool = False  # RMSNorm on each head's queries and keys
     num_kv_heads: Optional[int] = None  # None = num_heads; fewer = grouped-query attention
+    zero_init_proj: bool = False  # attention and FFN output projections start at zero (see TransformerLM)
+    logit_softcap: float = 0.0  # > 0: logits = cap tanh(logits / cap) (see TransformerLM.forward); 0 = off
 
     def __post_init__(self):
         if self.d_ff is None:
-            self.d_ff = 4 * self.d_model if self.ffn == 'silu' else 64 * round(8 * self.d_model / 3 / 64)
+            self.d_ff = 64 * round(8 * self.d_model / 3 / 64) if self.ffn == 'swiglu' else 4 * self.d_model
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
         choices = {'attn_impl': ('reference', 'sdpa', 'flash'), 'norm': ('rmsnorm', 'none'),
-                   'pos_emb': ('rope', 'nope'), 'ffn': ('swiglu', 'silu')}
+                   'pos_emb': ('rope', 'nope'), 'ffn': ('swiglu', 'silu', 'relu2')}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"ModelConfig.{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if min(self.vocab_size, self.context_length, self.d_model, self.num_layers, self.num_heads, self.d_ff,
+               self.num_kv_heads) < 1 or self.logit_softcap < 0:
+            raise ValueError(f"sizes must be >= 1 and logit_softcap >= 0: {self}")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
         if self.num_heads % self.num_kv_heads:
@@ -419,15 +428,13 @@ class TransformerLM(nn.Module):
     """token_embeddings -> num_layers x TransformerBlock -> ln_final -> lm_head, returning logits (no softmax)."""
 
     # Two training-speed switches, off here (the model's plain definition) and on in train.py (its keys of the same
-    # names; on an H100 they take GPT-2 small's step from 68.5 to 64.7 ms, results/train_throughput.md, round 6).
-    # fused_loss: forward(idx, targets) on CUDA through FusedLinearCrossEntropy, never materialising the float32
-    # log-probabilities: 1.0-1.3 ms less per GPT-2 small step, 0.4 ms per A1 step.
+    # names; results/train_throughput.md, round 6). fused_loss: forward(idx, targets) on CUDA goes through
+    # FusedLinearCrossEntropy and never materializes the float32 log-probabilities.
     fused_loss = False
     # Under autocast the residual stream x stays float32 (the embedding table is float32, and x + bf16 block output
-    # promotes), so every norm and residual add moves 4-byte activations. With lowp_residual the embedding output is
-    # cast to the autocast dtype (bf16) and the whole stream stays in it, halving that traffic (nanochat does the same
-    # by keeping its embedding table in bf16): 2.8 ms less per GPT-2 small step; after 3000 A1 steps on pycode the
-    # validation loss is 2.0685 vs 2.0672 in float32 (noise). The norms still compute in float32.
+    # promotes), so every norm and residual add moves 4-byte activations. lowp_residual casts the embedding output to
+    # the autocast dtype (bf16), and the whole stream stays in it (nanochat keeps its embedding table in bf16 for the
+    # same reason); the norms still compute in float32, and the validation loss does not move.
     lowp_residual = False
 
     def __init__(self, vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=None,
@@ -448,6 +455,13 @@ class TransformerLM(nn.Module):
         if cfg.pos_emb == 'rope':
             self.rope = RotaryPositionalEmbedding(cfg.rope_theta, cfg.d_model // cfg.num_heads, cfg.context_length,
                                                   device)
+        if cfg.zero_init_proj:
+            # every block starts as the identity (its residual branches add 0) and the first steps train the
+            # embedding-to-head path; the gradients of the zeroed matrices are not zero, so they move at once.
+            # modded-nanogpt's records zero these projections ("muP-like"); GPT-2 scales them by 1/sqrt(2 L) instead
+            for layer in self.layers:
+                nn.init.zeros_(layer.attn.output_proj.weight)
+                nn.init.zeros_(layer.ffn.w2.weight)
         self._graphs = {}  # CUDA graphs of the decode step, see _decode_step
 
     def forward(self, idx, targets=None, kv_cache=None):
@@ -473,16 +487,20 @@ class TransformerLM(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(T)
         x = self.ln_final(x)
+        cap = self.config.logit_softcap
+        # the fused loss kernel takes the raw logits x W^T: with a soft cap the plain path below runs instead
         if targets is not None and self.fused_loss and x.is_cuda and triton is not None \
-                and self.config.attn_impl != 'reference':
+                and self.config.attn_impl != 'reference' and not cap:
             return self._fused_loss(x, targets)
         logits = self.lm_head(x)  # (B, T, V)
+        if cap:
+            # logit soft-capping (Gemma 2, Team et al. 2024; modded-nanogpt's records, 30 then 15): cap tanh(z / cap)
+            # is ~z for small logits and saturates at +-cap, so no logit can run away and make the model overconfident
+            logits = cap * torch.tanh(logits.float() / cap)
         if targets is not None:
             # torch's fused log-softmax + NLL: the same value as cross_entropy() above (tests/test_model.py checks),
-            # computed by fewer and lighter kernels than inductor makes of ours (whose backward wrote (B, T, V)
-            # float32 tensors). Measured on an H100: 12% faster training steps and peak memory 6.1 -> 3.6 GiB at
-            # the A1 shape, 11% faster at GPT-2 small (results/train_throughput.md).
-            # cross_entropy() stays the readable definition; the reference attention path uses it.
+            # with fewer and lighter kernels than inductor makes of ours (results/train_throughput.md); the readable
+            # cross_entropy() is what the reference attention path uses.
             if self.config.attn_impl == 'reference':
                 return cross_entropy(logits, targets)
             return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)

@@ -71,6 +71,10 @@ def test_missing_config_file_and_bad_syntax(tmp_path):
     assert rc != 0 and 'nope.py' in err
     rc, out, err = run(tmp_path, '--batch_size')
     assert rc != 0 and '--key=value' in err
+    # a config file that is not valid Python: its name and line, in one line, exit status 2
+    (tmp_path / 'broken.py').write_text('batch_size = 16\nlearning_rate = = 1e-3\n')
+    rc, out, err = run(tmp_path, 'broken.py')
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and 'broken.py, line 2' in err and 'Traceback' not in err
 
 
 def test_help_lists_keys_with_comments(tmp_path):

@@ -124,7 +124,8 @@ def test_attention_is_causal():
 
 @pytest.mark.parametrize('opts', [dict(norm='none'), dict(post_norm=True), dict(pos_emb='nope'),
                                   dict(ffn='silu', d_ff=None), dict(tie_embeddings=True), dict(qk_norm=True),
-                                  dict(num_kv_heads=2)])
+                                  dict(num_kv_heads=2), dict(ffn='relu2', d_ff=None), dict(zero_init_proj=True),
+                                  dict(logit_softcap=5.0)])
 def test_ablations_and_options_run_and_learn(opts):
     model = tiny(**opts)
     x = torch.randint(0, 97, (4, 16))
@@ -327,3 +328,26 @@ def test_lowp_residual_keeps_the_stream_in_the_autocast_dtype():
     assert abs(losses[True].item() - losses[False].item()) < 0.05
     model.lowp_residual = True  # no autocast: no effect, float32 throughout
     torch.testing.assert_close(model(x, targets=y), tiny()(x, targets=y))
+
+
+def test_relu2_zero_init_and_softcap():
+    """ffn='relu2' is w2(relu(w1 x)^2) with d_ff = 4 d_model; zero_init_proj makes every block the identity at first;
+    logit_softcap bounds the logits by cap tanh(z / cap), and the loss is the cross-entropy of the capped logits."""
+    torch.manual_seed(0)
+    ffn = M.MLP(16, 64, act='relu2')
+    x = torch.randn(2, 4, 16)
+    torch.testing.assert_close(ffn(x), F.linear(F.relu(F.linear(x, ffn.w1.weight)) ** 2, ffn.w2.weight))
+    assert M.ModelConfig(d_model=512, ffn='relu2').d_ff == 2048
+    model = tiny(zero_init_proj=True, num_layers=2)
+    idx = torch.randint(0, 97, (2, 10))
+    assert all(float(layer.attn.output_proj.weight.abs().sum()) == 0 for layer in model.layers)
+    plain = model.lm_head(model.ln_final(model.token_embeddings(idx)))  # the blocks add nothing yet
+    torch.testing.assert_close(model(idx), plain)
+    capped = tiny(logit_softcap=2.0)
+    ref = tiny()
+    logits = capped(idx)
+    assert logits.abs().max() < 2.0
+    torch.testing.assert_close(logits, 2.0 * torch.tanh(ref(idx) / 2.0))
+    torch.testing.assert_close(capped(idx, targets=idx), F.cross_entropy(logits.flatten(0, 1), idx.flatten()))
+    with pytest.raises(ValueError, match='ffn'):
+        M.ModelConfig(ffn='gelu')

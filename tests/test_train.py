@@ -1,6 +1,7 @@
 """
-Tests for train.py: the course functions against torch references, data checks, checkpoints and exact resume,
-a 2-process gloo run against a 1-process run, and a tiny end-to-end training whose loss falls. All on CPU.
+Tests for train.py: the course functions against torch references, Muon, the schedules, full-validation evaluation,
+checkpoints and exact resume, a 2-process gloo run against a 1-process run, a tiny training per switch whose loss
+falls, and bad inputs refused in one line (subprocesses; exit code 2, nothing written). All on CPU.
 
     python -m pytest tests/test_train.py -v
 """
@@ -24,6 +25,7 @@ torch.set_num_threads(1)
 TINY = dict(compile=False, dtype='float32', device='cpu', d_model=32, num_layers=1, num_heads=2, d_ff=0,
             context_length=16, batch_size=4, eval_iters=2, log_interval=2, warmup_iters=2, max_new_tokens=0,
             optimizer='adamw')
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
 
 
 def make_data(path, n=20000, vocab=64, dtype='uint16', period=50, seed=0):
@@ -33,8 +35,8 @@ def make_data(path, n=20000, vocab=64, dtype='uint16', period=50, seed=0):
     stream = np.tile(rng.integers(1, vocab, size=period), n // period + 1)[:n].astype(dtype)
     stream.tofile(os.path.join(path, 'train.bin'))
     stream[:3000].tofile(os.path.join(path, 'val.bin'))
-    with open(os.path.join(path, 'meta.json'), 'w') as f:
-        json.dump({'vocab_size': vocab, 'dtype': dtype, 'eot_id': 0, 'tokenizer_dir': ''}, f)
+    with open(os.path.join(path, 'meta.json'), 'w') as f:  # val_bytes: 3 bytes a token, for bits per byte
+        json.dump({'vocab_size': vocab, 'dtype': dtype, 'eot_id': 0, 'tokenizer_dir': '', 'val_bytes': 9000}, f)
     return str(path)
 
 
@@ -116,8 +118,69 @@ def test_checkpoint_round_trip(tmp_path):
     assert opt2.state_dict()['state'][0]['step'] == 1
 
 
+
+def snapshot(folder):
+    """{path: (size, mtime)} of every file under folder: to check that a refused command changed nothing."""
+    return {os.path.join(d, f): (os.path.getsize(os.path.join(d, f)), os.path.getmtime(os.path.join(d, f)))
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def run_train(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def cli(cfg):
+    return [f'--{k}={v}' for k, v in cfg.items()]
+
+
+def test_muon_newton_schulz_orthogonalizes():
+    torch.manual_seed(0)
+    for shape in ((64, 32), (32, 96), (3, 48, 24)):  # tall, wide, a batch (square random ones have near-0 s)
+        s = torch.linalg.svdvals(T.zeropower_via_newtonschulz5(torch.randn(*shape)))
+        assert s.min() > 0.6 and s.max() < 1.25, (shape, s.min(), s.max())  # the quintic lands in ~[0.7, 1.2]
+    # one Muon step on a hidden matrix: momentum, then an orthogonal update of size lr * sqrt(max(1, rows/cols))
+    w = torch.nn.Parameter(torch.zeros(64, 32))
+    w.grad = torch.randn(64, 32)
+    T.Muon([dict(params=[w], lr=0.1, muon=True)], momentum=0.95).step()
+    s = torch.linalg.svdvals(w.detach() / (0.1 * 2 ** 0.5))
+    assert s.min() > 0.6 and s.max() < 1.25
+
+
+def test_lr_schedules_end_at_min_lr_with_the_budget(monkeypatch):
+    for name in ('cosine', 'wsd'):
+        monkeypatch.setattr(T, 'lr_schedule', name)
+        monkeypatch.setattr(T, 'max_time_s', 300.0)
+        assert T.lr_factor(5, 0.0) == pytest.approx(5 / T.warmup_iters)  # warm-up by iterations
+        assert T.lr_factor(10 ** 6, 300.0) == pytest.approx(T.min_lr / T.learning_rate)  # exactly at the budget
+        assert T.lr_factor(10 ** 6, 299.0) > T.min_lr / T.learning_rate
+    monkeypatch.setattr(T, 'cooldown_frac', 0.4)
+    assert T.lr_factor(10 ** 6, 150.0) == 1.0  # wsd: flat until the last 40%
+    assert T.lr_factor(10 ** 6, 240.0) == pytest.approx(1 - 0.5 * (1 - T.min_lr / T.learning_rate))  # linear
+    monkeypatch.setattr(T, 'max_time_s', 0.0)  # by iterations: cosine = the course's schedule over max_iters
+    monkeypatch.setattr(T, 'lr_schedule', 'cosine')
+    for it in (1, 300, 5000, 10000, 12000):
+        assert T.lr_factor(it, 0.0) * T.learning_rate == pytest.approx(
+            T.lr_cosine_schedule(it, T.learning_rate, T.min_lr, T.warmup_iters, T.max_iters))
+
+
+def test_full_validation_equals_a_hand_computation():
+    torch.manual_seed(0)
+    model = TransformerLM(vocab_size=50, context_length=8, d_model=16, num_layers=1, num_heads=2).eval()
+    tokens = np.random.default_rng(0).integers(0, 50, size=45).astype(np.uint16)  # 44 targets: 5 windows of 8 + 4
+    nats, n = T.evaluate_full(model, tokens, 8, 3, 'cpu')  # batches of 3 windows: the second is half padding
+    hand = 0.0
+    for s in range(0, 44, 8):  # non-overlapping windows, each from no context
+        x = torch.tensor(tokens[s:min(s + 8, 44)].astype(np.int64))[None]
+        y = torch.tensor(tokens[s + 1:min(s + 9, 45)].astype(np.int64))[None]
+        with torch.no_grad():
+            hand += torch.nn.functional.cross_entropy(model(x)[0], y[0], reduction='sum').item()
+    assert n == 44 and nats == pytest.approx(hand, rel=1e-5)
+    assert T.evaluate_full(model, tokens, 8, 3, 'cpu', max_batches=1)[1] == 24  # the first 3 windows only
+
+
 def test_exact_resume(data, tmp_path):
-    cfg = dict(TINY, data_dir=data, max_iters=8, lr_decay_iters=8, eval_interval=4)
+    cfg = dict(TINY, data_dir=data, max_iters=8, lr_decay_iters=8, eval_interval=4, eval_iters=-1)  # all full
     full = T.train(dict(cfg, out_dir=str(tmp_path / 'full')))
     T.train(dict(cfg, out_dir=str(tmp_path / 'part'), max_iters=4))  # "interrupted" after 4 iterations
     resumed = T.train(dict(cfg, out_dir=str(tmp_path / 'part'), resume=True))
@@ -130,36 +193,63 @@ def test_exact_resume(data, tmp_path):
     a = torch.load(tmp_path / 'full' / 'ckpt.pt', weights_only=False)['model']
     b = torch.load(tmp_path / 'part' / 'ckpt.pt', weights_only=False)['model']
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # a checkpoint of another model config is refused with a clear message
-    with pytest.raises(ValueError, match='another model config'):
-        T.train(dict(cfg, out_dir=str(tmp_path / 'part'), resume=True, d_model=64))
+    # resuming the finished run changes nothing (its summary keeps its numbers)
+    before = snapshot(tmp_path / 'part')
+    assert T.train(dict(cfg, out_dir=str(tmp_path / 'part'), resume=True)) is None
+    assert snapshot(tmp_path / 'part') == before
+    assert json.load(open(tmp_path / 'part' / 'summary.json'))['val_loss'] == full['val_loss']
 
 
-def test_end_to_end_loss_falls_and_sample(data, tmp_path):
+def test_end_to_end_loss_falls_sample_and_eval_mode(data, tmp_path, capsys):
     s = T.train(dict(TINY, data_dir=data, out_dir=str(tmp_path), max_iters=40, eval_interval=20, batch_size=8,
                      learning_rate=3e-3, max_new_tokens=8))
-    with open(s['log_path']) as f:
-        rows = [json.loads(line) for line in f]
+    rows = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
     first = next(r['train_loss'] for r in rows if 'train_loss' in r)
     assert first > 3.5  # ~ln(64) at the start
-    assert s['val_loss'] < 0.7 * first
-    assert os.path.exists(s['plot_path']) and s['sample'] is not None
-    texts = T.sample(dict(T.config, out_dir=str(tmp_path), max_new_tokens=5, device='cpu', num_samples=2))
-    assert len(texts) == 2
+    assert s['val_loss'] < 0.7 * first and s['full'] and s['val_bpb'] > 0
+    evals = [r for r in rows if 'val_loss' in r]
+    assert evals[-1]['full'] and not evals[0]['full']  # eval_iters=2 batches mid-run, the whole split at the end
+    assert all(k in evals[-1] for k in ('iter', 'tokens', 'elapsed_s', 'val_loss', 'val_bpb', 'full'))
+    assert os.path.exists(tmp_path / 'loss.png') and s['sample'] is not None
+    out = capsys.readouterr().out
+    assert 'resume' in out and '--mode=sample' in out and 'summary.json' in out
+    before = snapshot(tmp_path)
+    assert len(T.train(dict(mode='sample', out_dir=str(tmp_path), max_new_tokens=5, device='cpu', num_samples=2))) == 2
+    r = run_train('--mode=eval', f'--out_dir={tmp_path}', '--device=cpu')
+    assert r.returncode == 0, r.stderr
+    assert f"loss {s['val_loss']:.4f}" in r.stdout and f"bits/byte {s['val_bpb']:.4f}"[:18] in r.stdout
+    assert snapshot(tmp_path) == before  # sample and eval write nothing
+
+
+@pytest.mark.parametrize('switch', [dict(optimizer='muon', muon_lr=0.02, learning_rate=3e-3),
+                                    dict(ffn='relu2'), dict(qk_norm=True), dict(zero_init_proj=True),
+                                    dict(logit_softcap=15.0), dict(lr_schedule='wsd', cooldown_frac=0.5),
+                                    dict(tie_embeddings=True), dict(optimizer='muon', embed_lr=0.01, head_lr=0.005)])
+def test_each_switch_trains(data, switch):
+    s = T.train(dict(TINY, data_dir=data, out_dir='', max_iters=30, eval_interval=0, batch_size=8,
+                     **{'learning_rate': 3e-3, **switch}))
+    assert s['val_loss'] < 0.8 * math.log(64), (switch, s['val_loss'])
+
+
+def test_time_budget_stops_and_anneals(data, tmp_path):
+    s = T.train(dict(TINY, data_dir=data, out_dir=str(tmp_path), max_iters=10 ** 6, max_time_s=3.0,
+                     eval_interval=0, eval_interval_s=1.0, lr_schedule='wsd'))
+    rows = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
+    assert 3.0 <= s['elapsed_s'] < 6.0 and s['iters'] < 10 ** 6
+    assert sum(1 for r in rows if r.get('full')) >= 3  # every second, and at the end
+    assert rows[-2]['lr'] < 0.2 * T.learning_rate  # the last log line: annealed nearly to min_lr
 
 
 def test_two_process_gloo_matches_one_process(data, tmp_path):
     # the same command on 1 and 2 processes: each rank takes half of every batch of 8 sequences
-    args = [f'--{k}={v}' for k, v in dict(TINY, data_dir=data, max_iters=4, eval_interval=0, batch_size=8).items()]
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    one = subprocess.run([sys.executable, 'train.py', *args, f'--out_dir={tmp_path}/one'], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    args = cli(dict(TINY, data_dir=data, max_iters=4, eval_interval=0, batch_size=8))
+    one = run_train(*args, f'--out_dir={tmp_path}/one')
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                          'train.py', *args, f'--out_dir={tmp_path}/two'], cwd=ROOT, env=env,
+                          'train.py', *args, f'--out_dir={tmp_path}/two'], cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=120)
     assert two.returncode == 0, two.stderr[-2000:]
-    assert '2 processes x 1 micro-steps x 4 x 16' in two.stdout
+    assert '2 process(es) x 1 x 4 x 16' in two.stdout
 
     def losses(d):
         with open(tmp_path / d / 'log.jsonl') as f:
@@ -169,44 +259,6 @@ def test_two_process_gloo_matches_one_process(data, tmp_path):
     for (ta, va), (tb, vb) in zip(a, b):
         assert (ta is None) == (tb is None) and (va is None) == (vb is None)
         assert math.isclose(ta or va, tb or vb, rel_tol=1e-5)
-
-
-def test_bad_inputs_give_clear_errors(data, tmp_path):
-    with pytest.raises(KeyError, match='learning_rate'):
-        T.train({'lerning_rate': 1e-3})
-    with pytest.raises(FileNotFoundError, match='prepare.py'):
-        T.train(dict(TINY, data_dir=str(tmp_path / 'nothing')))
-    bad = make_data(tmp_path / 'odd')
-    with open(os.path.join(bad, 'train.bin'), 'ab') as f:
-        f.write(b'\x00')  # an odd number of bytes: not uint16 tokens
-    with pytest.raises(ValueError, match='dtype'):
-        T.train(dict(TINY, data_dir=bad))
-    big = make_data(tmp_path / 'big', vocab=300)
-    with pytest.raises(ValueError, match='vocab_size'):
-        T.train(dict(TINY, data_dir=big, vocab_size=100))
-    with pytest.raises(ValueError, match='context_length'):
-        T.train(dict(TINY, data_dir=make_data(tmp_path / 'short', n=12)))
-    with pytest.raises(FileNotFoundError, match='resume'):
-        T.train(dict(TINY, data_dir=data, out_dir=str(tmp_path / 'none'), resume=True))
-    r = subprocess.run([sys.executable, 'train.py', '--lerning_rate=1'], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode != 0 and 'learning_rate' in r.stderr
-
-
-def test_bench_runs_on_cpu():
-    res = T.bench(dict(TINY, bench_iters=1, vocab_size=64))
-    assert res['train_adamw']['tokens_per_s'] > 0 and res['train_torch_adamw']['tokens_per_s'] > 0
-
-
-def test_bench_accumulation_optimizer_choice_and_bad_values():
-    res = T.bench(dict(TINY, bench_iters=1, vocab_size=64, gradient_accumulation_steps=2, bench_optimizers='adamw'))
-    assert res['train_adamw']['tokens_per_s'] > 0 and 'train_torch_adamw' not in res
-    with pytest.raises(ValueError, match='bench_optimizers'):
-        T.bench(dict(TINY, bench_iters=1, vocab_size=64, bench_optimizers='sgd'))
-    with pytest.raises(ValueError, match='compile_mode'):
-        T.compile_model(torch.nn.Linear(2, 2), dict(T.config, compile=True, compile_mode='fastest'))
-    with pytest.raises(ValueError, match='CUDA graphs'):
-        T.compile_model(torch.nn.Linear(2, 2), dict(T.config, compile=True, compile_mode='reduce-overhead',
-                                                    gradient_accumulation_steps=2))
 
 
 def test_tinystories_offline_stand_in_trains(tmp_path):
@@ -222,3 +274,111 @@ def test_tinystories_offline_stand_in_trains(tmp_path):
     assert os.path.getmtime(tmp_path / 'train.bin') == mtime  # nothing redone
     s = T.train(dict(TINY, data_dir=str(tmp_path), out_dir='', max_iters=2, eval_interval=0))
     assert s['val_loss'] is not None and s['val_bpb'] is not None
+
+
+# -----------------------------------------------------------------------------
+# Bad input: one line on stderr, exit status 2, no traceback, nothing written or changed (issue 32)
+
+def bad_cases(data, tmp):
+    """(name, extra args, folder that must stay unchanged) for each refusal."""
+    odd, big, bad_meta, empty_meta = (make_data(os.path.join(tmp, n), vocab=300 if n == 'big' else 64)
+                                      for n in ('odd', 'big', 'bad_meta', 'empty_meta'))
+    with open(os.path.join(odd, 'train.bin'), 'ab') as f:
+        f.write(b'\x00')  # an odd number of bytes: not uint16 tokens
+    with open(os.path.join(bad_meta, 'meta.json'), 'w') as f:
+        f.write('{"vocab_size": 64, "dtype": ')  # truncated JSON
+    with open(os.path.join(empty_meta, 'meta.json'), 'w') as f:
+        f.write('{}')
+    short = make_data(os.path.join(tmp, 'short'), n=12)
+    zero = os.path.join(tmp, 'zero_ckpt')
+    os.makedirs(zero)
+    open(os.path.join(zero, 'ckpt.pt'), 'wb').close()
+    return [('accum0', ['--gradient_accumulation_steps=0'], 'gradient_accumulation_steps'),
+            ('iters-5', ['--max_iters=-5'], 'max_iters'),
+            ('batch0', ['--batch_size=0'], 'batch_size'),
+            ('log0', ['--log_interval=0'], 'log_interval'),
+            ('optimizer', ['--optimizer=sgd'], 'optimizer'),
+            ('schedule', ['--lr_schedule=linear'], 'lr_schedule'),
+            ('ffn', ['--ffn=gelu'], 'ffn'),
+            ('heads', ['--num_heads=5'], 'num_heads'),
+            ('eval_iters0', ['--eval_iters=0'], 'eval_iters'),
+            ('mode', ['--mode=bench'], 'bench' if False else 'mode'),
+            ('min_lr', ['--min_lr=1.0'], 'min_lr'),
+            ('resume+overwrite', ['--resume=True', '--overwrite=True'], 'pick one'),
+            ('no_data', [f'--data_dir={tmp}/nothing'], 'prepare.py'),
+            ('odd_bytes', [f'--data_dir={odd}'], 'dtype'),
+            ('vocab', [f'--data_dir={big}', '--vocab_size=100'], 'vocab_size'),
+            ('corrupt_meta', [f'--data_dir={bad_meta}'], 'meta.json'),
+            ('meta_keys', [f'--data_dir={empty_meta}'], 'meta.json'),
+            ('short', [f'--data_dir={short}'], 'context_length'),
+            ('resume_none', [f'--out_dir={tmp}/none', '--resume=True'], 'not found'),
+            ('resume_zero', [f'--out_dir={zero}', '--resume=True'], 'empty or truncated'),
+            ('sample_zero', [f'--out_dir={zero}', '--mode=sample'], 'empty or truncated'),
+            ('eval_zero', [f'--ckpt_path={zero}/ckpt.pt', '--mode=eval'], 'empty or truncated'),
+            ('typo', ['--lerning_rate=1'], 'learning_rate')]
+
+
+SUBPROCESS_CASES = ['accum0', 'iters-5', 'batch0', 'log0', 'optimizer', 'no_data', 'corrupt_meta', 'resume_none',
+                    'resume_zero', 'sample_zero', 'eval_zero', 'typo']
+IN_PROCESS_CASES = ['schedule', 'ffn', 'heads', 'eval_iters0', 'mode', 'min_lr', 'resume+overwrite', 'odd_bytes', 'vocab',
+                    'meta_keys', 'short']
+
+
+@pytest.fixture(scope='module')
+def bad_inputs(data, tmp_path_factory):
+    """Every subprocess case started at once (starting Python and torch is the slow part), then collected:
+    {name: (args, expected words, CompletedProcess or None)}, the folder, and its snapshot before."""
+    tmp = str(tmp_path_factory.mktemp('bad'))
+    cases = {name: (args, expect) for name, args, expect in bad_cases(data, tmp)}
+    before = snapshot(tmp)
+    base = cli(dict(TINY, data_dir=data, max_iters=2))
+    procs = {}
+    for name in SUBPROCESS_CASES:
+        args = cases[name][0]
+        out = [] if any(a.startswith('--out_dir') for a in args) else [f'--out_dir={tmp}/out_{name}']
+        procs[name] = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *base, *out, *args], cwd=ROOT,
+                                       env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = {name: (p.wait(timeout=600), p.stderr.read()) for name, p in procs.items()}
+    return cases, done, tmp, before
+
+
+@pytest.mark.parametrize('name', SUBPROCESS_CASES)
+def test_bad_input_is_refused_in_one_line(bad_inputs, name):
+    cases, done, tmp, before = bad_inputs
+    (args, expect), (code, err) = cases[name], done[name]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (name, code, err[-1500:])
+    assert len(lines) == 1 and 'Traceback' not in err and expect in lines[0], (name, err[-1500:])
+    assert snapshot(tmp) == before and not os.path.exists(os.path.join(tmp, 'out_' + name))  # nothing written
+
+
+@pytest.mark.parametrize('name', IN_PROCESS_CASES)
+def test_bad_value_is_refused_in_process(bad_inputs, data, name, capsys):
+    """The same refusals through train.train() (what a library caller sees): SystemExit(2) and one stderr line."""
+    cases, _, tmp, before = bad_inputs
+    args, expect = cases[name]
+    overrides = dict(TINY, data_dir=data, max_iters=2, out_dir=os.path.join(tmp, 'out_' + name))
+    for a in args:
+        key, value = a[2:].split('=', 1)
+        overrides[key] = value if isinstance(T.config[key], str) else eval(value)
+    with pytest.raises(SystemExit) as e:
+        T.train(overrides)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and expect in err, (name, err)
+    assert snapshot(tmp) == before and not os.path.exists(overrides['out_dir'])
+
+
+def test_a_run_is_never_clobbered(data, tmp_path, capsys):
+    cfg = dict(TINY, data_dir=data, max_iters=2, eval_interval=0, out_dir=str(tmp_path))
+    T.train(cfg)
+    before = snapshot(tmp_path)
+    for again, words in ((cfg, ['--overwrite=True', '--resume=True']),  # again without --resume: refused
+                         (dict(cfg, max_iters=4, resume=True, learning_rate=0.01, seed=1),  # resume, another config
+                          ['learning_rate=0.001', 'seed=1337'])):
+        with pytest.raises(SystemExit) as e:
+            T.train(again)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and all(w in err for w in words), err
+        assert snapshot(tmp_path) == before  # the run untouched
+    assert T.train(dict(cfg, overwrite=True, max_iters=3))['iters'] == 3  # replaced on request
+    assert json.load(open(tmp_path / 'summary.json'))['iters'] == 3
