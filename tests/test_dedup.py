@@ -1,7 +1,9 @@
 """
 Tests for dedup.py (local engine): exact line dedup on the course fixture, MinHash dedup on the
 near-duplicate licenses, normalization, the LSH S-curve against simulation, determinism, JSONL,
-resume and bad input, and a copy of dedup.py alone in an empty folder.
+resume (also after a replaced input or a changed setting), a copy of dedup.py alone in an empty folder,
+bad command lines refused with one line and exit code 2 (issue 32), and pool workers that die with
+their SIGKILLed parent.
 
     python -m pytest tests/test_dedup.py -v
 """
