@@ -22,6 +22,7 @@ Run:
 Library (data/*/prepare.py build their token folders with it):
     from bpe import train_bpe, save_tokenizer, Tokenizer, encode_file, encode_documents, build_token_folder
 """
+import gzip
 import hashlib
 import heapq
 import json
@@ -65,8 +66,8 @@ CHUNK_CUT_RE, TEXT_CUT_RE = regex.compile(CUT_PATTERN.encode()), regex.compile(C
 CHUNK_BYTES = 4 << 20  # largest chunk a worker reads at once: bounds its memory (tests make it tiny)
 EOT = '<|endoftext|>'  # the document separator of every token folder
 
-class DataError(ValueError):
-    """Bad input data (an empty text, a corpus too small to split): the command prints one line, no traceback."""
+class DataError(ValueError):  # bad input (an empty text, a missing file): the command prints one line, no traceback
+    pass
 
 def num_cores(n=0):
     """n worker processes; 0 (or None) = every core this process may use."""
@@ -425,8 +426,7 @@ class Tokenizer:
 # Flat token files: a text file or a list of documents -> one array of ids on disk, encoded in parallel
 
 def token_dtype(vocab_size):
-    """Smallest unsigned dtype name that holds every id: uint16 up to 65,536 ids."""
-    return 'uint16' if vocab_size <= 1 << 16 else 'uint32'
+    return 'uint16' if vocab_size <= 1 << 16 else 'uint32'  # the smallest unsigned dtype that holds every id
 
 _worker_tokenizer, _worker_docs = None, None  # set just before the pool forks: the workers inherit them
 
@@ -485,7 +485,6 @@ def gunzip(path):
     """path.gz -> path (decompressed once, to a temporary name first); other files are returned as they are."""
     out = path[:-3] if path.endswith('.gz') else path
     if out != path and not os.path.exists(out):
-        import gzip
         with gzip.open(path, 'rb') as src:
             _write_atomic(out, iter(lambda: src.read(1 << 24), b''))  # 16 MB at a time
     return out
@@ -511,6 +510,8 @@ def text_splits(src_train, src_val, urls, raw_dir, name, fallback, offline=False
     """({'train': x, 'val': x}, source) for build_token_folder: the local files given (.txt or .txt.gz), else urls
     downloaded into raw_dir, else (offline, or the download failed: said loudly) the stand-in fallback() returns."""
     if src_train or src_val:
+        if not all(p and os.path.isfile(p) and os.path.getsize(p) for p in (src_train, src_val)):
+            raise DataError(f"--src_train={src_train!r} --src_val={src_val!r}: give both, as non-empty text files")
         return {'train': gunzip(src_train), 'val': gunzip(src_val)}, f"local files {src_train}, {src_val}"
     if not offline:
         try:
@@ -602,11 +603,12 @@ def die(msg):
 def main():
     """The command: train a tokenizer on --input into --out_dir, or encode --input into --output. Every setting is
     checked first: a mistake is one line on stderr (exit code 2) and nothing is written."""
+    if mode not in ('train', 'encode'):
+        die(f"--mode={mode!r}: use 'train' or 'encode'")
     written = [os.path.join(out_dir, name) for name in TOKENIZER_FILES] if mode == 'train' else [output]
     inputs = [input] + ([os.path.join(tokenizer_dir, name) for name in TOKENIZER_FILES] if mode == 'encode' else [])
-    checks = [(mode in ('train', 'encode'), f"--mode={mode!r}: use 'train' or 'encode'"),
-              (num_workers >= 0, f"--num_workers={num_workers}: give 0 (every core) or a number of processes"),
-              (os.path.isfile(input), f"--input={input!r}: no such file (give the UTF-8 text file to read)"),
+    checks = [(num_workers >= 0, f"--num_workers={num_workers}: give 0 (every core) or a number of processes"),
+              (os.path.isfile(input) and os.path.getsize(input), f"--input={input!r}: no such file, or empty"),
               (not {os.path.realpath(p) for p in written} & {os.path.realpath(p) for p in inputs},
                f"the output would overwrite an input ({input}): write elsewhere")]
     if mode == 'train':

@@ -345,3 +345,61 @@ def test_invalid_utf8_is_replaced_with_warning(tmp_path, capsys):
     # decode of ids that cut a character in half shows U+FFFD instead of failing
     tok = bpe.Tokenizer(vocab, merges)
     assert tok.decode(tok.encode('é')[:1]) == '\ufffd'
+
+
+# -----------------------------------------------------------------------------
+# bad input on the command line (issue 32): exit code 2, one line on stderr, nothing written or changed
+
+def snapshot(folder):
+    """{path: (size, mtime)} of every file under folder: what a refused command must leave as it was."""
+    return {os.path.join(d, f): (os.path.getsize(os.path.join(d, f)), os.stat(os.path.join(d, f)).st_mtime_ns)
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def assert_refused(args, cwd, env=None):
+    """Run a command that must refuse: exit code 2, exactly one non-empty stderr line (no traceback), and no file
+    under cwd written or changed. Returns the line."""
+    before = snapshot(cwd)
+    r = subprocess.run([sys.executable] + args, cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and 'Traceback' not in r.stderr, (args, r.returncode, r.stderr)
+    assert snapshot(cwd) == before, args
+    return lines[0]
+
+
+@pytest.fixture
+def cli_folder(tmp_path):
+    (tmp_path / 'text.txt').write_text('hello world, hello there\n' * 50, encoding='utf-8')
+    (tmp_path / 'empty.txt').write_text('', encoding='utf-8')
+    bpe.save_tokenizer({i: bytes([i]) for i in range(256)}, [], ['<|endoftext|>'], str(tmp_path / 'tok'))
+    return tmp_path
+
+
+BPE_BAD = [  # (arguments, a piece of the one-line message)
+    (['--input=empty.txt', '--out_dir=out'], 'empty'),
+    (['--input=missing.txt', '--out_dir=out'], 'no such file'),
+    (['--input=text.txt', '--num_workers=-3'], '--num_workers=-3'),
+    (['--input=text.txt', '--vocab_size=100', '--out_dir=out'], 'vocab_size=100 is too small'),
+    (['--input=text.txt', "--special_tokens=['']", '--out_dir=out'], 'non-empty'),
+    (['--input=text.txt', '--out_dir=text.txt'], 'is a file'),
+    (['--input=tok/vocab.json', '--out_dir=tok'], 'would overwrite an input'),
+    (['--mode=decode', '--input=text.txt'], "use 'train' or 'encode'"),
+    (['--mode=encode', '--input=text.txt', '--tokenizer_dir=nothing', '--output=o.bin'], 'holds no merges.txt'),
+    (['--mode=encode', '--input=text.txt', '--tokenizer_dir=tok', '--output=text.txt'], 'would overwrite an input'),
+    (['--mode=encode', '--input=text.txt', '--tokenizer_dir=tok', '--output=tok/vocab.json'], 'overwrite an input'),
+    (['--mode=encode', '--input=text.txt', '--tokenizer_dir=tok'], '--output'),
+]
+
+
+@pytest.mark.parametrize('args, message', BPE_BAD, ids=[' '.join(a) for a, _ in BPE_BAD])
+def test_cli_refuses_bad_input(cli_folder, args, message):
+    line = assert_refused([os.path.join(ROOT, 'bpe.py')] + args, cli_folder)
+    assert line.startswith(os.path.join(ROOT, 'bpe.py') + ': error: ') and message in line, line
+
+
+def test_cli_says_when_the_text_runs_out_of_pairs(cli_folder):
+    # not a refusal: the tokenizer is written, and one warning line says which size was reached
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'bpe.py'), '--input=text.txt', '--vocab_size=5000',
+                        '--out_dir=out'], cwd=cli_folder, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and 'ran out of pairs' in r.stderr and 'not vocab_size=5000' in r.stderr
+    assert bpe.Tokenizer.from_dir(str(cli_folder / 'out')).vocab_size < 5000

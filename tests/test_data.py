@@ -252,8 +252,90 @@ def test_pycode_bad_input(tmp_path):
         pycode_prep.prepare(str(tmp_path / 'src'), str(tmp_path / 'o'), progress=False)
 
 
+def test_pycode_max_mb_takes_a_prefix_by_relative_path(tmp_path, py_tree):
+    # the Quickstart's cap: the first max_mb megabytes in relative-path order
+    src = os.path.realpath(py_tree[0])
+    every = pycode_prep.list_py_files([src])
+    by_rel = sorted(every, key=lambda p: os.path.relpath(p, src))
+    sizes = np.cumsum([os.path.getsize(p) for p in by_rel])
+    capped = pycode_prep.list_py_files([src], max_mb=sizes[4] / 1e6)
+    assert capped == sorted(by_rel[:5]) and pycode_prep.list_py_files([src], 0) == every
+    # the same files wherever the tree lives
+    picked = {}
+    for where in ('a', 'b/deeper'):
+        for k in range(8):
+            (tmp_path / where / 'aaa').mkdir(parents=True, exist_ok=True)
+            (tmp_path / where / ('aaa' if k % 2 else '') / f'm{k}.py').write_text(_code(k), encoding='utf-8')
+        root = os.path.realpath(tmp_path / where)
+        picked[where] = [os.path.relpath(p, root) for p in pycode_prep.list_py_files([root], max_mb=0.004)]
+    assert picked['a'] == picked['b/deeper'] and 0 < len(picked['a']) < 8 and picked['a'][0] == 'aaa/m1.py'
+    # a root inside another (site-packages inside the stdlib folder) counts under the inner root, after the outer
+    outer = os.path.realpath(tmp_path / 'a')
+    first = pycode_prep.list_py_files([outer, os.path.join(outer, 'aaa')], max_mb=os.path.getsize(outer + '/m0.py') / 1e6)
+    assert first == [os.path.join(outer, 'm0.py')]
+
+
 def test_pycode_default_roots_are_sysconfig():
     import sysconfig
     roots = pycode_prep.source_roots('')
     paths = sysconfig.get_paths()
     assert os.path.realpath(paths['stdlib']) in roots and os.path.realpath(paths['purelib']) in roots
+
+
+# -----------------------------------------------------------------------------
+# bad input on the command line (issue 32): exit code 2, one line on stderr, nothing written or changed
+
+def snapshot(folder):
+    """{path: (size, mtime)} of every file under folder: what a refused command must leave as it was."""
+    return {os.path.join(d, f): (os.path.getsize(os.path.join(d, f)), os.stat(os.path.join(d, f)).st_mtime_ns)
+            for d, _, files in os.walk(folder) for f in files}
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    """A folder with the inputs of the refusals: a corpus, a one-document text, an empty file, a folder of empty .py."""
+    (tmp_path / 'corpus.txt').write_text(f'\n{EOT}\n'.join(_make_docs(10)), encoding='utf-8')
+    (tmp_path / 'one.txt').write_text('a single document', encoding='utf-8')
+    (tmp_path / 'empty.txt').write_text('', encoding='utf-8')
+    (tmp_path / 'py').mkdir()
+    (tmp_path / 'py' / 'empty.py').write_text('', encoding='utf-8')
+    return tmp_path
+
+
+PREPARE_BAD = [  # (script, arguments, a piece of the one-line message); out_dir is always tmp/out
+    ('docs', ['--src=corpus.txt', '--val_fraction=1.5'], '--val_fraction=1.5'),
+    ('docs', ['--src=corpus.txt', '--val_fraction=0'], '--val_fraction=0'),
+    ('docs', ['--src=missing.txt'], 'source text not found'),
+    ('docs', [], 'source text not found'),  # no shared data (LMSCRATCH_DATA points nowhere): where to get it
+    ('docs', ['--src=corpus.txt', '--vocab_size=100'], '--vocab_size=100'),
+    ('docs', ['--src=corpus.txt', '--tokenizer_dir=nothing'], 'holds no merges.txt'),
+    ('docs', ['--src=corpus.txt', '--num_workers=-3'], '--num_workers=-3'),
+    ('docs', ['--src=corpus.txt', '--out_dir=corpus.txt'], 'is a file'),
+    ('docs', ['--src=one.txt'], 'at least 2 documents'),
+    ('pycode', ['--src=missing'], 'is not a folder'),
+    ('pycode', ['--src=py', '--progress=False'], 'no usable .py file'),  # found after reading: no bars
+    ('pycode', ['--src=py', '--max_mb=-1'], '--max_mb=-1'),
+    ('pycode', ['--src=py', '--jaccard_threshold=0'], '--jaccard_threshold=0'),
+    ('pycode', ['--src=py', '--bpe_sample_bytes=0'], '--bpe_sample_bytes=0'),
+    ('owt', ['--src_train=corpus.txt'], 'give both'),
+    ('owt', ['--src_train=corpus.txt', '--src_val=empty.txt'], 'non-empty'),
+    ('owt', ['--vocab_size=100', '--offline=True'], '--vocab_size=100'),
+    ('owt', ['--offline=True'], 'no offline stand-in'),  # no shared data: points at pycode
+    ('tinystories', ['--generated_stories=0', '--offline=True'], '--generated_stories=0'),
+    ('tinystories', ['--num_workers=-1', '--offline=True'], '--num_workers=-1'),
+]
+
+
+@pytest.mark.parametrize('script, args, message', PREPARE_BAD, ids=[f"{s} {' '.join(a)}" for s, a, _ in PREPARE_BAD])
+def test_prepare_refuses_bad_input(bad_inputs, script, args, message):
+    path = os.path.join(ROOT, 'data', script, 'prepare.py')
+    if not any(a.startswith('--out_dir') for a in args):
+        args = args + [f'--out_dir={bad_inputs / "out"}']
+    env = dict(os.environ, LMSCRATCH_DATA=str(bad_inputs / 'no_shared_data'))
+    before = snapshot(bad_inputs)
+    r = subprocess.run([sys.executable, path] + args, cwd=bad_inputs, env=env, capture_output=True, text=True,
+                       timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and 'Traceback' not in r.stderr, (args, r.stderr)
+    assert lines[0].startswith(f'{path}: error: ') and message in lines[0], lines[0]
+    assert snapshot(bad_inputs) == before and not os.path.exists(bad_inputs / 'out')

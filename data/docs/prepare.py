@@ -28,6 +28,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo root
 import bpe  # noqa: E402
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 # -----------------------------------------------------------------------------
 src = ''  # text file (.txt or .txt.gz), documents separated by '<|endoftext|>'; '' = the shared docs_en.txt.gz
 out_dir = ''  # where train.bin/val.bin/meta.json go; '' = this script's folder (data/docs)
@@ -78,16 +80,33 @@ def prepare(src='', out_dir='', vocab_size=10000, tokenizer_dir='', val_fraction
     splits = {'train': [d for d, v in zip(docs, is_val) if not v], 'val': [d for d, v in zip(docs, is_val) if v]}
     print(f"{src}: {len(docs):,} documents -> {len(splits['train']):,} train, {len(splits['val']):,} val "
           f"(seed {seed})")
-    return bpe.build_token_folder(splits, os.path.abspath(out_dir or os.path.dirname(os.path.abspath(__file__))),
+    return bpe.build_token_folder(splits, os.path.abspath(out_dir or HERE),
                                   vocab_size, src, tokenizer_dir, None, num_workers, progress,
                                   source_sha1=src_sha1, seed=seed, val_fraction=val_fraction)
 
 
 def main():
-    """The command: the module's config globals -> prepare()."""
+    """The command: every setting is checked first (a mistake is one line on stderr, exit code 2, and nothing is
+    written), then prepare()."""
+    corpus, out = os.path.abspath(src or bpe.shared_data('text', 'docs_en.txt.gz')), os.path.abspath(out_dir or HERE)
+    outputs = {os.path.join(out, name) for name in ('train.bin', 'val.bin', 'meta.json')}
+    for ok, msg in [(os.path.isfile(corpus), f"source text not found: {corpus} (" + ("--src" if src else
+                     "the docs corpus comes with the course's shared data: put it at ../shared/data or set "
+                     "LMSCRATCH_DATA") + "; or give --src=<a text file of '<|endoftext|>'-separated documents>, or "
+                     "run python data/pycode/prepare.py, which builds its corpus offline)"),
+                    (0 < val_fraction < 1, f"--val_fraction={val_fraction}: give the share of documents held out for "
+                     f"validation, between 0 and 1 (e.g. 0.02)"),
+                    (vocab_size > 256, f"--vocab_size={vocab_size}: give at least 257 (256 bytes + '<|endoftext|>')"),
+                    (not tokenizer_dir or os.path.isfile(os.path.join(tokenizer_dir, 'merges.txt')),
+                     f"--tokenizer_dir={tokenizer_dir!r} holds no merges.txt: train one with bpe.py first"),
+                    (num_workers >= 0, f"--num_workers={num_workers}: give 0 (every core) or a number of processes"),
+                    (not os.path.isfile(out) and os.path.realpath(corpus) not in map(os.path.realpath, outputs),
+                     f"--out_dir={out} is a file, or holds the input {corpus} under an output's name: give a folder")]:
+        if not ok:
+            bpe.die(msg)
     try:
         prepare(src, out_dir, vocab_size, tokenizer_dir, val_fraction, seed, num_workers, progress)
-    except (FileNotFoundError, bpe.DataError) as e:
+    except bpe.DataError as e:  # the text holds fewer than 2 documents
         bpe.die(e)
 
 

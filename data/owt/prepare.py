@@ -61,8 +61,16 @@ def prepare(src_train='', src_val='', out_dir='', vocab_size=32000, offline=Fals
 
 
 def main():
-    """The command: the module's config globals -> prepare()."""
-    prepare(src_train, src_val, out_dir, vocab_size, offline, num_workers)
+    """The command: every setting is checked first (a mistake is one line on stderr, exit code 2, and nothing is
+    written), then prepare()."""
+    for key, ok, fix in (('vocab_size', vocab_size > 256, "give at least 257 (256 bytes + '<|endoftext|>')"),
+                         ('num_workers', num_workers >= 0, "give 0 (every core) or a number of processes")):
+        if not ok:
+            bpe.die(f"--{key}={globals()[key]}: {fix}")
+    try:
+        prepare(src_train, src_val, out_dir, vocab_size, offline, num_workers)
+    except (bpe.DataError, FileNotFoundError) as e:  # local files missing or empty; offline without the stand-in
+        bpe.die(e)
 
 
 if __name__ == '__main__':

@@ -71,21 +71,21 @@ def source_roots(src=''):
 
 def list_py_files(roots, max_mb=0):
     """Real paths of the *.py files under the roots, each once, sorted. With max_mb, only the first max_mb megabytes
-    in the order (root, path relative to the root), a file counting under the deepest root that holds it: the same
-    Python with the same packages picks the same files wherever it is installed."""
-    found = {}  # real path -> (root index, relative path)
-    for k, root in enumerate(roots):
-        for dirpath, _, filenames in os.walk(root):
-            for path in (os.path.realpath(os.path.join(dirpath, f)) for f in filenames if f.endswith('.py')):
-                if os.path.isfile(path):
-                    here = (k, os.path.relpath(path, root))
-                    found[path] = max(found.get(path, here), here)  # purelib lies inside stdlib: the later root wins
-    if max_mb:
-        budget = max_mb * 1e6
-        for path, _ in sorted(found.items(), key=lambda kv: kv[1]):
-            budget -= os.path.getsize(path)
-            found[path] = budget >= 0
-        found = {p: keep for p, keep in found.items() if keep}
+    in the order (root, path relative to it): the same Python with the same packages picks the same files wherever
+    it is installed, and the stdlib alone fills a small cap. A root inside another (site-packages inside the stdlib
+    folder) is walked as its own root, not as part of the outer one."""
+    found, budget = set(), max_mb * 1e6 if max_mb else float('inf')
+    for root in roots:
+        paths = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in roots]
+            paths += [os.path.join(dirpath, f) for f in filenames if f.endswith('.py')]
+        for path in map(os.path.realpath, sorted(paths)):  # a file reached twice through a symlink counts once
+            if path not in found and os.path.isfile(path):
+                budget -= os.path.getsize(path) if max_mb else 0
+                if budget < 0:
+                    return sorted(found)
+                found.add(path)
     return sorted(found)
 
 
@@ -225,11 +225,24 @@ def package_versions():
 
 
 def main():
-    """The command: the module's config globals -> prepare()."""
+    """The command: every setting is checked first (a mistake is one line on stderr, exit code 2, and nothing is
+    written), then prepare()."""
+    rules = {'src': (not src or os.path.isdir(src), f"--src={src!r} is not a folder: give one that holds .py files"),
+             'max_mb': (max_mb >= 0, "give the megabytes of .py files to read, or 0 for all of them"),
+             'vocab_size': (vocab_size > 256, "give at least 257 (256 bytes + '<|endoftext|>')"),
+             'tokenizer_dir': (not tokenizer_dir or os.path.isfile(os.path.join(tokenizer_dir, 'merges.txt')),
+                               "holds no merges.txt: train one with bpe.py first, or leave it empty"),
+             'bpe_sample_bytes': (bpe_sample_bytes > 0, "give the bytes of train files to train the BPE on"),
+             'jaccard_threshold': (0 < jaccard_threshold <= 1, "give a Jaccard similarity in (0, 1], e.g. 0.8"),
+             'num_workers': (num_workers >= 0, "give 0 (every core) or a number of processes"),
+             'out_dir': (not os.path.isfile(out_dir), "is a file: give a folder for the token files")}
+    for key, (ok, fix) in rules.items():
+        if not ok:
+            bpe.die(fix if fix.startswith('--') else f"--{key}={globals()[key]!r}: {fix}")
     try:
         prepare(src, out_dir, vocab_size, tokenizer_dir, bpe_sample_bytes, seed, near_dedup, jaccard_threshold,
                 num_workers, progress, max_mb)
-    except (FileNotFoundError, bpe.DataError) as e:
+    except bpe.DataError as e:  # no usable file, or a split left empty
         bpe.die(e)
 
 

@@ -92,8 +92,17 @@ def prepare(src_train='', src_val='', out_dir='', vocab_size=10000, offline=Fals
 
 
 def main():
-    """The command: the module's config globals -> prepare()."""
-    prepare(src_train, src_val, out_dir, vocab_size, offline, generated_stories, num_workers)
+    """The command: every setting is checked first (a mistake is one line on stderr, exit code 2, and nothing is
+    written), then prepare()."""
+    problems = [f"--vocab_size={vocab_size}: give at least 257 (256 bytes + '<|endoftext|>')"] * (vocab_size <= 256) \
+        + [f"--generated_stories={generated_stories}: give 1 or more for the stand-in"] * (generated_stories < 1) \
+        + [f"--num_workers={num_workers}: give 0 (every core) or a number of processes"] * (num_workers < 0)
+    try:
+        if problems:
+            raise bpe.DataError(problems[0])
+        prepare(src_train, src_val, out_dir, vocab_size, offline, generated_stories, num_workers)
+    except bpe.DataError as e:  # also: local files missing or empty
+        bpe.die(e)
 
 
 if __name__ == '__main__':
