@@ -52,7 +52,10 @@ def read_documents(path):
     with open(path, 'rb') as f:
         raw = f.read()
     sha1 = hashlib.sha1(raw).hexdigest()
-    text = (gzip.decompress(raw) if path.endswith('.gz') else raw).decode('utf-8', errors='replace')
+    raw = gzip.decompress(raw) if path.endswith('.gz') else raw
+    text = raw.decode('utf-8', errors='replace')
+    if text.count('\ufffd') > raw.count('\ufffd'.encode()):  # degrade loudly: the bad bytes are not silently lost
+        print(f"warning: {path} is not valid UTF-8: bad byte sequences became U+FFFD", file=sys.stderr)
     docs = [d.strip() for d in text.split(bpe.EOT)]
     docs = [d for d in docs if d]
     if not docs:
