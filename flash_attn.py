@@ -459,7 +459,7 @@ def _strides(x):
     return (x.stride(0), 0, x.stride(1), x.stride(2)) if x.dim() == 3 else tuple(x.stride())
 
 
-def _check_inputs(q, k, v, is_causal):
+def check_inputs(q, k, v, is_causal):
     """Clear errors for what the Triton kernels cannot do, instead of a silent wrong result."""
     if not all(isinstance(x, torch.Tensor) for x in (q, k, v)):
         raise TypeError(f"flash attention: q, k, v must be torch.Tensors, got {[type(x).__name__ for x in (q, k, v)]}")
@@ -561,7 +561,7 @@ class FlashAttentionTriton(torch.autograd.Function):
     of shape (batch, seq, d) or (batch, heads, seq, d). Saves L, q, k, v, O for the backward, as the PyTorch one."""
     @staticmethod
     def forward(ctx, q, k, v, is_causal=False):
-        _check_inputs(q, k, v, is_causal)
+        check_inputs(q, k, v, is_causal)
         o, L = flash_fwd(q, k, v, is_causal)
         ctx.save_for_backward(L, q, k, v, o)
         ctx.is_causal = is_causal
