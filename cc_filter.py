@@ -10,40 +10,39 @@ pipeline chains them, one task per input file:
 
     python cc_filter.py --input='../shared/data/a4/*.warc.wet.gz' --out_dir=out/cc
     python cc_filter.py --input='/shared/crawl/*.wet.gz' --out_dir=/shared/cc --engine=ray --ray_address=auto
-    python cc_filter.py --mode=train_quality --quality_out=out/quality.bin   # the quality classifier
-    python bench/cc_filter.py    # documents/s per core per stage, the cost projection, engine scaling
+    python bench/cc_filter.py    # per-stage speed, cost projection, engine scaling, the quality classifier
 
-What you get in out_dir (<file> = the input's name without .gz):
-    docs/<file>.jsonl        kept documents {"url", "lang", "lang_score", "text"} (PII masked), one per line
-    tokens/<file>.{train,val}.bin   their GPT-2 tokens (uint16), split by a hash of the URL
-    stats/<file>.json        per-file counts and CPU seconds per stage; written LAST, it marks the file as done
-    train.bin, val.bin, meta.json   the token folder train.py reads (all files concatenated in name order)
-    report.json              every count summed over the files
+out_dir gets, per input <file> (its name without .gz): docs/<file>.jsonl (kept documents {"url", "lang",
+"lang_score", "text"}, PII masked), tokens/<file>.{train,val}.bin (GPT-2 uint16, split by a hash of the URL) and
+stats/<file>.json (counts, CPU seconds per stage; written LAST, it marks the file as done); then train.bin,
+val.bin, meta.json (the token folder train.py reads) and report.json (every count summed over the files).
 
 Why this shape:
-- One task per input file: Common Crawl ships ~100k WET files of similar size, an embarrassingly parallel unit
-  (no shared state between tasks, nothing to merge but counts and token files).
-- Resumable: a file whose stats/<file>.json exists is skipped; every output is written to a temporary name and
-  renamed into place (atomic on POSIX), so a killed job never leaves half a file that a rerun would trust.
+- One task per input file: Common Crawl ships ~100k WET files of similar size, an embarrassingly parallel unit.
+- Resumable: a file whose done-marker matches its input and settings is skipped; every output is written to a
+  temporary name and renamed into place (atomic on POSIX), so a killed job never leaves half a file behind.
 - Bad input never kills the job: a truncated gzip, a non-WARC file, an undecodable record are counted, warned
-  about and skipped; the file's other records stay.
-- Engines: --engine=local runs a process pool; --engine=ray runs the SAME process_file as Ray tasks, with Ray's
-  retries (`ray start --head` on one node, `ray start --address=<head>:6379` on the others; inputs, this script
-  and out_dir on storage every worker sees).
+  about and skipped. Bad settings are refused at startup, before anything is written.
+- Engines: a local process pool, or --engine=ray running the SAME process_file as Ray tasks with retries
+  (`ray start --head`, then `ray start --address=<head>:6379` on the others; files on shared storage).
 """
 import contextlib
+import ctypes
 import glob
 import hashlib
+import importlib.util
 import json
+import multiprocessing
 import os
-import random
 import re
+import signal
 import sys
 import tempfile
 import time
 import warnings
 import zlib
 from collections import Counter, defaultdict, deque
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 from tqdm import tqdm
@@ -59,8 +58,7 @@ _DATA = os.path.abspath(os.environ.get('LMSCRATCH_DATA', os.path.join(os.path.di
 _A4 = os.path.join(_DATA, 'a4')  # the course's assignment-4 files
 
 # -----------------------------------------------------------------------------
-# what to do
-mode = 'filter' # 'filter' (the pipeline) | 'train_quality' (train the quality classifier)
+# what to filter
 input = '' # glob of WARC/WET files (quote it), or several globs separated by commas
 out_dir = 'out/cc_filter' # outputs; with --engine=ray it must be a path every Ray worker sees
 # engine
@@ -76,18 +74,12 @@ gopher = True # apply the Gopher quality rules (Rae et al. 2021, appendix A)
 nsfw_model = '' # Dolma jigsaw_fasttext_bigrams_nsfw_final.bin; '' = off
 toxic_model = '' # Dolma jigsaw_fasttext_bigrams_hatespeech_final.bin; '' = off
 harm_threshold = 0.5 # drop a document labelled nsfw / toxic with at least this probability
-quality_model = '' # the wiki-vs-cc fastText model written by --mode=train_quality; '' = off
+quality_model = '' # the wiki-vs-cc fastText model (train_quality_classifier); '' = off
 quality_threshold = 0.5 # drop a document labelled 'cc' with at least this probability
 pii_masking = True # replace emails, US phone numbers and IPv4 addresses with |||EMAIL_ADDRESS||| etc.
 # tokens
 tokenize = True # write GPT-2 tokens (uint16) and the train.bin/val.bin/meta.json token folder
 val_fraction = 0.05 # documents whose URL hash falls in this fraction go to val.bin (stable across runs)
-# quality classifier training (--mode=train_quality): comma-separated sources, see load_quality_texts
-quality_positives = f'{_A4}/high_quality_wiki_reference.txt,main:{_A4}/docs_crawl.warc.gz' # 'wiki' examples
-quality_negatives = f'{_A4}/low_quality_cc.txt,boilerplate:{_A4}/docs_crawl.warc.gz' # 'cc' examples
-quality_out = 'out/quality/quality.bin' # where train_quality writes the model
-quality_epochs = 20 # fastText epochs
-quality_holdout = 0.2 # fraction of source documents (by hash) held out for precision/recall
 # testing
 fail_once = '' # tests: a marker path; the first task to see it missing creates it and raises (exercises retries)
 # -----------------------------------------------------------------------------
@@ -106,12 +98,10 @@ def current_config():
 # member per record, which is why a truncated file still yields every record before the cut.
 
 def iter_records(path, counts=None, warns=None, quiet=False):
-    """Yield (url, kind, body_bytes, content_type) for each response/conversion record of a WARC/WET file.
-
-    Never raises on bad input: a file that is not a WARC (or is cut inside a record) stops the iteration
-    with counts['bad_files'] += 1 or counts['truncated_records'] += 1 and a warning; records read so far
-    were already yielded. kind is 'html' (a response record, body = HTTP payload) or 'text' (conversion).
-    Warnings go to the list warns and, unless quiet, to warnings.warn."""
+    """Yield (url, kind, body_bytes, content_type) for each response/conversion record of a WARC/WET file;
+    kind is 'html' (a response record, body = HTTP payload) or 'text' (conversion). Never raises on bad input:
+    a file that is not a WARC (or is cut inside a record) stops the iteration with counts['bad_files'] or
+    counts['truncated_records'] += 1 and a warning (to the list warns and, unless quiet, warnings.warn)."""
     counts = Counter() if counts is None else counts
     warns = [] if warns is None else warns
     n, last_pos, n_truncated = 0, 0, counts['truncated_records']
@@ -215,7 +205,7 @@ MODELS = {  # config key: (what it is, where to get it)
     'lid_model': ('language ID model', 'https://dl.fbaipublicfiles.com/fasttext/supervised-models/lid.176.bin'),
     'nsfw_model': ('NSFW classifier (Dolma jigsaw nsfw)', _DOLMA + 'nsfw_final.bin'),
     'toxic_model': ('toxic-speech classifier (Dolma jigsaw hatespeech)', _DOLMA + 'hatespeech_final.bin'),
-    'quality_model': ('quality classifier', 'nowhere: train it with `python cc_filter.py --mode=train_quality`')}
+    'quality_model': ('quality classifier', 'nowhere: train it with `python bench/cc_filter.py --mode=train_quality`')}
 _FASTTEXT = {}  # path -> loaded model; one copy per process, loaded on first use
 
 
@@ -226,7 +216,10 @@ def load_fasttext(path, key='lid_model'):
             what, url = MODELS[key]
             raise FileNotFoundError(f"--{key}={path!r}: {what} not found. Get it from {url}"
                                     + ('' if key == 'lid_model' else f", or pass --{key}='' to switch it off"))
-        _FASTTEXT[path] = fasttext.load_model(path)
+        try:
+            _FASTTEXT[path] = fasttext.load_model(path)
+        except (ValueError, MemoryError, RuntimeError) as e:  # 'wrong file format', or a cut file's huge sizes
+            raise ValueError(f"--{key}={path!r} is not a fastText model ({type(e).__name__}: {e})") from None
     return _FASTTEXT[path]
 
 
@@ -422,14 +415,34 @@ def atomic_open(path, mode='wb'):
     os.replace(tmp, path)
 
 
+# the settings that shape a file's outputs: a done-marker records them, and a change redoes the file
+SHAPING_KEYS = ('languages', 'min_lang_score', 'lid_model', 'gopher', 'nsfw_model', 'toxic_model', 'harm_threshold',
+                'quality_model', 'quality_threshold', 'pii_masking', 'tokenize', 'val_fraction')
+
+
+def done_marker(in_path, out_dir, cfg):
+    """(path of the done-marker stats/<file>.json, the fingerprint it must hold, its stats if it holds it else
+    None). The fingerprint: the input's size and mtime (a replaced or truncated download changes them) and the
+    shaping settings, each model by its size and mtime (a retrained model redoes the files)."""
+    stat = lambda p: [os.stat(p).st_size, os.stat(p).st_mtime_ns]  # lists, not tuples: JSON keeps them equal
+    fp = {'input': stat(in_path), 'settings': {k: stat(cfg[k]) if k in MODELS and cfg[k] else cfg[k]
+                                               for k in SHAPING_KEYS}}
+    path = os.path.join(out_dir, 'stats', output_stem(in_path) + '.json')
+    try:
+        with open(path) as f:
+            stats = json.load(f)
+    except (OSError, ValueError):  # not done yet (a killed run never leaves half a marker: atomic_open)
+        stats = {}
+    return path, fp, (stats if stats.get('fingerprint') == fp else None)
+
+
 def process_file(in_path, out_dir, cfg):
     """Filter (and tokenize) one WARC/WET file into out_dir; return its stats dict. The same function runs in
-    the local process pool and as a Ray task. Skips the file if its stats file says it is done (resume)."""
+    the local process pool and as a Ray task. Skips the file if its done-marker matches (resume)."""
+    stats_path, fp, stats = done_marker(in_path, out_dir, cfg)
+    if stats is not None:
+        return dict(stats, skipped=True)
     stem = output_stem(in_path)
-    stats_path = os.path.join(out_dir, 'stats', stem + '.json')
-    if os.path.exists(stats_path):
-        with open(stats_path) as f:
-            return dict(json.load(f), skipped=True)
     if cfg.get('fail_once'):
         try:  # O_EXCL: exactly one task in the whole run creates the marker, and that task fails
             os.close(os.open(cfg['fail_once'], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
@@ -484,7 +497,7 @@ def process_file(in_path, out_dir, cfg):
         with atomic_open(os.path.join(out_dir, 'tokens', f'{stem}.{split}.bin')) as f:
             f.write(np.array(ids[split], dtype=np.uint16).tobytes())
     counts['tokens_train'], counts['tokens_val'] = len(ids['train']), len(ids['val'])
-    stats = {'input': os.path.abspath(in_path), 'stem': stem, 'input_bytes': os.path.getsize(in_path),
+    stats = {'input': os.path.abspath(in_path), 'stem': stem, 'input_bytes': fp['input'][0], 'fingerprint': fp,
              'counts': dict(counts), 'stage_cpu_s': dict(times), 'cpu_s': time.process_time() - cpu0,
              'wall_s': time.time() - wall0, 'warnings': warns}
     with atomic_open(stats_path, 'w') as f:
@@ -505,11 +518,20 @@ def expand_inputs(pattern):
 
 
 def check_models(cfg):
-    """A missing model would fail every record of every file: load each one before starting (FileNotFoundError
-    saying where to get it). Forked workers inherit the loaded models."""
+    """A missing or broken model would fail every record of every file: load each one before starting
+    (FileNotFoundError saying where to get it, ValueError for a file fastText cannot read)."""
     for key in MODELS:
         if cfg[key] or key == 'lid_model':
             load_fasttext(cfg[key], key)
+
+
+def _die_with_parent(parent_pid):
+    """Pool initializer: have the kernel SIGKILL this worker when its parent dies (Linux prctl PR_SET_PDEATHSIG = 1),
+    so that a SIGKILLed driver leaves no worker blocked on a pipe forever. A no-op elsewhere."""
+    if sys.platform.startswith('linux'):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # the parent died before prctl: no signal will come
+            os._exit(1)
 
 
 def _run_local(todo, out_dir, cfg, num_workers, on_done):
@@ -522,11 +544,9 @@ def _run_local(todo, out_dir, cfg, num_workers, on_done):
             except Exception as e:
                 failed[p] = f"{type(e).__name__}: {e}"
         return failed
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    import multiprocessing
     # fork: workers start instantly and inherit the imported libraries (and any model the driver loaded)
     ctx = multiprocessing.get_context('fork' if sys.platform == 'linux' else 'spawn')
-    with ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(num_workers, ctx, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(process_file, p, out_dir, cfg): p for p in todo}
         for fut in as_completed(futures):
             try:
@@ -549,23 +569,12 @@ def _run_ray(todo, out_dir, cfg, num_workers, address, max_retries, on_done):
         ray.init(address=address, log_to_driver=True)
     elif started:  # a local instance on this machine with num_workers CPUs
         ray.init(num_cpus=num_workers, include_dashboard=False, log_to_driver=True)
-    script = os.path.abspath(__file__)
-
-    def run_file(in_path, out_dir, cfg):
-        # The task body, shipped by value: in the worker it imports this very script by its path (once per
-        # worker process) and calls the same process_file as the local engine. Shipping process_file itself
-        # would drag the module's globals along by value (loaded fastText models do not pickle), or need
-        # cc_filter on every worker's sys.path by reference. Importing runs nothing (no configurator).
-        import importlib.util
-        import sys
-        mod = sys.modules.get('cc_filter')
-        if mod is None or getattr(mod, '__file__', None) != script:
-            spec = importlib.util.spec_from_file_location('cc_filter', script)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            sys.modules['cc_filter'] = mod
-        return mod.process_file(in_path, out_dir, cfg)
-    task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(run_file)
+    # The task is process_file pickled by reference: each worker imports this script as a module (Ray puts the
+    # driver's script folder on the workers' sys.path; importing runs nothing). As __main__ it would be pickled
+    # by value, dragging the module's globals along (loaded fastText models do not pickle).
+    module = sys.modules[__name__] if __name__ != '__main__' else \
+        importlib.import_module(os.path.splitext(os.path.basename(__file__))[0])
+    task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(module.process_file)
     startup_s = time.time() - t0  # Ray's fixed cost: starting the head node and the worker processes
     # Backpressure: at most 4 tasks per CPU in flight, more submitted as they finish. With 100,000 files,
     # submitting everything at once would hold 100,000 task specs and make every ray.wait scan them all.
@@ -622,11 +631,10 @@ def run_pipeline(inputs, out_dir, cfg=None, engine='local', num_workers=0, ray_a
         raise ValueError(f"no input files match {inputs!r}")
     if engine not in ('local', 'ray'):
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
-    check_models(cfg)
+    check_models(cfg)  # main() has loaded them already; a library caller gets the same error here
     os.makedirs(out_dir, exist_ok=True)
     num_workers = num_workers or os.cpu_count()
-    stats_path = lambda p: os.path.join(out_dir, 'stats', output_stem(p) + '.json')
-    todo = [p for p in paths if not os.path.exists(stats_path(p))]
+    todo = [p for p in paths if done_marker(p, out_dir, cfg)[2] is None]
     # temp files (<output>.tmp.<pid>) of an interrupted run are garbage, the renamed outputs are what counts
     for sub in ('docs', 'tokens', 'stats'):
         folder = os.path.join(out_dir, sub)
@@ -635,15 +643,14 @@ def run_pipeline(inputs, out_dir, cfg=None, engine='local', num_workers=0, ray_a
                 os.remove(os.path.join(folder, name))
     bar = tqdm(total=len(paths), initial=len(paths) - len(todo), unit='file', desc=f'cc_filter ({engine})',
                disable=not progress)
-    t0, n_kept = time.time(), 0
+    t0, kept = time.time(), Counter()
 
     def on_done(stats):  # runs on the driver for every finished file, whatever the engine
-        nonlocal n_kept
         for w in stats['warnings']:
             tqdm.write(f"warning: {w}", file=sys.stderr)
-        n_kept += stats['counts'].get('kept', 0)
+        kept.update(stats['counts'])
         bar.update(1)
-        bar.set_postfix(kept=n_kept)
+        bar.set_postfix(kept=kept['kept'])
 
     if engine == 'local':
         failed, startup_s = _run_local(todo, out_dir, cfg, min(num_workers, max(len(todo), 1)), on_done), 0.0
@@ -653,8 +660,7 @@ def run_pipeline(inputs, out_dir, cfg=None, engine='local', num_workers=0, ray_a
     wall_s = time.time() - t0
     # everything that is finished, this run or an earlier one: counts, CPU seconds (bench/cc_filter.py turns
     # them into documents/s per core and the cost projection), and the token folder
-    done = [p for p in paths if os.path.exists(stats_path(p))]
-    all_stats = [json.load(open(stats_path(p))) for p in done]
+    all_stats = [s for s in (done_marker(p, out_dir, cfg)[2] for p in paths) if s is not None]
     counts, times = Counter(), Counter()
     for s in all_stats:
         counts.update(s['counts'])
@@ -664,7 +670,7 @@ def run_pipeline(inputs, out_dir, cfg=None, engine='local', num_workers=0, ray_a
               'counts': dict(counts), 'stage_cpu_s': dict(times), 'cpu_s': sum(s['cpu_s'] for s in all_stats),
               'input_bytes': sum(s['input_bytes'] for s in all_stats)}
     if cfg['tokenize']:
-        report['tokens'] = write_token_folder(out_dir, [output_stem(p) for p in done])
+        report['tokens'] = write_token_folder(out_dir, [s['stem'] for s in all_stats])
     with atomic_open(os.path.join(out_dir, 'report.json'), 'w') as f:
         json.dump(report, f, indent=1)
     for p, err in sorted(failed.items()):
@@ -673,89 +679,38 @@ def run_pipeline(inputs, out_dir, cfg=None, engine='local', num_workers=0, ray_a
 
 
 # 9) The quality classifier: high-quality text ('wiki') vs random crawl ('cc') -
-# The course trains on pages linked from Wikipedia (positives) vs random Common Crawl (negatives). Offline we
-# have neither, so the defaults are what the shared data holds (results/cc_filter.md): positives = the one
-# Wikipedia-quality page + the main content (Resiliparse main_content=True) of each English docs-crawl page;
-# negatives = the one low-quality page + each page's boilerplate (the short navigation/footer lines that the
-# full extraction has and the main content has not): "edited prose vs boilerplate", a proxy for wiki-vs-cc.
+# The course trains fastText on pages linked from Wikipedia (positives) vs random Common Crawl (negatives); the
+# model is --quality_model. `python bench/cc_filter.py --mode=train_quality` builds an offline stand-in for that
+# data from the shared files, trains it and reports held-out precision/recall (results/cc_filter.md).
 
-def _chunks(paragraphs, min_words=30, max_words=200):
-    """Group consecutive paragraphs into examples of roughly min_words..max_words words."""
-    out, cur, n = [], [], 0
-    for p in paragraphs:
-        cur.append(p)
-        n += len(p.split())
-        if n >= min_words:
-            out.append(' '.join(cur)[:20 * max_words])
-            cur, n = [], 0
-    if cur and (n >= min_words // 3 or not out):
-        out.append(' '.join(cur))
-    return out
-
-
-def load_quality_texts(spec, english_only=True):
-    """Examples from comma-separated sources, as a list of (group_key, text); group_key keeps all examples
-    of one page on the same side of the train/held-out split. A source is:
-      path.txt               paragraphs (split on blank lines), grouped into ~30-200 word examples
-      path.warc[.gz]/.wet    each record's full text, one example per page
-      main:path.warc[.gz]    each HTML page's main content (Resiliparse main_content=True), chunked
-      boilerplate:path.warc  each HTML page's short non-main lines (navigation, footers), one example per page
-    english_only keeps WARC pages that fastText calls English (the pipeline filters on language first)."""
-    examples = []
-    for source in [s.strip() for s in spec.split(',') if s.strip()]:
-        kind, _, path = source.partition(':') if source.split(':', 1)[0] in ('main', 'boilerplate') \
-            else ('', '', source)
-        if path.endswith('.txt'):
-            paragraphs = [p.strip() for p in re.split(r'\n\s*\n', open(path, encoding='utf-8').read()) if p.strip()]
-            examples += [(f'{path}:{i}', c) for i, c in enumerate(_chunks(paragraphs))]
-            continue
-        for i, (url, rtype, body, ctype) in enumerate(iter_records(path)):
-            text = decode_bytes(body)
-            if text is None or (rtype == 'html' and 'html' not in ctype):
-                continue
-            full = extract_plain_text(text) if rtype == 'html' else text
-            if english_only and identify_language(full)[0] != 'en':
-                continue
-            key = url or f'{path}:{i}'
-            if kind == 'main':
-                main = extract_plain_text(text, main_content=True)
-                examples += [(key, c) for c in _chunks([p for p in main.splitlines() if p.strip()])]
-            elif kind == 'boilerplate':
-                main_lines = set(extract_plain_text(text, main_content=True).splitlines())
-                boiler = [ln.strip() for ln in full.splitlines()
-                          if ln.strip() and ln not in main_lines and len(ln.split()) < 15]
-                examples += [(key, ' '.join(boiler))] if boiler else []
-            else:
-                examples.append((key, full))
-    return examples
+def _train_supervised(train_file, out_path, kwargs):
+    fasttext.train_supervised(input=train_file, **kwargs).save_model(out_path)
 
 
 def train_fasttext(examples, out_path, epochs=20, lr=0.5, word_ngrams=2, dim=50, bucket=100_000, seed=0):
     """Train a fastText classifier on (label, text) examples and save it to out_path atomically.
     NOTE bucket: fastText hashes word bigrams into `bucket` rows of the embedding table; its default of 2M rows
     x dim floats is a 0.5-0.8 GB model. 100k rows is plenty for tens of thousands of examples.
-    NOTE 'Encountered NaN': on tiny or repetitive data fastText's SGD sometimes diverges (we saw it on a dozen
-    snippets); we retry with half the learning rate and another seed, and give up after 4 tries."""
+    NOTE reproducible: thread=1 and a fixed seed are not enough. Trained again in the same process, fastText
+    0.9's model changes (it reads memory that an earlier run left behind), sometimes to 'Encountered NaN'; so
+    each training runs in a freshly spawned process, where the same data and seed give the same bytes."""
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with tempfile.NamedTemporaryFile('w', suffix='.txt', delete=False, encoding='utf-8') as f:
         for label, text in examples:  # fastText's format: one example per line, '__label__X' then the text
             f.write(f"__label__{label} {text.replace(chr(10), ' ').replace(chr(13), ' ')}\n")
+    kwargs = dict(epoch=epochs, lr=lr, wordNgrams=word_ngrams, dim=dim, bucket=bucket, minCount=1, loss='softmax',
+                  thread=1, seed=seed, verbose=0)
     try:
-        for attempt in range(4):
-            try:  # thread=1 with a fixed seed makes training deterministic
-                model = fasttext.train_supervised(input=f.name, epoch=epochs, lr=lr / 2**attempt,
-                                                  wordNgrams=word_ngrams, dim=dim, bucket=bucket, minCount=1,
-                                                  loss='softmax', thread=1, seed=seed + attempt, verbose=0)
-                break
-            except RuntimeError as e:
-                if 'NaN' not in str(e) or attempt == 3:
-                    raise
+        with ProcessPoolExecutor(1, multiprocessing.get_context('spawn')) as pool, atomic_open(out_path) as out:
+            pool.submit(_train_supervised, f.name, out.name, kwargs).result()  # fastText writes the temp file
+    except RuntimeError as e:  # 'Encountered NaN': SGD diverged; no silent retry at another rate
+        if 'NaN' not in str(e):
+            raise
+        raise RuntimeError(f"fastText training diverged ({e}) at lr={lr}: lower the learning rate") from None
     finally:
         os.remove(f.name)
-    with atomic_open(out_path) as out:
-        model.save_model(out.name)  # fastText writes the temp file by its name; atomic_open renames it
     _FASTTEXT.pop(out_path, None)  # a cached older model of the same path is stale now
-    return model
+    return load_fasttext(out_path, 'quality_model')
 
 
 def train_quality_classifier(positives, negatives, out_path, **kwargs):
@@ -773,26 +728,6 @@ def evaluate_quality(model_path, positives, negatives):
             'accuracy': (tp + tn) / max(tp + fp + fn + tn, 1), 'n_pos': tp + fn, 'n_neg': fp + tn}
 
 
-def train_quality(positives_spec, negatives_spec, out_path, holdout=0.2, epochs=20, max_ratio=4):
-    """The train_quality command: load the sources, split by page hash, train, evaluate on the held-out part."""
-    pos, neg = load_quality_texts(positives_spec), load_quality_texts(negatives_spec)
-    if not (pos and neg):
-        raise ValueError(f"need both positives ({len(pos)}) and negatives ({len(neg)}): check the source paths")
-    split = lambda ex, held: [t for k, t in ex if is_holdout(k, holdout) == held]
-    train_pos, train_neg, test_pos, test_neg = split(pos, False), split(neg, False), split(pos, True), split(neg, True)
-    # balance: fastText's softmax learns the class prior, and our default sources are ~40:1 positive; keep at
-    # most max_ratio x the smaller class on the training side (a seeded sample)
-    rng, n_max = random.Random(0), max_ratio * min(len(train_pos), len(train_neg))
-    train_pos = rng.sample(train_pos, n_max) if len(train_pos) > n_max else train_pos
-    train_neg = rng.sample(train_neg, n_max) if len(train_neg) > n_max else train_neg
-    t0 = time.time()
-    train_quality_classifier(train_pos, train_neg, out_path, epochs=epochs)
-    result = {'train_pos': len(train_pos), 'train_neg': len(train_neg), 'train_s': time.time() - t0}
-    result.update(evaluate_quality(out_path, test_pos, test_neg))
-    result['train_accuracy'] = evaluate_quality(out_path, train_pos, train_neg)['accuracy']
-    return result
-
-
 # -----------------------------------------------------------------------------
 def die(msg):
     """A user error: one line naming the key and the fix, exit code 2, no traceback."""
@@ -800,23 +735,56 @@ def die(msg):
     sys.exit(2)
 
 
+def check_config(cfg):
+    """Check every value before anything is written; a user error is one line naming the key and the fix (die).
+    Returns the input paths."""
+    checks = [(cfg['engine'] in ('local', 'ray'), "--engine: 'local' or 'ray'")]
+    checks += [(0 <= cfg[k] <= 1, f"--{k}={cfg[k]} is a probability: give one in [0, 1]")
+               for k in ('min_lang_score', 'harm_threshold', 'quality_threshold')]
+    checks += [(0 <= cfg['val_fraction'] < 1, "--val_fraction: give a fraction in [0, 1)"),
+               (cfg['num_workers'] >= 0, "--num_workers: give 0 (all cores) or a number of processes"),
+               (cfg['ray_max_retries'] >= 0, "--ray_max_retries: give 0 or more"),
+               (cfg['engine'] != 'ray' or importlib.util.find_spec('ray'), "--engine=ray needs Ray: pip install ray")]
+    for ok, msg in checks:
+        if not ok:
+            die(msg)
+    try:  # load the models now: a missing or broken one would fail every record (forked workers inherit them)
+        check_models(cfg)
+    except (OSError, ValueError) as e:
+        die(str(e))
+    labels = {label.replace('__label__', '') for label in load_fasttext(cfg['lid_model']).get_labels()}
+    if unknown := [x for x in cfg['languages'].split(',') if x.strip() and x.strip() not in labels]:
+        die(f"--languages: {unknown} are not labels of {cfg['lid_model']} (e.g. en, de, zh)")
+    if not cfg['input']:
+        die("give the files to filter: --input='path/*.warc.wet.gz' (quote the glob)")
+    try:
+        inputs = expand_inputs(cfg['input'])
+    except ValueError as e:
+        die(f"--input: {e}")
+    if not inputs:
+        die(f"--input={cfg['input']!r} matches no file (quote the glob, so that the shell leaves it to us)")
+    out = cfg['out_dir']
+    # outputs never overwrite inputs: the output (folder) is not an input, holds none, and lies inside none
+    for p, o in ((os.path.realpath(p), os.path.realpath(out)) for p in inputs):
+        if p == o or p.startswith(o + os.sep) or o.startswith(p + os.sep):
+            die(f"the output {out!r} is, holds or lies inside the input {p}: write the outputs elsewhere")
+    if os.path.exists(out) and not os.path.isdir(out):
+        die(f"--out_dir={out!r} is a file: give a folder")
+    return inputs
+
+
 def main():
     """The command, from the module's globals (configurator.py has set them when this file is the command)."""
     cfg = current_config()
-    if mode == 'train_quality':
-        result = train_quality(quality_positives, quality_negatives, quality_out, quality_holdout, quality_epochs)
-        print(f"quality classifier written to {quality_out}\n{json.dumps(result, indent=1)}")
-        return result
-    if mode != 'filter':
-        die(f"unknown --mode={mode!r}: 'filter' or 'train_quality' (benchmarks: python bench/cc_filter.py)")
-    if not input:
-        die("give the files to filter: --input='path/*.warc.wet.gz' (quote the glob)")
-    report = run_pipeline(input, out_dir, cfg, engine=engine, num_workers=num_workers,
+    paths = check_config(cfg)
+    report = run_pipeline(paths, out_dir, cfg, engine=engine, num_workers=num_workers,
                           ray_address=ray_address, ray_max_retries=ray_max_retries)
     c = report['counts']  # the funnel: what each filter dropped
     print(f"files {report['files']} (processed {report['processed']}, skipped {report['skipped']}, failed "
           f"{len(report['failed'])}): {c.get('records', 0):,} records, {c.get('kept', 0):,} kept; dropped: "
-          + ', '.join(f"{k[5:]} {v:,}" for k, v in sorted(c.items()) if k.startswith('drop_')))
+          + (', '.join(f"{k[5:]} {v:,}" for k, v in sorted(c.items()) if k.startswith('drop_')) or 'none'))
+    if not c.get('records'):
+        print(f"no records were read from the {len(paths)} input file(s): empty, or not WARC/WET (see the warnings)")
     print(f"outputs in {out_dir}: docs/, tokens/, stats/, report.json" +
           (", train.bin, val.bin, meta.json (train.py's token folder)" if tokenize else ''))
     return report

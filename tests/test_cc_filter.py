@@ -1,9 +1,12 @@
 """
-Tests for cc_filter.py: every stage on its own, then the pipeline (resume, bad input, token folder).
+Tests for cc_filter.py: every stage on its own, then the pipeline (resume, bad input, token folder), the copy of
+the script alone (issue 29), and safe reruns and refused bad input (issue 32: done-markers with fingerprints,
+reproducible quality training, workers that die with their parent, one-line errors with exit code 2).
 
     python -m pytest tests/test_cc_filter.py -v
 
 Inputs are small slices (whole gzip members) of the shared crawl in ../shared/data/a4, written to tmp_path.
+bench/cc_filter.py (throughput, projection, the quality classifier's training data) is tested here too.
 """
 import base64
 import gzip
@@ -166,20 +169,14 @@ GOOD = ["thanks for fixing the article", "the citation needs a page number", "se
 @pytest.fixture(scope='module')
 def tiny_models(tmp_path_factory):
     """Small fastText stand-ins for Dolma's NSFW / toxic models (and a quality model), trained on a dozen snippets.
-    NOTE: trained in a fresh Python process: inside pytest's process fastText training sometimes ends in
-    'Encountered NaN' on such tiny data whatever the seed and learning rate (never in a plain process)."""
+    train_fasttext trains in a freshly spawned process, so these are the same models in every run (see
+    test_quality_training_is_reproducible)."""
     d = tmp_path_factory.mktemp('models')
-    script = f"""
-import sys; sys.path.insert(0, {ROOT!r})
-import cc_filter
-bad, good = {BAD!r}, {GOOD!r}
-for name, pos, neg in [('nsfw', 'nsfw', 'non-nsfw'), ('toxic', 'toxic', 'non-toxic')]:
-    cc_filter.train_fasttext([(pos, t) for t in bad] * 20 + [(neg, t) for t in good] * 20, {str(d)!r} + f'/{{name}}.bin',
-                             epochs=50, lr=0.1, dim=50, bucket=20_000)
-cc_filter.train_quality_classifier(good * 10, ['Home | Login | Register | Search'] * 10, {str(d)!r} + '/quality.bin',
-                                   epochs=10, bucket=20_000)
-"""
-    subprocess.run([sys.executable, '-c', script], check=True)
+    for name, pos, neg in [('nsfw', 'nsfw', 'non-nsfw'), ('toxic', 'toxic', 'non-toxic')]:
+        cc_filter.train_fasttext([(pos, t) for t in BAD] * 20 + [(neg, t) for t in GOOD] * 20, str(d / f'{name}.bin'),
+                                 epochs=50, lr=0.1, dim=50, bucket=20_000)
+    cc_filter.train_quality_classifier(GOOD * 10, ['Home | Login | Register | Search'] * 10, str(d / 'quality.bin'),
+                                       epochs=10, bucket=20_000)
     return {name: str(d / f'{name}.bin') for name in ('nsfw', 'toxic', 'quality')}
 
 
@@ -231,7 +228,8 @@ def test_gopher_boundaries():
 # 7) quality classifier
 
 def test_quality_classifier(data_dir, tmp_path):
-    pos = [t for _, t in cc_filter.load_quality_texts(os.path.join(data_dir, 'a4', 'high_quality_wiki_reference.txt'))]
+    bench = load_bench()  # the offline training data and the train_quality command live in bench/cc_filter.py
+    pos = [t for _, t in bench.load_quality_texts(os.path.join(data_dir, 'a4', 'high_quality_wiki_reference.txt'))]
     assert len(pos) > 20
     neg = ["Home | About | Contact | Login | Register | FAQ | Search", "Click here to download now! Free!",
            "Previous | Next | Up | Top | Index | Modules", "Copyright 2022. All rights reserved. Privacy policy",
@@ -247,8 +245,8 @@ def test_quality_classifier(data_dir, tmp_path):
     # the train_quality command: sources by path, split by hash, balanced, evaluated on the held-out part
     neg_file = tmp_path / 'neg.txt'
     neg_file.write_text('\n\n'.join(f'{t} {i}' for i, t in enumerate(neg * 5)))
-    result = cc_filter.train_quality(os.path.join(data_dir, 'a4', 'high_quality_wiki_reference.txt'), str(neg_file),
-                                     str(tmp_path / 'q2.bin'), holdout=0.3, epochs=20)
+    result = bench.train_quality(os.path.join(data_dir, 'a4', 'high_quality_wiki_reference.txt'), str(neg_file),
+                                 str(tmp_path / 'q2.bin'), holdout=0.3, epochs=20)
     assert result['n_pos'] > 0 and result['n_neg'] > 0 and result['train_pos'] <= 4 * result['train_neg']
     assert 0 <= result['precision'] <= 1 and 0 <= result['recall'] <= 1 and result['train_accuracy'] > 0.8
 
@@ -434,3 +432,178 @@ def test_copy_alone_runs_main(data_dir, tmp_path):
     val = np.fromfile(work / 'out' / 'val.bin', dtype=np.uint16)
     assert (tokens == 50256).sum() + (val == 50256).sum() == kept
     assert set(os.listdir(work)) - {'__pycache__'} == {'cc_filter.py', 'out'}  # nothing written beside it but out_dir
+
+
+# -----------------------------------------------------------------------------
+# issue 32: reruns are safe (done-markers), training is reproducible, workers die with their parent
+
+def test_replaced_input_is_redone(data_dir, cfg, tmp_path):
+    """A truncated download processed, then replaced by the whole file: the rerun processes it again."""
+    full = warc_slice(os.path.join(data_dir, 'a4', 'docs_crawl.warc.wet.gz'), 1, 31)
+    d, out = tmp_path / 'in', str(tmp_path / 'out')
+    d.mkdir()
+    (d / 'x.warc.wet.gz').write_bytes(full[:len(full) // 2])
+    first = cc_filter.run_pipeline(str(d / '*'), out, cfg, num_workers=1, progress=False)
+    assert first['processed'] == 1 and 0 < first['counts']['records'] < 30 and first['counts']['truncated_records']
+    (d / 'x.warc.wet.gz.new').write_bytes(full)
+    os.replace(d / 'x.warc.wet.gz.new', d / 'x.warc.wet.gz')
+    again = cc_filter.run_pipeline(str(d / '*'), out, cfg, num_workers=1, progress=False)
+    assert again['processed'] == 1 and again['skipped'] == 0
+    assert again['counts']['records'] == 30 and not again['counts'].get('truncated_records')
+    same = cc_filter.run_pipeline(str(d / '*'), out, cfg, num_workers=1, progress=False)
+    assert same['skipped'] == 1 and same['counts'] == again['counts']
+
+
+def test_changed_setting_is_redone(crawl, cfg, tmp_path):
+    out = str(tmp_path / 'out')
+    en = cc_filter.run_pipeline(str(crawl / 'a.warc.wet.gz'), out, cfg, num_workers=1, progress=False)
+    every = cc_filter.run_pipeline(str(crawl / 'a.warc.wet.gz'), out, dict(cfg, languages=''), num_workers=1,
+                                   progress=False)
+    assert every['processed'] == 1 and every['counts']['kept'] > en['counts']['kept']
+    assert not every['counts'].get('drop_lang')
+    docs = [json.loads(line) for line in open(os.path.join(out, 'docs', 'a.warc.wet.jsonl'), encoding='utf-8')]
+    assert len(docs) == every['counts']['kept'] and {d['lang'] for d in docs} != {'en'}
+
+
+def test_quality_training_is_reproducible(tmp_path):
+    """Same data and seed, same model bytes, even trained three times in one process (fastText alone is not)."""
+    examples = [('wiki', t) for t in GOOD * 5] + [('cc', t) for t in BAD * 5]
+    paths = [str(tmp_path / f'{i}.bin') for i in range(3)]
+    for p in paths:
+        cc_filter.train_fasttext(examples, p, epochs=20, bucket=20_000, seed=1)
+    blobs = [open(p, 'rb').read() for p in paths]
+    assert blobs[0] == blobs[1] == blobs[2]
+
+
+def test_quality_split_is_path_independent_and_held_out_is_unseen(data_dir, tmp_path, monkeypatch):
+    bench = load_bench()
+    src = os.path.join(data_dir, 'a4', 'high_quality_wiki_reference.txt')
+    (tmp_path / 'moved').mkdir()
+    shutil.copy(src, tmp_path / 'moved')
+    keys = [k for k, _ in bench.load_quality_texts(src)]
+    assert keys == [k for k, _ in bench.load_quality_texts(str(tmp_path / 'moved' / os.path.basename(src)))]
+    # the same text under two keys (a footer shared by two pages) is held out only if it was not trained on
+    pos = [(f'page{i}', 'the same paragraph of careful encyclopedic prose about the history of the city')
+           for i in range(40)]
+    neg = [(f'junk{i}', f'Home | Login | Register | Search | page {i}') for i in range(40)]
+    monkeypatch.setattr(bench, 'load_quality_texts', lambda spec, **kw: pos if spec == 'pos' else neg)
+    result = bench.train_quality('pos', 'neg', str(tmp_path / 'q.bin'), holdout=0.3, epochs=5)
+    assert result['train_pos'] >= 1 and result['n_pos'] == 0 and 0 < result['n_neg'] < 40
+
+
+def _children(pid):
+    """Pids of the live (not zombie) child processes of pid, from /proc."""
+    out = []
+    for entry in os.listdir('/proc'):
+        try:
+            stat = open(f'/proc/{entry}/stat').read()
+        except (OSError, ValueError):
+            continue
+        fields = stat.rsplit(')', 1)[-1].split()  # after '(comm)': state, ppid, ...
+        if entry.isdigit() and int(fields[1]) == pid and fields[0] != 'Z':
+            out.append(int(entry))
+    return out
+
+
+def _alive(pid):
+    try:
+        return open(f'/proc/{pid}/stat').read().rsplit(')', 1)[-1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='PR_SET_PDEATHSIG is Linux only')
+def test_workers_die_with_parent(crawl, cfg, tmp_path):
+    import signal
+    import time
+    code = (f"import sys, time; sys.path.insert(0, {ROOT!r})\n"
+            f"import cc_filter\n"
+            f"cc_filter.filter_document = lambda *args: time.sleep(300)  # every worker blocks in its first document\n"
+            f"cc_filter.run_pipeline({str(crawl / '*')!r}, {str(tmp_path / 'out')!r}, "
+            f"dict(cc_filter.current_config(), lid_model={cfg['lid_model']!r}), num_workers=2, progress=False)\n")
+    parent = subprocess.Popen([sys.executable, '-c', code])
+    deadline = time.time() + 120
+    while len(_children(parent.pid)) < 2 and time.time() < deadline and parent.poll() is None:
+        time.sleep(0.2)
+    workers = _children(parent.pid)
+    assert len(workers) >= 2, f"the pool did not start (parent exit code {parent.poll()})"
+    time.sleep(1)  # let them reach the blocking call
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while any(map(_alive, workers)) and time.time() < deadline:
+        time.sleep(0.1)
+    alive = [w for w in workers if _alive(w)]
+    for w in alive:  # clean up before failing
+        os.kill(w, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived their SIGKILLed parent"
+
+
+def test_empty_input_says_no_records(data_dir, tmp_path):
+    (tmp_path / 'in').mkdir()
+    (tmp_path / 'in' / 'empty.warc.wet.gz').write_bytes(b'')
+    r = subprocess.run([sys.executable, 'cc_filter.py', f"--input={tmp_path / 'in' / '*'}",
+                        f"--out_dir={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and 'no records were read' in r.stdout and 'core-hours' not in r.stdout
+    report = json.load(open(tmp_path / 'out' / 'report.json'))
+    assert report['counts'].get('records', 0) == 0 and report['counts']['bad_files'] == 1
+    assert 'core_h_5000_files' not in load_bench().throughput(report)  # nothing to project from nothing
+
+
+# -----------------------------------------------------------------------------
+# issue 32: bad input is refused at startup with one line, exit code 2, and nothing written or changed
+
+def _tree(path):
+    """{relative path: bytes} of every file under path."""
+    return {os.path.relpath(os.path.join(d, f), path): open(os.path.join(d, f), 'rb').read()
+            for d, _, files in os.walk(path) for f in files}
+
+
+BAD_INPUTS = {  # name: (arguments, a word the message must contain); {in}, {out}, {tmp} are filled in
+    'no_input': ([], '--input'),
+    'glob_matches_nothing': (['--input={tmp}/nothing*.wet'], 'matches no file'),
+    'lid_model_garbage': (['--input={in}/*', '--lid_model={tmp}/garbage.ftz'], 'not a fastText model'),
+    'lid_model_is_a_folder': (['--input={in}/*', '--lid_model={tmp}/other'], 'not a fastText model'),
+    'lid_model_missing': (['--input={in}/*', '--lid_model={tmp}/missing.ftz'], 'lid.176'),
+    'nsfw_model_missing': (['--input={in}/*', '--nsfw_model={tmp}/missing.bin'], 'dolma'),
+    'out_dir_is_input_folder': (['--input={in}/*', '--out_dir={in}'], 'input'),
+    'out_dir_holds_inputs': (['--input={in}/*', '--out_dir={tmp}'], 'input'),
+    'out_dir_inside_input': (['--input={in}/*', '--out_dir={in}/a.warc.wet.gz/out'], 'input'),
+    'out_dir_is_a_file': (['--input={in}/*', '--out_dir={tmp}/garbage.ftz'], 'file'),
+    'min_lang_score_above_1': (['--input={in}/*', '--out_dir={out}', '--min_lang_score=1.5'], 'min_lang_score'),
+    'harm_threshold_negative': (['--input={in}/*', '--out_dir={out}', '--harm_threshold=-0.1'], 'harm_threshold'),
+    'val_fraction_1': (['--input={in}/*', '--out_dir={out}', '--val_fraction=1.0'], 'val_fraction'),
+    'num_workers_negative': (['--input={in}/*', '--out_dir={out}', '--num_workers=-2'], 'num_workers'),
+    'num_workers_not_a_number': (['--input={in}/*', '--out_dir={out}', '--num_workers=two'], 'num_workers'),
+    'engine_unknown': (['--input={in}/*', '--out_dir={out}', '--engine=spark'], 'engine'),
+    'language_unknown': (['--input={in}/*', '--out_dir={out}', '--languages=en,xx'], 'xx'),
+    'same_output_names': (['--input={in}/*,{tmp}/other/*', '--out_dir={out}'], 'output names'),
+    'old_mode_key': (['--mode=bench'], 'mode'),
+}
+
+
+@pytest.fixture(scope='module')
+def bad_input_dir(data_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('bad_inputs')
+    (tmp / 'in').mkdir()
+    (tmp / 'other').mkdir()
+    one = warc_slice(os.path.join(data_dir, 'a4', 'docs_crawl.warc.wet.gz'), 1, 4)
+    (tmp / 'in' / 'a.warc.wet.gz').write_bytes(one)
+    (tmp / 'other' / 'a.warc.wet').write_bytes(gzip.decompress(one))  # same output name as in/a.warc.wet.gz
+    (tmp / 'garbage.ftz').write_bytes(b'not a model at all\n')
+    return tmp
+
+
+@pytest.mark.parametrize('name', sorted(BAD_INPUTS))
+def test_bad_input_refused(name, bad_input_dir):
+    args, word = BAD_INPUTS[name]
+    tmp = bad_input_dir
+    fill = dict(tmp=tmp, out=tmp / 'out', **{'in': tmp / 'in'})
+    before = _tree(tmp)
+    r = subprocess.run([sys.executable, 'cc_filter.py'] + [a.format(**fill) for a in args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert word.lower() in lines[0].lower(), lines[0]
+    assert _tree(tmp) == before  # nothing written, nothing changed (no out/, inputs untouched)
