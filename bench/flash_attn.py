@@ -33,6 +33,7 @@ leaderboard_warmup = 1000  # do_bench warmup (ms) for the leaderboard setting (t
 sweep_rep = 30  # do_bench rep (ms) per sweep point (keeps the 720-point sweep to a few minutes)
 tune_budget_s = 120.0  # wall-clock budget of --mode=tune, seconds
 tune_cases = 'all'  # 'all': every head dim and dtype | 'leaderboard': only bf16 d=64 at the leaderboard shape
+hopper = True  # also time flash_attn_hopper.py's Gluon forward on Hopper GPUs (new, issue 34: False if it hangs)
 out_dir = 'results'  # where the tables and plots go
 seed = 1337  # random inputs
 # -----------------------------------------------------------------------------
@@ -111,6 +112,13 @@ def run_leaderboard(rep, warmup):
          lambda: (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)), 3),
         ('naive PyTorch attention (compiled)', lambda: (lambda q, k, v: naive_attention(q, k, v, True)), 4),
     ]
+    alone = [('flash_attn.py Triton', lambda q, k, v: FlashAttentionTriton.apply(q, k, v, True), 3),
+             ('SDPA cuDNN backend', _sdpa_backend_fn(SDPBackend.CUDNN_ATTENTION), 4)]
+    if hopper and torch.cuda.get_device_capability()[0] >= 9:
+        from flash_attn_hopper import FlashAttentionHopper
+        gluon_fn = lambda q, k, v: FlashAttentionHopper.apply(q, k, v, True)  # noqa: E731
+        impls.insert(3, ('flash_attn_hopper.py Gluon fwd + Triton bwd, 3-D', lambda: gluon_fn, 3))
+        alone.append(('flash_attn_hopper.py Gluon fwd + Triton bwd', gluon_fn, 3))
     ref = None
     for name, make, ndim in impls:
         q, k, v = (q3, k3, v3) if ndim == 3 else (q4, k4, v4)
@@ -138,12 +146,17 @@ def run_leaderboard(rep, warmup):
         rows.append((name, ms, err))
         print(f"leaderboard {name:50s} {_fmt_ms(ms):>9} ms  (rel err of o vs fp32 naive {err:.1e}, "
               f"{time.time() - t0:.0f}s)")
-    # where the time goes: our forward alone and backward alone (eager; kernels only, no torch.compile)
-    for which in ('fwd', 'bwd'):
-        fn = lambda q, k, v: FlashAttentionTriton.apply(q, k, v, True)
-        ms = _time_pass(fn, q3, k3, v3, which, max(rep // 10, 100), max(warmup // 10, 25))
-        rows.append((f"flash_attn.py Triton, {which} only (eager)", ms, float('nan')))
-        print(f"leaderboard {rows[-1][0]:50s} {ms:9.3f} ms")
+    # where the time goes: the forward alone and the backward alone (eager; kernels only, no torch.compile)
+    for name, fn, ndim in alone:
+        q, k, v = (q3, k3, v3) if ndim == 3 else (q4, k4, v4)
+        for which in ('fwd', 'bwd'):
+            try:
+                ms = _time_pass(fn, q, k, v, which, max(rep // 10, 100), max(warmup // 10, 25))
+            except Exception as e:  # keep the other rows; say what broke
+                print(f"  {name} {which}: {type(e).__name__}: {str(e)[:300]}")
+                ms = None
+            rows.append((f"{name}, {which} only (eager)", ms, float('nan')))
+            print(f"leaderboard {rows[-1][0]:50s} {_fmt_ms(ms):>9} ms")
     return rows
 
 
