@@ -9,26 +9,20 @@ What this file teaches (CS336 assignment 5, second half):
      surrogate -min(ratio A, clip(ratio, 1-eps, 1+eps) A) (Schulman et al. 2017) for off-policy epochs;
   3) length normalization: per-sequence masked_mean (GRPO) vs a constant divisor (Dr. GRPO, Liu et al. 2025,
      "Understanding R1-Zero-Like Training": the mean favours long wrong answers, a constant does not);
-  4) the train loop: rollouts with sft.py's KV-cache Engine (or vLLM for HF models), old log-probs once per
-     rollout batch under torch.inference_mode, gradient accumulation, clipping, an optional KL penalty to a frozen
-     reference policy, periodic validation, JSONL logs and PNG curves; rollouts on a second GPU when there is one;
-  5) a demo on sft.py's synthetic arithmetic task: pretrain -> short SFT -> GRPO, plus the course's ablations.
+  4) the train loop: rollouts through sft.generate (model.py's KV cache), old log-probs once per rollout batch under
+     torch.inference_mode, gradient accumulation, clipping, an optional KL penalty to a frozen reference policy,
+     validation on the validation split (so that the learning rate is chosen there, never on the test split).
+grpo.py uses only sft.py's public functions (grader, log-probs, generation, checkpoints). The demo with the course's
+ablations, the learning-rate sweep on the validation split and the plots are in bench/grpo.py.
 
-grpo.py imports its grader, log-probs, tokenizer, task, checkpoint loading and generation engine from sft.py.
-
-Run (one CPU or one GPU; no torchrun: post-training of small models fits one device, a second GPU does rollouts):
-    python grpo.py --mode=demo                             # CPU smoke size: base -> SFT -> GRPO + ablations, minutes
-    python grpo.py --mode=demo --demo_preset=gpu           # the H100 preset (< 9 minutes, see results/grpo_demo_gpu.md)
-    python grpo.py --init_from=out-sft/ckpt.pt             # GRPO on the synthetic task from an SFT checkpoint
-    python grpo.py --init_from=out-sft/ckpt.pt --loss_type=grpo_clip --epochs_per_rollout_batch=4 \\
-        --train_batch_size=64 --gradient_accumulation_steps=16   # off-policy: 16 optimizer steps per rollout batch
-    python grpo.py --init_from=resume                      # continue out_dir/ckpt.pt
+Run (one CPU or one GPU; off-policy: --loss_type=grpo_clip --epochs_per_rollout_batch=4 --train_batch_size=64):
+    python grpo.py --init_from=out-sft/ckpt.pt --train_path=task/train.jsonl --val_path=task/val.jsonl
+then report the test split once: python sft.py --mode=eval --init_from=out-grpo/ckpt.pt --eval_paths=task/test.jsonl
 """
-import contextlib
 import copy
-import math
 import os
 import random
+import sys
 import time
 
 import torch
@@ -38,24 +32,17 @@ import sft
 # -----------------------------------------------------------------------------
 # default config values: the course's GRPO defaults (override with --key=value or a config file)
 # I/O
-mode = 'train'  # train | demo
-out_dir = 'out-grpo'  # checkpoint, log JSONL, curves, evaluation samples
-results_dir = 'results'  # where --mode=demo writes its tables and plots
-init_from = ''  # the starting policy: a model.py checkpoint (e.g. sft.py's), 'resume' (out_dir/ckpt.pt) or 'hf:<name>'
+out_dir = 'out-grpo'  # ckpt.pt, grpo_log.jsonl (one line per GRPO step, then the validations), val samples
+init_from = ''  # the starting policy: a model.py checkpoint (e.g. sft.py's out-sft/ckpt.pt)
+overwrite = False  # replace an existing out_dir/ckpt.pt (else grpo.py refuses)
 tokenizer_dir = ''  # bpe.py tokenizer folder; '' = the one the checkpoint names, else byte-level
 seed = 1337  # rollouts, question order and shuffles are all seeded from this
-device = 'cuda' if torch.cuda.is_available() else 'cpu'  # where the policy trains
-rollout_device = 'auto'  # where rollouts run: auto (cuda:1 when training on cuda:0 and 2 GPUs exist) | cpu | cuda:1
+device = 'cuda' if torch.cuda.is_available() else 'cpu'  # cpu | cuda | cuda:1 ...
 dtype = 'bfloat16'  # autocast dtype on cuda: bfloat16 | float32
-# data
-train_path = ''  # JSONL of {"prompt", "ground_truth"} questions; '' = sft.py's synthetic task (training split)
-val_path = ''  # JSONL of {"prompt", "ground_truth"}; '' = the synthetic task's held-out split
-prompt_template = 'r1_zero'  # used for the synthetic task: r1_zero | question_only | a path
-task_n_train = 20000  # synthetic questions to draw rollouts from
-task_n_val = 1024  # synthetic held-out questions (the course validates on >= 1,024)
-task_min_steps = 2  # operations per synthetic problem, from ...
-task_max_steps = 3  # ... to (inclusive)
-task_max_number = 20  # operands in 1..task_max_number
+# data: JSONL of {question, answer} (data/arith/prepare.py) or {prompt, ground_truth}
+train_path = ''  # the questions rollouts are drawn from (the training split)
+val_path = ''  # the validation split (choose the learning rate here; report the test split once, with sft.py)
+prompt_template = 'r1_zero'  # r1_zero | question_only | a file with a '{question}' slot (as sft.py)
 # GRPO (the course's defaults)
 n_grpo_steps = 200  # rollout batches (each followed by epochs_per_rollout_batch passes of optimizer steps)
 learning_rate = 1e-5  # AdamW learning rate (constant after the warm-up)
@@ -78,35 +65,31 @@ weight_decay = 0.0  # AdamW weight decay
 adam_beta1 = 0.9  # AdamW beta1
 adam_beta2 = 0.95  # AdamW beta2
 grad_clip = 1.0  # clip the global gradient norm (0 = off)
-time_budget_s = 0.0  # stop after this many seconds of GRPO (0 = no limit); the final evaluation still runs
-# evaluation and logging
+time_budget_s = 0.0  # stop after this many seconds of GRPO (0 = no limit); the final validation still runs
+# validation
 eval_interval = 10  # validate every N GRPO steps (and at the end); -1 = only at the end
-eval_n = 1024  # held-out questions per validation (-1 = all)
+eval_n = 1024  # validation questions per evaluation (-1 = all)
 eval_max_tokens = 0  # max new tokens at validation; 0 = sampling_max_tokens
-engine_backend = 'auto'  # auto | kv (sft.py Engine) | hf | vllm (HF models only, if installed)
 gen_batch_size = 256  # rows per generation batch
-save_checkpoint = True  # write out_dir/ckpt.pt at each validation and at the end (atomic)
-# demo
-demo_preset = 'cpu'  # cpu (tiny, a few minutes) | gpu (one H100, < 9 minutes in one call)
-# -----------------------------------------------------------------------------
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-config = {k: globals()[k] for k in _config_keys}  # noqa: F821 (set by configurator.py)
 # -----------------------------------------------------------------------------
 
 LOSS_TYPES = ('no_baseline', 'reinforce_with_baseline', 'grpo_clip', 'grpo_no_clip')
 LENGTH_NORMALIZATIONS = ('masked_mean', 'masked_normalize')
 
 
-# =============================================================================
+def default_config():
+    """This file's config keys and their current values (the globals above, as the command line left them)."""
+    return {k: v for k, v in globals().items() if k[0] != '_' and k != k.upper() and isinstance(v, (int, float, str))}
+
+
 # 1) Advantages: rewards normalized within each group of responses to the same question
-# =============================================================================
 
 def compute_group_normalized_rewards(reward_fn, rollout_responses, repeated_ground_truths, group_size,
                                      advantage_eps, normalize_by_std):
     """Score every response and turn the rewards into advantages, group by group.
 
     rollout_responses[i] answers the question whose ground truth is repeated_ground_truths[i]; responses come in
-    consecutive blocks of group_size per question (what sft.Engine.generate(n=group_size) returns).
+    consecutive blocks of group_size per question (what sft.generate(n=group_size) returns).
     A_i = r_i - mean(group), then / (std(group) + advantage_eps) when normalize_by_std. The std is the UNBIASED
     one (torch's default, divides by G-1), as in the course: [0.2, 0.5, 0, 0.4] -> A_0 = -0.075 / 0.2217 = -0.338.
     Returns (advantages (B,), raw_rewards (B,), metadata dict of reward statistics)."""
@@ -134,9 +117,7 @@ def compute_group_normalized_rewards(reward_fn, rollout_responses, repeated_grou
     return adv.reshape(-1), raw, meta
 
 
-# =============================================================================
 # 2) Per-token policy-gradient losses
-# =============================================================================
 
 def _check_adv(name, adv, policy_log_probs):
     """(B,) or (B, 1) advantages/rewards for (B, T) log-probs -> (B, 1), or a clear error."""
@@ -190,23 +171,14 @@ def compute_policy_gradient_loss(policy_log_probs, loss_type, raw_rewards=None, 
     if loss_type == 'reinforce_with_baseline':
         need(advantages=advantages)
         return compute_naive_policy_gradient_loss(advantages, policy_log_probs), {}
-    if loss_type == 'grpo_clip':
-        need(advantages=advantages, old_log_probs=old_log_probs, cliprange=cliprange)
-        return compute_grpo_clip_loss(advantages, policy_log_probs, old_log_probs, cliprange)
-    if loss_type == 'grpo_no_clip':
-        need(advantages=advantages, old_log_probs=old_log_probs)
-        adv = _check_adv('advantages', advantages, policy_log_probs)
-        if old_log_probs.shape != policy_log_probs.shape:
-            raise ValueError(f"old_log_probs {tuple(old_log_probs.shape)} and policy_log_probs "
-                             f"{tuple(policy_log_probs.shape)} must have the same shape")
-        ratio = torch.exp(policy_log_probs - old_log_probs)
-        return -ratio * adv, {'ratio': ratio.detach()}
+    if loss_type in ('grpo_clip', 'grpo_no_clip'):  # no_clip = an infinite clip range: -ratio A
+        eps = cliprange if loss_type == 'grpo_clip' else float('inf')
+        need(advantages=advantages, old_log_probs=old_log_probs, cliprange=eps)
+        return compute_grpo_clip_loss(advantages, policy_log_probs, old_log_probs, eps)
     raise ValueError(f"unknown loss_type '{loss_type}': use one of {', '.join(LOSS_TYPES)}")
 
 
-# =============================================================================
 # 3) Masked reductions and one micro-batch step
-# =============================================================================
 
 def masked_mean(tensor, mask, dim=None):
     """Mean of tensor over the elements where mask is true: sum(tensor * mask) / sum(mask) over dim (all elements
@@ -262,9 +234,7 @@ def grpo_microbatch_train_step(policy_log_probs, response_mask, gradient_accumul
     return loss.detach(), meta
 
 
-# =============================================================================
 # 4) The GRPO train loop
-# =============================================================================
 
 def grpo_lr(step, learning_rate, warmup_steps):
     """Learning rate at GRPO step `step` (0-based): linear warm-up to learning_rate over warmup_steps, then constant.
@@ -276,41 +246,31 @@ def grpo_lr(step, learning_rate, warmup_steps):
     return learning_rate * min(1.0, (step + 1) / warmup_steps)
 
 
-def _check_config(cfg):
-    """The course's asserts, with the values in the message."""
-    assert cfg['train_batch_size'] % cfg['gradient_accumulation_steps'] == 0, \
-        (f"train_batch_size={cfg['train_batch_size']} must be divisible by "
-         f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']}")
-    assert cfg['rollout_batch_size'] % cfg['group_size'] == 0, \
-        f"rollout_batch_size={cfg['rollout_batch_size']} must be divisible by group_size={cfg['group_size']}"
-    assert cfg['train_batch_size'] >= cfg['group_size'], \
-        f"train_batch_size={cfg['train_batch_size']} must be >= group_size={cfg['group_size']}"
-    assert cfg['rollout_batch_size'] % cfg['train_batch_size'] == 0, \
-        (f"rollout_batch_size={cfg['rollout_batch_size']} must be a multiple of "
-         f"train_batch_size={cfg['train_batch_size']} (optimizer steps per epoch over a rollout batch)")
-    assert cfg['loss_type'] in LOSS_TYPES, f"loss_type={cfg['loss_type']!r}: use one of {LOSS_TYPES}"
-    assert cfg['length_normalization'] in LENGTH_NORMALIZATIONS, \
-        f"length_normalization={cfg['length_normalization']!r}: use one of {LENGTH_NORMALIZATIONS}"
-    if cfg['epochs_per_rollout_batch'] > 1 and cfg['loss_type'] in ('no_baseline', 'reinforce_with_baseline'):
-        print(f"{'!' * 80}\nWARNING: {cfg['epochs_per_rollout_batch']} epochs per rollout batch with loss_type="
-              f"{cfg['loss_type']}: the later epochs are off-policy and nothing corrects for it; use grpo_clip\n"
-              f"{'!' * 80}")
-
-
-def _resolve_rollout_device(cfg):
-    """'auto': a second GPU does the rollouts when training runs on the first and a second exists."""
-    rd = cfg['rollout_device']
-    if rd == 'auto':
-        dev = torch.device(cfg['device'])
-        if dev.type == 'cuda' and torch.cuda.device_count() >= 2:
-            return f"cuda:{1 if (dev.index or 0) == 0 else 0}"
-        return cfg['device']
-    return rd
+def check_config(cfg):
+    """The ranges and combinations of a GRPO config: the first problem as (key, message), or None."""
+    c, losses, norms = cfg, ', '.join(LOSS_TYPES), ', '.join(LENGTH_NORMALIZATIONS)
+    checks = [(k, c[k] >= 1, '>= 1') for k in ('n_grpo_steps', 'rollout_batch_size', 'group_size', 'train_batch_size',
+                                                'gradient_accumulation_steps', 'epochs_per_rollout_batch',
+                                                'sampling_max_tokens', 'gen_batch_size')] + [
+        ('learning_rate', c['learning_rate'] > 0, '> 0'), ('sampling_temperature', c['sampling_temperature'] > 0,
+                                                           '> 0'),
+        ('loss_type', c['loss_type'] in LOSS_TYPES, f"one of {losses}"), ('cliprange', c['cliprange'] > 0, '> 0'),
+        ('length_normalization', c['length_normalization'] in LENGTH_NORMALIZATIONS, f"one of {norms}"),
+        ('rollout_batch_size', c['rollout_batch_size'] % max(1, c['group_size']) == 0, 'divisible by group_size'),
+        ('train_batch_size', c['train_batch_size'] % max(1, c['gradient_accumulation_steps']) == 0,
+         'divisible by gradient_accumulation_steps'), ('train_batch_size', c['train_batch_size'] >= c['group_size'],
+                                                       '>= group_size'),
+        ('rollout_batch_size', c['rollout_batch_size'] % max(1, c['train_batch_size']) == 0,
+         'a multiple of train_batch_size (optimizer steps per epoch over a rollout batch)'),
+        ('group_size', c['group_size'] >= 2 or not c['use_std_normalization'], '>= 2 with use_std_normalization'),
+        ('eval_n', c['eval_n'] > 0 or c['eval_n'] == -1, '> 0 or -1 (all)'), ('kl_beta', c['kl_beta'] >= 0, '>= 0'),
+        ('grad_clip', c['grad_clip'] >= 0, '>= 0 (0 = off)')]
+    return next(((k, f"{k}={c[k]!r} must be {want}") for k, ok, want in checks if not ok), None)
 
 
 def response_tensors(prompt_ids, outs, pad, eos_id):
     """Rollout rows -> (input_ids, labels, response_mask) for the log-prob pass. A response that ended with
-    end-of-text gets that token back (the Engine strips it from the text): the policy must learn to stop too."""
+    end-of-text gets that token back (generation strips it from the text): the policy must learn to stop too."""
     resp = [o['token_ids'] + ([eos_id] if o['finish_reason'] == 'eos' and eos_id is not None else [])
             for o in outs]
     resp = [r if r else [pad] for r in resp]  # never an empty response (its mask would be empty: NaN loss)
@@ -318,54 +278,11 @@ def response_tensors(prompt_ids, outs, pad, eos_id):
     return b['input_ids'], b['labels'], b['response_mask']
 
 
-def plot_grpo(path, log, evals, title):
-    """Training curves as one PNG: rewards, validation accuracy (vs step and vs wall-clock), loss, grad norm,
-    entropy, clip fraction, response length."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
-    ax = axes.ravel()
-    steps = [r['step'] for r in log]
-    for key, label in (('train_reward', 'total'), ('train_format_reward', 'format'), ('train_answer_reward', 'answer')):
-        ax[0].plot(steps, [r[key] for r in log], label=label, lw=1)
-    ax[0].set_title('train rewards (rollouts)')
-    ax[0].legend()
-    if evals:
-        ax[1].plot([e['step'] for e in evals], [e['accuracy'] for e in evals], marker='o', label='accuracy')
-        ax[1].plot([e['step'] for e in evals], [e['format_rate'] for e in evals], marker='.', ls='--',
-                   label='format rate')
-        ax[1].legend()
-        ax[2].plot([e['wall_s'] for e in evals], [e['accuracy'] for e in evals], marker='o')
-    ax[1].set_title('validation (greedy)')
-    ax[1].set_ylim(-0.02, 1.02)
-    ax[2].set_title('validation accuracy vs wall-clock')
-    ax[2].set_xlabel('seconds')
-    ax[2].set_ylim(-0.02, 1.02)
-    for a, key, t in ((ax[3], 'loss', 'loss'), (ax[4], 'grad_norm', 'grad norm (before clipping)'),
-                      (ax[5], 'entropy', 'token entropy (rollouts)'), (ax[6], 'clip_fraction', 'clip fraction'),
-                      (ax[7], 'response_len', 'mean response length (tokens)')):
-        ys = [r.get(key, float('nan')) for r in log]
-        a.plot(steps, ys, lw=1)
-        a.set_title(t)
-        if all(math.isnan(y) for y in ys):  # e.g. no clip fraction for the on-policy losses
-            a.text(0.5, 0.5, 'n/a for this loss', ha='center', va='center', transform=a.transAxes)
-    for a in ax:
-        a.grid(alpha=0.3)
-        if a is not ax[2]:
-            a.set_xlabel('GRPO step')
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path + '.tmp.png', dpi=100)
-    plt.close(fig)
-    os.replace(path + '.tmp.png', path)
-
-
 def train_grpo(policy, tokenizer, questions, val_questions, cfg, reward_fn=sft.r1_zero_reward_fn, out_dir='',
-               resume=None, engine=None, log=print, tag='grpo'):
-    """GRPO on questions [{'prompt', 'ground_truth'}], validating on val_questions. cfg: a dict with this file's
-    config keys (missing keys take the defaults at the top). Returns the history
-    {'log': [per GRPO step], 'evals': [per validation], 'time_s', 'gen_s', 'train_s', 'eval_s', ...}.
+               log=print, tag='grpo'):
+    """GRPO on questions [{'prompt', 'ground_truth'}], validating on val_questions (the validation split). cfg: a
+    dict of this file's config keys (missing keys take the defaults at the top). Returns the history
+    {'log': [per GRPO step], 'evals': [per validation], 'steps', 'time_s', 'gen_s', 'train_s', 'eval_s', ...}.
 
     Each GRPO step:
       1) draw rollout_batch_size / group_size questions, sample group_size responses each (min/max tokens,
@@ -374,112 +291,62 @@ def train_grpo(policy, tokenizer, questions, val_questions, cfg, reward_fn=sft.r
       3) old log-probs (clip losses) and reference log-probs (KL) once, under torch.inference_mode;
       4) epochs_per_rollout_batch passes over the rollout batch in shuffled train batches of train_batch_size,
          each one optimizer step of gradient_accumulation_steps micro-batches, clipped."""
-    cfg = {**config, **cfg}
-    unknown = set(cfg) - set(config)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {sorted(unknown)}")
-    _check_config(cfg)
-    if not questions:
-        raise ValueError("no training questions")
-    dev = torch.device(next(policy.parameters()).device)
-    rdev = _resolve_rollout_device({**cfg, 'device': str(dev)})
+    defaults = default_config()
+    unknown = sorted(set(cfg) - set(defaults))
+    cfg = {**defaults, **cfg}
+    problem = ('', f"unknown config key(s) {unknown}") if unknown else check_config(cfg) or \
+        (not questions and ('', 'no training questions'))
+    if problem:
+        raise ValueError(problem[1])
+    dev = next(policy.parameters()).device
     rng = random.Random(cfg['seed'])
     torch.manual_seed(cfg['seed'])
-    pad, eos = sft.pad_id_of(tokenizer), sft.eos_id_of(tokenizer)
+    pad, eos = sft.pad_id_of(tokenizer), getattr(tokenizer, 'eot_id', None)
     n_q = cfg['rollout_batch_size'] // cfg['group_size']
     micro = cfg['train_batch_size'] // cfg['gradient_accumulation_steps']
     steps_per_epoch = cfg['rollout_batch_size'] // cfg['train_batch_size']
     need_old = cfg['loss_type'] in ('grpo_clip', 'grpo_no_clip')
-    eval_max = cfg['eval_max_tokens'] or cfg['sampling_max_tokens']
-    prompt_ids = {}  # prompt text -> token ids (tokenize each question once)
+    gen = dict(seed=cfg['seed'], batch_size=cfg['gen_batch_size'], dtype=cfg['dtype'])
+    policy.clear_generation_cache()  # cached KV caches / CUDA graphs cannot be deep-copied
+    ref_model = copy.deepcopy(policy).eval().requires_grad_(False) if cfg['kl_beta'] > 0 else None  # frozen start
+    opt = sft.adamw(policy, cfg['learning_rate'], cfg['weight_decay'], (cfg['adam_beta1'], cfg['adam_beta2']))
+    hist = {'log': [], 'evals': [], 'gen_s': 0.0, 'train_s': 0.0, 'eval_s': 0.0, 'rollout_tokens': 0}
 
-    # the rollout policy: the policy itself, or a copy on the rollout device that we refresh after each step
-    rollout_policy = policy
-    getattr(policy, '_graphs', {}).clear()  # cached KV caches / CUDA graphs must not be deep-copied
-    if engine is None:
-        if str(rdev) != str(dev):
-            rollout_policy = copy.deepcopy(policy).to(rdev).eval().requires_grad_(False)
-            log(f"{tag}: rollouts on {rdev}, training on {dev}")
-        engine = sft.make_engine(rollout_policy, tokenizer, cfg['engine_backend'], cfg['gen_batch_size'],
-                                 cfg['init_from'][3:] if cfg['init_from'].startswith('hf:') else None, cfg['seed'])
-    ref_model = None
-    if cfg['kl_beta'] > 0:
-        ref_model = copy.deepcopy(policy).eval().requires_grad_(False)  # frozen: the starting policy
-
-    decay = [p for p in policy.parameters() if p.requires_grad and p.dim() >= 2]
-    other = [p for p in policy.parameters() if p.requires_grad and p.dim() < 2]
-    opt = torch.optim.AdamW([{'params': decay, 'weight_decay': cfg['weight_decay']},
-                             {'params': other, 'weight_decay': 0.0}], lr=cfg['learning_rate'],
-                            betas=(cfg['adam_beta1'], cfg['adam_beta2']), fused=dev.type == 'cuda')
-    hist = {'log': [], 'evals': [], 'gen_s': 0.0, 'train_s': 0.0, 'eval_s': 0.0, 'rollout_tokens': 0,
-            'prev_time_s': 0.0}
-    start = 0
-    if resume:
-        opt.load_state_dict(resume['optimizer'])
-        start, hist = resume['iter_num'], resume['history']
-        log(f"{tag}: resuming at GRPO step {start}")
-
-    def on_rollout_device():
-        # CUDA graphs and streams are created on the *current* device: make it the rollout GPU while sampling
-        d = torch.device(rdev)
-        return torch.cuda.device(d) if d.type == 'cuda' else contextlib.nullcontext()
-
-    def sync_rollout_weights():
-        # after an optimizer step the rollout engine must sample from the new policy
-        if hasattr(engine, 'load_policy_weights'):  # vLLM: copy the weights into its own model
-            engine.load_policy_weights(policy)
-        elif rollout_policy is not policy:  # in place, so that captured CUDA graphs keep valid addresses
-            with torch.no_grad():
-                for pr, p in zip(rollout_policy.parameters(), policy.parameters()):
-                    pr.copy_(p, non_blocking=True)
-
-    def validate(step):
-        if not val_questions:
-            return
-        t = time.time()
-        rollout_policy.eval()
-        n = cfg['eval_n']
-        with on_rollout_device():
-            m = sft.evaluate(engine, val_questions[:n] if n > 0 else val_questions, reward_fn,
-                             max_new_tokens=eval_max, temperature=0.0, seed=cfg['seed'], n_entropy=64,
-                             log_path=os.path.join(out_dir, f'{tag}_eval_step{step}.jsonl') if out_dir else None,
-                             n_log=64)
-        hist['eval_s'] += time.time() - t
-        m = {'step': step, 'wall_s': hist['prev_time_s'] + time.time() - t0, **m}
-        hist['evals'].append(m)
-        log(f"{tag} step {step}: val accuracy {m['accuracy']:.3f}, format {m['format_rate']:.3f}, "
-            f"len {m['mean_len']:.1f}, entropy {m['mean_entropy']:.3f}")
+    def validate(step):  # greedy, on the validation split
+        if val_questions:
+            t = time.time()
+            n = cfg['eval_n']
+            m = sft.evaluate(policy, tokenizer, val_questions[:n] if n > 0 else val_questions, reward_fn,
+                             cfg['eval_max_tokens'] or cfg['sampling_max_tokens'], **gen,
+                             log_path=os.path.join(out_dir, f'{tag}_val_step{step}.jsonl') if out_dir else None)
+            hist['eval_s'] += time.time() - t
+            hist['evals'].append({'step': step, 'wall_s': time.time() - t0, **m})
+            log(f"{tag} step {step}: val accuracy {m['accuracy']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}], "
+                f"format {m['format_rate']:.3f}, len {m['mean_len']:.1f}")
 
     def save(step):
-        if not out_dir:
-            return
-        if cfg['save_checkpoint']:
-            hist_now = {**hist, 'prev_time_s': hist['prev_time_s'] + time.time() - t0}
-            sft.save_ckpt(os.path.join(out_dir, 'ckpt.pt'), policy, opt, step, history=hist_now,
-                          config=cfg, tokenizer='bytes' if getattr(tokenizer, 'vocab_size', 0) == 257 else '',
+        if out_dir:
+            sft.save_ckpt(os.path.join(out_dir, 'ckpt.pt'), policy, opt, step, config=cfg,
                           tokenizer_dir=getattr(tokenizer, 'tokenizer_dir', cfg['tokenizer_dir']))
-        sft.write_jsonl(os.path.join(out_dir, f'{tag}_log.jsonl'), hist['log'])
-        plot_grpo(os.path.join(out_dir, f'{tag}_curves.png'), hist['log'], hist['evals'], f'{tag}: GRPO')
+            sft.write_jsonl(os.path.join(out_dir, f'{tag}_log.jsonl'), hist['log'] + hist['evals'])
 
     t0 = time.time()
-    if start == 0:
-        validate(0)
-    for step in range(start, cfg['n_grpo_steps']):
+    validate(0)
+    for step in range(cfg['n_grpo_steps']):
         if cfg['time_budget_s'] > 0 and time.time() - t0 >= cfg['time_budget_s']:
             log(f"{tag}: time budget of {cfg['time_budget_s']:.0f}s reached after {step} GRPO steps")
             break
         # 1) rollouts: group_size samples of each question, consecutive in `outs`
-        srng = random.Random(cfg['seed'] * 1_000_003 + step)  # per-step seed: a resumed run draws the same batches
+        srng = random.Random(cfg['seed'] * 1_000_003 + step)  # per-step seed: the same run draws the same batches
         batch_q = srng.sample(questions, n_q) if n_q <= len(questions) else \
             [questions[srng.randrange(len(questions))] for _ in range(n_q)]
         t = time.time()
-        rollout_policy.eval()
-        with on_rollout_device():
-            outs = engine.generate([q['prompt'] for q in batch_q], max_new_tokens=cfg['sampling_max_tokens'],
-                                   temperature=cfg['sampling_temperature'], min_tokens=cfg['sampling_min_tokens'],
-                                   stop=['</answer>'], n=cfg['group_size'], seed=srng.randrange(2 ** 31))
-        gen_s = time.time() - t
-        n_new = sum(len(o['token_ids']) for o in outs)
+        policy.eval()
+        with sft.amp(dev, cfg['dtype']):
+            outs = sft.generate(policy, tokenizer, [q['prompt'] for q in batch_q], cfg['sampling_max_tokens'],
+                                cfg['sampling_temperature'], n=cfg['group_size'], min_tokens=cfg['sampling_min_tokens'],
+                                seed=srng.randrange(2 ** 31), batch_size=cfg['gen_batch_size'])
+        gen_s, n_new = time.time() - t, sum(len(o['token_ids']) for o in outs)
         hist['gen_s'] += gen_s
         hist['rollout_tokens'] += n_new
         # 2) rewards and advantages
@@ -488,22 +355,17 @@ def train_grpo(policy, tokenizer, questions, val_questions, cfg, reward_fn=sft.r
                                                            cfg['group_size'], cfg['advantage_eps'],
                                                            cfg['use_std_normalization'])
         t = time.time()
-        for q in batch_q:
-            if q['prompt'] not in prompt_ids:
-                prompt_ids[q['prompt']] = sft.encode(tokenizer, q['prompt'])
-        p_ids = [prompt_ids[q['prompt']] for q in batch_q for _ in range(cfg['group_size'])]
-        # micro-batches are cut from a per-epoch permutation; tensors are built per micro-batch (little padding)
+        p_ids = [ids for q in batch_q for ids in [tokenizer.encode(q['prompt'])] * cfg['group_size']]
         B = len(outs)
 
-        def rows(idx):
+        def rows(idx):  # micro-batch tensors, built per micro-batch (little padding)
             inp, lab, mask = response_tensors([p_ids[i] for i in idx], [outs[i] for i in idx], pad, eos)
             return inp.to(dev), lab.to(dev), mask.to(dev)
 
         # 3) old / reference log-probs, once per rollout batch, no graph (inference_mode)
         old_lp, ref_lp = [None] * B, [None] * B
         if need_old or ref_model is not None:
-            policy.eval()
-            with torch.inference_mode(), sft._autocast(dev):
+            with torch.inference_mode(), sft.amp(dev, cfg['dtype']):
                 for s in range(0, B, micro):
                     idx = list(range(s, min(B, s + micro)))
                     inp, lab, _ = rows(idx)
@@ -514,7 +376,7 @@ def train_grpo(policy, tokenizer, questions, val_questions, cfg, reward_fn=sft.r
                                 store[i] = lp[k]  # (T_micro,) rows; re-padded per micro-batch below
         # 4) epochs of optimizer steps over the rollout batch, all at this GRPO step's learning rate
         for g in opt.param_groups:
-            g['lr'] = grpo_lr(step, cfg['learning_rate'], cfg.get('warmup_steps', 0))
+            g['lr'] = grpo_lr(step, cfg['learning_rate'], cfg['warmup_steps'])
         policy.train()
         stats = {'loss': 0.0, 'entropy': [], 'clip_fraction': [], 'grad_norm': [], 'kl': []}
         for epoch in range(cfg['epochs_per_rollout_batch']):
@@ -535,7 +397,7 @@ def train_grpo(policy, tokenizer, questions, val_questions, cfg, reward_fn=sft.r
                             n = min(T, store[i].shape[0])
                             out[j, :n] = store[i][:n].float()
                         return out
-                    with sft._autocast(dev):
+                    with sft.amp(dev, cfg['dtype']):
                         r = sft.get_response_log_probs(policy, inp, lab, return_token_entropy=True)
                     loss, meta = grpo_microbatch_train_step(
                         r['log_probs'], mask, cfg['gradient_accumulation_steps'], cfg['loss_type'],
@@ -546,330 +408,91 @@ def train_grpo(policy, tokenizer, questions, val_questions, cfg, reward_fn=sft.r
                         kl_beta=cfg['kl_beta'])
                     stats['loss'] += loss.item()  # NOTE: a CPU-GPU sync point (small next to generation)
                     stats['entropy'].append(masked_mean(r['token_entropy'], mask).item())
-                    if 'clip_fraction' in meta:
-                        stats['clip_fraction'].append(meta['clip_fraction'].item())
-                    if 'kl' in meta:
-                        stats['kl'].append(meta['kl'].item())
+                    for key in ('clip_fraction', 'kl'):
+                        if key in meta:
+                            stats[key].append(meta[key].item())
                 # clip_grad_norm_ returns the norm BEFORE clipping (what we log)
-                gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg['grad_clip'] if cfg['grad_clip'] > 0
-                                                    else float('inf'))
+                gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg['grad_clip'] or float('inf'))
                 stats['grad_norm'].append(gn.item())
                 opt.step()
                 opt.zero_grad(set_to_none=True)
         n_opt = cfg['epochs_per_rollout_batch'] * steps_per_epoch
-        sync_rollout_weights()
-        policy.eval()
         if dev.type == 'cuda':
             torch.cuda.synchronize(dev)
         train_s = time.time() - t
         hist['train_s'] += train_s
         mean = lambda xs: sum(xs) / len(xs) if xs else float('nan')  # noqa: E731
-        rec = {'step': step + 1, 'wall_s': hist['prev_time_s'] + time.time() - t0, 'loss': stats['loss'] / n_opt,
+        rec = {'step': step + 1, 'wall_s': time.time() - t0, 'loss': stats['loss'] / n_opt,
                'grad_norm': mean(stats['grad_norm']), 'entropy': mean(stats['entropy']),
-               'clip_fraction': mean(stats['clip_fraction']), 'kl': mean(stats['kl']),
-               'response_len': n_new / B, 'train_reward': rmeta['reward_mean'],
-               'train_format_reward': rmeta['format_reward_mean'], 'train_answer_reward': rmeta['answer_reward_mean'],
-               'frac_groups_all_same': rmeta['frac_groups_all_same'], 'gen_s': gen_s, 'train_s': train_s,
-               'rollout_tokens_per_s': n_new / max(gen_s, 1e-9), 'optimizer_steps': (step + 1) * n_opt,
-               'lr': opt.param_groups[0]['lr']}
+               'clip_fraction': mean(stats['clip_fraction']), 'kl': mean(stats['kl']), 'response_len': n_new / B,
+               'train_reward': rmeta['reward_mean'], 'train_format_reward': rmeta['format_reward_mean'],
+               'train_answer_reward': rmeta['answer_reward_mean'],
+               'frac_groups_all_same': rmeta['frac_groups_all_same'],
+               'gen_s': gen_s, 'train_s': train_s, 'rollout_tokens_per_s': n_new / max(gen_s, 1e-9),
+               'optimizer_steps': (step + 1) * n_opt, 'lr': opt.param_groups[0]['lr']}
         hist['log'].append(rec)
         log(f"{tag} step {step + 1}/{cfg['n_grpo_steps']}: reward {rec['train_reward']:.3f} (format "
-            f"{rec['train_format_reward']:.3f}, answer {rec['train_answer_reward']:.3f}), loss {rec['loss']:.4f}, "
-            f"grad norm {rec['grad_norm']:.3f}, entropy {rec['entropy']:.3f}, len {rec['response_len']:.1f}"
-            + (f", clip {rec['clip_fraction']:.3f}" if stats['clip_fraction'] else '')
-            + f", gen {gen_s:.1f}s ({rec['rollout_tokens_per_s']:,.0f} tok/s), train {train_s:.1f}s")
+            f"{rec['train_format_reward']:.3f}), loss {rec['loss']:.4f}, grad norm {rec['grad_norm']:.3f}, entropy "
+            f"{rec['entropy']:.3f}, len {rec['response_len']:.1f}, clip {rec['clip_fraction']:.3f}, gen {gen_s:.1f}s "
+            f"({rec['rollout_tokens_per_s']:,.0f} tok/s), train {train_s:.1f}s")
         if cfg['eval_interval'] > 0 and (step + 1) % cfg['eval_interval'] == 0 and step + 1 < cfg['n_grpo_steps']:
             validate(step + 1)
             save(step + 1)
-    done = len(hist['log'])
-    if not hist['evals'] or hist['evals'][-1]['step'] != done:
-        validate(done)
-    hist['time_s'] = hist['prev_time_s'] + time.time() - t0
-    hist['steps'] = done
+    hist['steps'] = len(hist['log'])
+    if not hist['evals'] or hist['evals'][-1]['step'] != hist['steps']:
+        validate(hist['steps'])
+    hist['time_s'] = time.time() - t0
     hist['rollout_tokens_per_s'] = hist['rollout_tokens'] / max(hist['gen_s'], 1e-9)
-    save(done)
-    if hasattr(engine, 'release'):
-        engine.release()
+    save(hist['steps'])
+    policy.eval().clear_generation_cache()
     return hist
 
 
-# =============================================================================
-# 5) The demo: pretrain -> short SFT -> GRPO on sft.py's synthetic task, plus the course's ablations
-# =============================================================================
-# base: an sft.py demo preset (pretraining + SFT), registered in sft.DEMO_PRESETS as 'grpo_<name>'. The SFT is
-# deliberately short and stops once accuracy on a probe set (training questions, not the held-out ones) reaches
-# sft_target: RL needs an imperfect policy that still samples correct answers now and then (a group whose answers
-# all get the same reward has zero advantage: no signal). main / ablation: config overrides of the GRPO runs;
-# every run is capped by a time budget, so the preset ends on time whatever the machine's speed.
-SHORT_TEMPLATE = 'User: {question}\nAssistant: <think>'  # r1_zero's ending without its 420-byte preamble
-GRPO_PRESETS = {
-    'cpu': dict(base=dict(model=dict(d_model=64, num_layers=2, num_heads=4, context_length=256),
-                          template=SHORT_TEMPLATE, task=dict(min_steps=1, max_steps=1, max_number=9),
-                          n_train=4000, n_val=100,
-                          pretrain=dict(max_iters=2000, batch_size=32, gradient_accumulation_steps=1,
-                                        learning_rate=3e-3, time_budget_s=45),
-                          sft_examples=128, sft=dict(max_iters=10, batch_size=16, gradient_accumulation_steps=1,
-                                                     learning_rate=1e-3),
-                          gen_batch_size=128, max_new_tokens=64),
-                sft_chunk=5, sft_max_chunks=6, sft_target=0.3, sft_target_sampled=0.15, probe_n=64,
-                main=dict(n_grpo_steps=200, time_budget_s=45, rollout_batch_size=64, group_size=8,
-                          train_batch_size=64, gradient_accumulation_steps=1, learning_rate=1e-4,
-                          sampling_temperature=0.7, sampling_max_tokens=64, eval_interval=5, eval_n=-1,
-                          gen_batch_size=128),
-                ablation=dict(n_grpo_steps=6, time_budget_s=12, rollout_batch_size=32, group_size=8,
-                              train_batch_size=32, gradient_accumulation_steps=1, learning_rate=1e-4,
-                              sampling_temperature=0.7, sampling_max_tokens=64, eval_interval=3, eval_n=-1,
-                              gen_batch_size=128)),
-    # one H100, about 8 minutes in all: pretraining 120 s, short SFT ~20 s, main GRPO 140 s, 6 ablations x 22 s
-    'gpu': dict(base=dict(model=dict(d_model=384, num_layers=6, num_heads=6, context_length=512),
-                          template=SHORT_TEMPLATE, task=dict(min_steps=2, max_steps=3, max_number=20),
-                          n_train=60000, n_val=1024,
-                          pretrain=dict(max_iters=20000, batch_size=128, gradient_accumulation_steps=1,
-                                        learning_rate=1.5e-3, time_budget_s=120),
-                          sft_examples=512, sft=dict(max_iters=4, batch_size=32, gradient_accumulation_steps=1,
-                                                     learning_rate=5e-4),
-                          gen_batch_size=1024, max_new_tokens=128),
-                sft_chunk=3, sft_max_chunks=20, sft_target=0.35, sft_target_sampled=0.15, probe_n=256,
-                main=dict(n_grpo_steps=1000, time_budget_s=140, rollout_batch_size=256, group_size=8,
-                          train_batch_size=256, gradient_accumulation_steps=2, learning_rate=1e-4,
-                          sampling_temperature=0.7, sampling_max_tokens=128, eval_interval=20, eval_n=-1,
-                          gen_batch_size=1024),
-                ablation=dict(n_grpo_steps=60, time_budget_s=22, rollout_batch_size=128, group_size=8,
-                              train_batch_size=128, gradient_accumulation_steps=1, learning_rate=1e-4,
-                              sampling_temperature=0.7, sampling_max_tokens=128, eval_interval=15, eval_n=512,
-                              gen_batch_size=1024),
-                time_limit_s=500),
-}
+# 5) Command line: every value checked and every input read before anything is written
+
+def die(msg):
+    """A user error: one line naming the key or file and the fix, exit code 2, no traceback, nothing written."""
+    print(f"grpo.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
-def ablation_variants(base):
-    """The course's ablations as config overrides of one base GRPO config (small scale)."""
-    half = dict(epochs_per_rollout_batch=2, train_batch_size=base['rollout_batch_size'] // 2,
-                gradient_accumulation_steps=max(1, base['gradient_accumulation_steps'] // 2))
-    return [
-        ('reinforce_with_baseline (std norm, masked_mean, on-policy)', {}),
-        ('no_baseline (raw rewards)', dict(loss_type='no_baseline')),
-        ('no std normalization (Dr. GRPO advantages)', dict(use_std_normalization=False)),
-        ('masked_normalize by max tokens (Dr. GRPO length norm)', dict(length_normalization='masked_normalize')),
-        ('off-policy: grpo_clip, 2 epochs x 2 steps per rollout batch', dict(loss_type='grpo_clip', **half)),
-        ('off-policy: grpo_no_clip, 2 epochs x 2 steps per rollout batch', dict(loss_type='grpo_no_clip', **half)),
-    ]
-
-
-def short_sft(D, P, log=print):
-    """Continue the demo's SFT in small chunks until, on a probe set of training questions, greedy accuracy reaches
-    P['sft_target'] or accuracy when SAMPLING at the rollout temperature reaches P['sft_target_sampled'] (or
-    P['sft_max_chunks'] chunks): a policy far from perfect, yet right often enough in its samples to give RL a
-    signal (a half-trained policy can look fine greedily and still almost never sample a well-formed answer)."""
-    model, tok = D['model'], D['tok']
-    probe = D['ei_pool'][-P['probe_n']:]
-    eng = sft.Engine(model, tok, batch_size=P['base']['gen_batch_size'])
-    temp = P['main'].get('sampling_temperature', config['sampling_temperature'])
-
-    def probe_eval():
-        kw = dict(max_new_tokens=P['base']['max_new_tokens'], seed=0, n_entropy=0)
-        return (sft.evaluate(eng, probe, temperature=0.0, **kw)['accuracy'],
-                sft.evaluate(eng, probe, temperature=temp, **kw)['accuracy'])
-    (greedy, sampled), total = probe_eval(), D['h_sft']['steps']
-    for k in range(P['sft_max_chunks'] + 1):
-        log(f"short SFT: {total} steps, probe accuracy greedy {greedy:.3f} (target {P['sft_target']}), sampled at "
-            f"T={temp} {sampled:.3f} (target {P['sft_target_sampled']})")
-        if greedy >= P['sft_target'] or sampled >= P['sft_target_sampled'] or k == P['sft_max_chunks']:
-            break
-        sft_kw = {kk: v for kk, v in P['base']['sft'].items() if kk != 'max_iters'}
-        h = sft.train_sft(model, tok, D['sft_set'], max_iters=P['sft_chunk'], seed=k + 1, tag=f'sft_chunk{k + 1}',
-                          quiet=True, **sft_kw)
-        total += h['steps']
-        greedy, sampled = probe_eval()
-    model.eval()
-    return total
-
-
-def run_demo(preset='cpu', out_dir='out-grpo-demo', results_dir='results', seed=0):
-    """base -> short SFT -> GRPO (main run) -> ablations; writes results/grpo_demo_<preset>.md, .png (accuracy vs
-    step of every run), _curves.png (the main run's training curves) and _log.jsonl (its per-step log)."""
-    P = GRPO_PRESETS[preset]
-    t_start = time.time()
-    lines = []
-
-    def log(msg):
-        print(msg)
-        lines.append(msg)
-    sft.DEMO_PRESETS[f'grpo_{preset}'] = P['base']
-    if device == 'cpu':
-        # models this small spend their time in thread synchronization, not arithmetic: one thread is several
-        # times faster on CPU (8x on a busy 2-core machine)
-        torch.set_num_threads(1)
-    sft.device = device  # sft.py's demo helpers read its own device / dtype globals
-    sft.dtype = dtype
-    # 1) base model and a short SFT (sft.py's demo stages 1-3)
-    D = sft.demo_base_and_sft(f'grpo_{preset}', out_dir, seed, log)
-    sft_steps = short_sft(D, P, log)
-    model, tok = D['model'], D['tok']
-    sft_path = os.path.join(out_dir, 'sft_short.pt')
-    sft.save_ckpt(sft_path, model, tokenizer='bytes')
-    sft.Engine(model, tok).release()
-    questions = D['ei_pool'][:-P['probe_n']]  # GRPO sees questions and answers only, never a trace
-    t_base = time.time() - t_start
-    log(f"base + SFT ready after {t_base:.0f}s ({sft_steps} SFT steps)")
-
-    # 2) the main GRPO run from the SFT checkpoint
-    def grpo_run(overrides, tag, budget_cfg):
-        policy, _ = sft.load_policy(sft_path, device)
-        cfg = {**budget_cfg, **overrides, 'seed': seed, 'device': device, 'dtype': dtype,
-               'save_checkpoint': tag == 'main'}
-        return train_grpo(policy, tok, questions, D['val_q'], cfg, out_dir=os.path.join(out_dir, tag), log=log, tag=tag)
-    h_main = grpo_run({}, 'main', P['main'])
-    ablations = []
-    write_report(preset, P, D, sft_steps, h_main, ablations, lines, time.time() - t_start, results_dir)
-    # 3) ablations, each from the same SFT checkpoint with the same (smaller) budget; the report is rewritten after
-    # each one, and a run that would not end within the preset's time limit is skipped (loudly)
-    for name, ov in ablation_variants(P['ablation']):
-        if time.time() - t_start + P['ablation'].get('time_budget_s', 0) + 15 > P.get('time_limit_s', float('inf')):
-            log(f"{'!' * 60}\nskipping ablation '{name}': it would end past the preset's time limit of "
-                f"{P['time_limit_s']}s\n{'!' * 60}")
-            continue
-        h = grpo_run(ov, f"abl{len(ablations)}", P['ablation'])
-        ablations.append((name, ov, h))
-        write_report(preset, P, D, sft_steps, h_main, ablations, lines, time.time() - t_start, results_dir)
-    write_report(preset, P, D, sft_steps, h_main, ablations, lines, time.time() - t_start, results_dir, final=True)
-    return {'sft': h_main['evals'][0], 'main': h_main['evals'][-1],
-            'ablations': {n: h['evals'][-1] for n, _, h in ablations}, 'h_main': h_main}
-
-
-def write_report(preset, P, D, sft_steps, h_main, ablations, lines, total, results_dir, final=False):
-    """results/grpo_demo_<preset>.md (+ .png, _curves.png, _log.jsonl) from what has run so far."""
-    from model import count_parameters
-    model, val_q = D['model'], D['val_q']
-    # 4) the report
-    sft_acc, main_acc = h_main['evals'][0], h_main['evals'][-1]
-    dev_name = torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'
-    cmd = f"python grpo.py --mode=demo --demo_preset={preset}"
-    M = {**config, **P['main']}
-    gen_frac = h_main['gen_s'] / h_main['time_s']
-    train_frac = h_main['train_s'] / h_main['time_s']
-    eval_frac = h_main['eval_s'] / h_main['time_s']
-    L = [f"# grpo.py demo, preset '{preset}' ({dev_name}, {total:.0f} s "
-         f"{'end to end' if final else f'so far: in progress, {len(ablations)} ablations done'})", "",
-         f"Command: `{cmd}`. Synthetic task of sft.py: {P['base']['task']}, held-out set of {len(val_q)} problems "
-         f"(greedy decoding, r1_zero grader, prompt {P['base']['template']!r}). Policy: model.py TransformerLM "
-         f"{P['base']['model']}, byte-level, {count_parameters(model):,} non-embedding parameters, pretrained for "
-         f"{D['h_pre']['steps']} steps on plain worked solutions, then SFT for only {sft_steps} steps on gold "
-         f"<think>/<answer> traces (stopped once, on training questions, greedy accuracy >= {P['sft_target']} or "
-         f"sampled accuracy >= {P['sft_target_sampled']}), so that RL has room.", "",
-         "## Main run", "",
-         f"GRPO {M['loss_type']}, std normalization {M['use_std_normalization']}, {M['length_normalization']}, "
-         f"rollout batch {M['rollout_batch_size']} = {M['rollout_batch_size'] // M['group_size']} questions x "
-         f"{M['group_size']}, train batch {M['train_batch_size']}, lr {M['learning_rate']}, temperature "
-         f"{M['sampling_temperature']}, up to {M['sampling_max_tokens']} tokens, time budget {M['time_budget_s']}s.",
-         "", "| policy | GRPO steps | held-out accuracy | format rate | mean length | entropy |",
-         "|---|---:|---:|---:|---:|---:|",
-         f"| base (pretrained) | - | {D['results']['base']['accuracy']:.1%} | "
-         f"{D['results']['base']['format_rate']:.1%} | {D['results']['base']['mean_len']:.1f} | "
-         f"{D['results']['base']['mean_entropy']:.3f} |"]
-    for name, e in (('SFT (short)', sft_acc), ('SFT + GRPO', main_acc)):
-        L.append(f"| {name} | {e['step']} | {e['accuracy']:.1%} | {e['format_rate']:.1%} | {e['mean_len']:.1f} | "
-                 f"{e['mean_entropy']:.3f} |")
-    L += ["", f"GRPO gain: **{100 * (main_acc['accuracy'] - sft_acc['accuracy']):+.1f} points** of held-out "
-              f"accuracy in {h_main['steps']} GRPO steps ({h_main['time_s']:.0f} s).", "",
-          "Throughput (main run): rollout generation "
-          f"{h_main['rollout_tokens_per_s']:,.0f} new tokens/s ({h_main['rollout_tokens']:,} tokens); wall-clock "
-          f"split: generation {gen_frac:.0%}, training (log-probs, backward, optimizer) {train_frac:.0%}, "
-          f"validation {eval_frac:.0%}.", "",
-          "## Ablations (small scale, same SFT start)", "",
-          f"Base config: {P['ablation']}.", "",
-          "| variant | GRPO steps | time (s) | final accuracy | final format rate | train reward (last 3 steps) |"
-          " mean response length |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, ov, h in ablations:
-        e = h['evals'][-1]
-        last = h['log'][-3:]
-        tr = sum(r['train_reward'] for r in last) / max(1, len(last))
-        L.append(f"| {name} | {h['steps']} | {h['time_s']:.0f} | {e['accuracy']:.1%} | {e['format_rate']:.1%} | "
-                 f"{tr:.3f} | {e['mean_len']:.1f} |")
-    L += ["", f"Plots: `grpo_demo_{preset}.png` (held-out accuracy vs GRPO step, every run), "
-              f"`grpo_demo_{preset}_curves.png` (main run: rewards, loss, grad norm, entropy, clip fraction, "
-              f"length). Per-step log: `grpo_demo_{preset}_log.jsonl`.", "", "Log:", "", "```"] + lines + ["```"]
-    os.makedirs(results_dir, exist_ok=True)
-    md = os.path.join(results_dir, f'grpo_demo_{preset}.md')
-    with open(md + '.tmp', 'w') as f:
-        f.write('\n'.join(L) + '\n')
-    os.replace(md + '.tmp', md)
-    sft.write_jsonl(os.path.join(results_dir, f'grpo_demo_{preset}_log.jsonl'), h_main['log'])
-    plot_grpo(os.path.join(results_dir, f'grpo_demo_{preset}_curves.png'), h_main['log'], h_main['evals'],
-              f"GRPO main run ({preset} preset)")
-    _plot_accuracy(os.path.join(results_dir, f'grpo_demo_{preset}.png'), h_main, ablations)
-    print(f"wrote {md} ({len(ablations)} ablations so far)")
-
-
-def _plot_accuracy(path, h_main, ablations):
-    """Held-out accuracy vs GRPO step: the main run (left), the ablations (right)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.2))
-    a1.plot([e['step'] for e in h_main['evals']], [e['accuracy'] for e in h_main['evals']], marker='o',
-            label='accuracy')
-    a1.plot([e['step'] for e in h_main['evals']], [e['format_rate'] for e in h_main['evals']], ls='--', marker='.',
-            label='format rate')
-    a1.set_title('main GRPO run (held-out, greedy)')
-    a1.legend()
-    for name, _, h in ablations:
-        a2.plot([e['step'] for e in h['evals']], [e['accuracy'] for e in h['evals']], marker='o', label=name)
-    a2.set_title('ablations: held-out accuracy')
-    if ablations:
-        a2.legend(fontsize=7)
-    for a in (a1, a2):
-        a.set_xlabel('GRPO step')
-        a.set_ylim(-0.02, 1.02)
-        a.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path + '.tmp.png', dpi=100)
-    plt.close(fig)
-    os.replace(path + '.tmp.png', path)
-
-
-# =============================================================================
-# 6) Command line
-# =============================================================================
-
-def _questions(path, template, split):
-    """[{'prompt', 'ground_truth'}] from a JSONL ({prompt, ground_truth} or {question, answer}), or the synthetic
-    task's split when path is ''."""
-    if not path:
-        tr, va = sft.make_synthetic_task(task_n_train, task_n_val, seed, task_min_steps, task_max_steps,
-                                         task_max_number)
-        return [{'prompt': sft.format_prompt(template, p['question']), 'ground_truth': p['answer']}
-                for p in (tr if split == 'train' else va)]
-    return sft._eval_problems(path, template)
+def main():
+    """GRPO from --init_from on --train_path's questions, validated on --val_path (reads no sys.argv itself)."""
+    cfg = default_config()
+    problem = check_config(cfg) or next(((k, f"{k}={cfg[k]!r} must be {want}") for k, ok, want in (
+        ('dtype', dtype in ('bfloat16', 'float32'), 'bfloat16 or float32'),
+        ('device', not device.startswith('cuda') or torch.cuda.is_available(), 'cpu: this machine has no GPU'),
+        ('init_from', os.path.isfile(init_from), "an existing checkpoint (sft.py's out-sft/ckpt.pt)"),
+        ('train_path', os.path.isfile(train_path), 'an existing JSONL of questions (data/arith/prepare.py)'),
+        ('val_path', not val_path or os.path.isfile(val_path), "an existing JSONL (or '' for no validation)"))
+        if not ok), None)
+    if problem:
+        die(f"--{problem[1]}")
+    out = os.path.join(out_dir, 'ckpt.pt')
+    if os.path.abspath(out) in {os.path.abspath(p) for p in (init_from, train_path, val_path) if p}:
+        die(f"{out} is an input and would be overwritten: choose another --out_dir")
+    if os.path.exists(out) and not overwrite:
+        die(f"{out} exists: choose another --out_dir, or --overwrite=True to replace it")
+    try:
+        policy, tok = sft.load_policy(init_from, device, tokenizer_dir)
+        template = sft.load_prompt_template(prompt_template)
+        train_q = sft.load_problems(train_path, template)
+        val_q = sft.load_problems(val_path, template) if val_path else []
+        ctx = policy.config.context_length
+        long = [p for p in train_q + val_q if len(tok.encode(p['prompt'])) >= ctx]
+        if not train_q or long:
+            raise ValueError(f"{train_path}: no questions" if not train_q else f"{len(long)} prompts have no room "
+                             f"in the model's context ({ctx} tokens): use a shorter --prompt_template")
+    except (ValueError, OSError) as e:
+        die(str(e))
+    print(f"GRPO: {len(train_q)} training questions, {len(val_q)} validation, {loss_type}, "
+          f"{rollout_batch_size // group_size} x {group_size} rollouts per batch")
+    h = train_grpo(policy, tok, train_q, val_q, cfg, sft.REWARD_FNS.get(prompt_template, sft.r1_zero_reward_fn),
+                   out_dir)
+    print(f"done: {h['steps']} GRPO steps in {h['time_s']:.0f}s, {h['rollout_tokens_per_s']:,.0f} rollout tokens/s, "
+          f"generation {h['gen_s'] / h['time_s']:.0%} of the time")
 
 
 if __name__ == '__main__':
-    torch.manual_seed(seed)
-    random.seed(seed)
-    sft.dtype = dtype  # sft.py's autocast helper reads its own dtype global
-    if device.startswith('cuda'):
-        torch.backends.cuda.matmul.allow_tf32 = True
-    if mode == 'demo':
-        run_demo(demo_preset, out_dir=out_dir if out_dir != 'out-grpo' else f'out-grpo-demo-{demo_preset}',
-                 results_dir=results_dir, seed=seed - 1337)
-    elif mode == 'train':
-        if not init_from:
-            raise SystemExit("--init_from=<checkpoint path | resume | hf:name> is required (e.g. sft.py's "
-                             "out-sft/ckpt.pt, or run `python grpo.py --mode=demo`)")
-        ckpt_path = os.path.join(out_dir, 'ckpt.pt') if init_from == 'resume' else init_from
-        policy, tok = sft.load_policy(ckpt_path, device, tokenizer_dir)
-        tpl = sft.load_prompt_template(prompt_template)
-        reward_fn = sft.REWARD_FNS.get(prompt_template, sft.r1_zero_reward_fn)
-        train_q, val_q = _questions(train_path, tpl, 'train'), _questions(val_path, tpl, 'val')
-        resume = torch.load(ckpt_path, map_location='cpu', weights_only=False) if init_from == 'resume' else None
-        os.makedirs(out_dir, exist_ok=True)
-        print(f"GRPO: {len(train_q)} training questions, {len(val_q)} held out, {loss_type}, "
-              f"{rollout_batch_size // group_size} questions x {group_size} per rollout batch, "
-              f"{epochs_per_rollout_batch * rollout_batch_size // train_batch_size} optimizer steps per rollout batch")
-        h = train_grpo(policy, tok, train_q, val_q, config, reward_fn, out_dir, resume=resume)
-        print(f"done: {h['steps']} GRPO steps in {h['time_s']:.0f}s, val accuracy "
-              f"{h['evals'][0]['accuracy']:.3f} -> {h['evals'][-1]['accuracy']:.3f}; "
-              f"{h['rollout_tokens_per_s']:,.0f} rollout tokens/s, generation {h['gen_s'] / h['time_s']:.0%} "
-              f"of the time")
-    else:
-        raise SystemExit(f"unknown --mode={mode}: use train | demo")
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    main()

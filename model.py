@@ -522,9 +522,13 @@ class TransformerLM(nn.Module):
     # Generation
 
     @staticmethod
-    def _sample(logits, temperature, top_p, generator):
+    def _sample(logits, temperature, top_p, generator, banned=None):
         """Next token (B,) from logits (B, V): greedy when temperature == 0, else temperature + nucleus sampling
-        (Holtzman et al. 2019: keep the smallest set of tokens whose probability adds up to top_p)."""
+        (Holtzman et al. 2019: keep the smallest set of tokens whose probability adds up to top_p). `banned`: a
+        token id never drawn (end-of-text before generate's min_tokens)."""
+        if banned is not None:
+            logits = logits.clone()
+            logits[:, banned] = float('-inf')
         if temperature == 0:
             return logits.argmax(dim=-1)
         probs = softmax(logits.float() / temperature, dim=-1)
@@ -587,11 +591,13 @@ class TransformerLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0, eos_id=None, seed=None,
-                 use_cache=True, cuda_graph=True, compile=False):
+                 use_cache=True, cuda_graph=True, compile=False, min_tokens=0, stop=None):
         """Sample continuations of a batch of prompts (lists of token ids, any lengths) with a KV cache.
-        Returns the new tokens of each prompt (a list of lists); a row stops after it emits eos_id (which is kept).
-        temperature=0 is greedy. use_cache=False runs the reference: the whole sequence again for every token.
-        On CUDA the decode step runs as a CUDA graph (cuda_graph=True); compile=True also fuses its kernels."""
+        Returns the new tokens of each prompt (a list of lists). A row stops after it emits eos_id, or once its new
+        tokens end with one of the token-id sequences in `stop` (both kept in the row); before min_tokens new tokens
+        eos_id is never sampled and stop sequences do not count. temperature=0 is greedy. use_cache=False runs the
+        reference: the whole sequence again for every token. On CUDA the decode step runs as a CUDA graph
+        (cuda_graph=True); compile=True also fuses its kernels."""
         if isinstance(prompts[0], int):
             raise TypeError("prompts must be a list of token-id lists (a batch), e.g. [[1, 2, 3]]")
         device = self.lm_head.weight.device
@@ -600,16 +606,22 @@ class TransformerLM(nn.Module):
             generator.manual_seed(seed)
         else:
             generator.seed()
+        stop = [torch.tensor(s, device=device) for s in (stop or [])]
         if not use_cache:
-            return [self._generate_naive(p, max_new_tokens, temperature, top_p, eos_id, generator) for p in prompts]
+            return [self._generate_naive(p, max_new_tokens, temperature, top_p, eos_id, generator, min_tokens, stop)
+                    for p in prompts]
 
+        if max_new_tokens <= 0:
+            return [[] for _ in prompts]
         B, P = len(prompts), max(len(p) for p in prompts)
         if min(len(p) for p in prompts) == 0:
             raise ValueError("every prompt needs at least one token (start with the end-of-text id for none)")
-        S = P + max_new_tokens
-        if S > self.config.context_length:
-            raise ValueError(f"longest prompt ({P}) + max_new_tokens ({max_new_tokens}) = {S} exceeds the model's "
-                             f"context_length {self.config.context_length}; ask for fewer tokens or shorten prompts")
+        ctx = self.config.context_length
+        if P + max_new_tokens > ctx:
+            raise ValueError(f"longest prompt ({P}) + max_new_tokens ({max_new_tokens}) = {P + max_new_tokens} "
+                             f"exceeds the model's context_length {ctx}; ask for fewer tokens or shorten prompts")
+        # cache length rounded up to a multiple of 64: calls with similar lengths share one cache and its CUDA graph
+        S = min(ctx, -(-(P + max_new_tokens) // 64) * 64)
         # right-align the prompts: row b has pad[b] dummy tokens on the left, which the mask hides
         idx = torch.zeros(B, P, dtype=torch.long)
         pad = torch.tensor([P - len(p) for p in prompts])
@@ -623,36 +635,46 @@ class TransformerLM(nn.Module):
 
         out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
+        n_new = torch.full((B,), max_new_tokens, device=device)  # tokens each row keeps (set when it finishes)
         logits = self(idx, kv_cache=cache)[:, -1]  # prefill: the whole prompts at once, (B, V)
         for t in range(max_new_tokens):
-            tok = self._sample(logits, temperature, top_p, generator)  # (B,)
-            if eos_id is not None:
-                tok = torch.where(done, eos_id, tok)
-                done |= tok == eos_id
+            tok = self._sample(logits, temperature, top_p, generator, eos_id if t < min_tokens else None)  # (B,)
             out[:, t] = tok
-            if t == max_new_tokens - 1 or (eos_id is not None and t % 16 == 15 and bool(done.all())):  # sync
+            hit = self._finished(out, t, eos_id, stop if t + 1 >= min_tokens else [])  # (B,) bool, on the device
+            n_new = torch.where(hit & ~done, t + 1, n_new)
+            done |= hit
+            # every 16 tokens: have all rows finished? NOTE: bool() is a CPU-GPU sync point
+            if t == max_new_tokens - 1 or ((eos_id is not None or stop) and t % 16 == 15 and bool(done.all())):
                 break
             logits = self._decode_step(tok, cache, use_graph, compile and device.type == 'cuda')
-        result = []
-        for row in out[:, :t + 1].tolist():
-            if eos_id is not None and eos_id in row:
-                row = row[:row.index(eos_id) + 1]
-            result.append(row)
-        return result
+        return [row[:n] for row, n in zip(out[:, :t + 1].tolist(), n_new.tolist())]
 
-    def _generate_naive(self, prompt, max_new_tokens, temperature, top_p, eos_id, generator):
+    @staticmethod
+    def _finished(out, t, eos_id, stop):
+        """Rows whose token t is eos_id or whose tokens up to t end with a stop sequence: (B,) bool, no sync."""
+        hit = out[:, t] == eos_id if eos_id is not None else torch.zeros_like(out[:, 0], dtype=torch.bool)
+        for s in stop:
+            if t + 1 >= len(s):
+                hit |= (out[:, t + 1 - len(s):t + 1] == s).all(dim=1)
+        return hit
+
+    def clear_generation_cache(self):
+        """Free the KV caches and CUDA graphs that generate keeps per shape (call between phases, or before
+        copy.deepcopy: a CUDA graph cannot be copied)."""
+        self._graphs.clear()
+
+    def _generate_naive(self, prompt, max_new_tokens, temperature, top_p, eos_id, generator, min_tokens=0, stop=()):
         """The reference for the cache: re-run the full (cropped) sequence for each new token, O(T^2) per token."""
         device = self.lm_head.weight.device
         idx = torch.tensor([prompt], dtype=torch.long, device=device)
-        new = []
-        for _ in range(max_new_tokens):
+        new = torch.zeros(1, max_new_tokens, dtype=torch.long, device=device)
+        for t in range(max_new_tokens):
             logits = self(idx[:, -self.config.context_length:])[:, -1]
-            tok = self._sample(logits, temperature, top_p, generator)
-            new.append(int(tok))
-            idx = torch.cat([idx, tok[:, None]], dim=1)
-            if eos_id is not None and new[-1] == eos_id:
+            new[:, t] = self._sample(logits, temperature, top_p, generator, eos_id if t < min_tokens else None)
+            idx = torch.cat([idx, new[:, t:t + 1]], dim=1)
+            if self._finished(new, t, eos_id, stop if t + 1 >= min_tokens else []).item():
                 break
-        return new
+        return new[0, :t + 1].tolist()
 
     # -------------------------------------------------------------------------
     # Checkpoints

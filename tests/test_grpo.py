@@ -1,12 +1,16 @@
 """
 Tests of grpo.py: every piece on hand-computed values (group-normalized advantages with the unbiased std, the
 policy-gradient losses, clipping, masked_mean's NaN on empty masks, gradient accumulation that never zeroes),
-dispatch and input errors, and tiny end-to-end GRPO runs (reward rises, same seed = same run, off-policy + KL,
-checkpoint / resume, the demo pipeline at a toy size).
+dispatch and input errors, tiny end-to-end GRPO runs (reward rises, same seed = same run, off-policy + KL,
+checkpoint), the command line's refusals of bad input (issue 32), and bench/grpo.py's demo and lr sweep at toy size.
 
     python -m pytest tests/test_grpo.py -v
 """
+import importlib.util
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -204,7 +208,7 @@ def tiny_policy(seed=0):
 
 TINY = dict(n_grpo_steps=12, rollout_batch_size=32, group_size=8, train_batch_size=32, gradient_accumulation_steps=2,
             learning_rate=3e-2, sampling_max_tokens=8, sampling_min_tokens=8, eval_interval=-1, seed=3,
-            device='cpu', rollout_device='cpu', gen_batch_size=64)
+            device='cpu', gen_batch_size=64)
 QUESTIONS = [{'prompt': f'q{i}:', 'ground_truth': ''} for i in range(16)]
 
 
@@ -238,7 +242,7 @@ def test_lr_warmup():
     assert moved[1] == pytest.approx(moved[0] / 4, rel=0.05), moved
 
 
-def test_off_policy_clip_with_kl_and_resume(tmp_path):
+def test_off_policy_clip_with_kl_and_checkpoint(tmp_path):
     tok = sft.byte_tokenizer()
     cfg = {**TINY, 'n_grpo_steps': 2, 'loss_type': 'grpo_clip', 'epochs_per_rollout_batch': 2,
            'train_batch_size': 16, 'gradient_accumulation_steps': 2, 'kl_beta': 0.1, 'eval_interval': 1}
@@ -249,56 +253,92 @@ def test_off_policy_clip_with_kl_and_resume(tmp_path):
     rec = h['log'][0]
     assert rec['optimizer_steps'] == 4  # 2 epochs x (32 / 16) optimizer steps per rollout batch
     assert 0.0 <= rec['clip_fraction'] <= 1.0 and rec['kl'] >= 0.0
-    assert [e['step'] for e in h['evals']] == [0, 1, 2]
-    assert (tmp_path / 'run' / 'ckpt.pt').exists() and (tmp_path / 'run' / 'grpo_curves.png').exists()
-    assert len(sft.read_jsonl(str(tmp_path / 'run' / 'grpo_log.jsonl'))) == 2
-    # resume: the checkpoint carries the optimizer, the step and the history
-    ck = torch.load(str(tmp_path / 'run' / 'ckpt.pt'), map_location='cpu', weights_only=False)
-    policy, _ = sft.load_policy(str(tmp_path / 'run' / 'ckpt.pt'), 'cpu')
-    h2 = grpo.train_grpo(policy, tok, QUESTIONS, val, {**cfg, 'n_grpo_steps': 3}, reward_fn=ascii_reward,
-                         out_dir=out, resume=ck, log=lambda m: None)
-    assert [r['step'] for r in h2['log']] == [1, 2, 3] and h2['steps'] == 3
+    assert [e['step'] for e in h['evals']] == [0, 1, 2] and all('ci95' in e for e in h['evals'])
+    logged = sft.read_jsonl(str(tmp_path / 'run' / 'grpo_log.jsonl'))
+    assert [r['step'] for r in logged] == [1, 2, 0, 1, 2]  # the GRPO steps, then the validations
+    policy, _ = sft.load_policy(str(tmp_path / 'run' / 'ckpt.pt'), 'cpu')  # the checkpoint reloads
+    assert sft.generate(policy, tok, ['q:'], 4, stop=()) and (tmp_path / 'run' / 'grpo_val_step2.jsonl').exists()
 
 
 def test_train_config_errors():
     tok = sft.byte_tokenizer()
-    with pytest.raises(AssertionError, match='divisible by group_size'):
-        grpo.train_grpo(tiny_policy(), tok, QUESTIONS, [], {**TINY, 'rollout_batch_size': 30}, ascii_reward)
-    with pytest.raises(AssertionError, match='divisible by gradient_accumulation_steps'):
-        grpo.train_grpo(tiny_policy(), tok, QUESTIONS, [], {**TINY, 'gradient_accumulation_steps': 3}, ascii_reward)
-    with pytest.raises(AssertionError, match='must be >= group_size'):
-        grpo.train_grpo(tiny_policy(), tok, QUESTIONS, [], {**TINY, 'train_batch_size': 4,
-                                                           'gradient_accumulation_steps': 1}, ascii_reward)
-    with pytest.raises(AssertionError, match='loss_type'):
-        grpo.train_grpo(tiny_policy(), tok, QUESTIONS, [], {**TINY, 'loss_type': 'ppo'}, ascii_reward)
-    with pytest.raises(ValueError, match='unknown config key'):
-        grpo.train_grpo(tiny_policy(), tok, QUESTIONS, [], {**TINY, 'lr': 1.0}, ascii_reward)
+    for bad, msg in (({'rollout_batch_size': 30}, 'divisible by group_size'),
+                     ({'gradient_accumulation_steps': 3}, 'divisible by gradient_accumulation_steps'),
+                     ({'train_batch_size': 4, 'gradient_accumulation_steps': 1}, 'must be >= group_size'),
+                     ({'loss_type': 'ppo'}, 'loss_type'), ({'lr': 1.0}, 'unknown config key'),
+                     ({'group_size': 1, 'rollout_batch_size': 32, 'train_batch_size': 32}, 'use_std_normalization')):
+        with pytest.raises(ValueError, match=msg):
+            grpo.train_grpo(tiny_policy(), tok, QUESTIONS, [], {**TINY, **bad}, ascii_reward)
+    with pytest.raises(ValueError, match='no training questions'):
+        grpo.train_grpo(tiny_policy(), tok, [], [], TINY, ascii_reward)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the demo pipeline end to end, at a toy size (the real presets are run by hand: see results/grpo_demo_*.md)
+# the command line: bad input is refused in one line, with nothing written
+# ---------------------------------------------------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def cli_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp('grpo_cli')
+    sft.save_ckpt(str(d / 'model.pt'), tiny_policy())
+    sft.write_jsonl(str(d / 'train.jsonl'), [{'question': f'{i}+1', 'answer': str(i + 1)} for i in range(8)])
+    (d / 'bad.jsonl').write_text('{"question": "1+1", "answer": "2"}\n{"q": 1}\n')
+    return d
+
+
+BAD = [(['--group_size=3'], 'rollout_batch_size'), (['--loss_type=ppo'], 'loss_type'),
+       (['--learning_rate=0'], 'learning_rate'), (['--train_path=nope.jsonl'], 'train_path'),
+       (['--train_path={d}/bad.jsonl'], 'record 2'), (['--init_from={d}/train.jsonl'], 'not a readable'),
+       (['--eval_n=0'], 'eval_n'), (['--out_dir={d}/has_ckpt'], 'exists'),
+       ([], 'no room')]  # the default r1_zero prompt is longer than the tiny model's 32-token context
+
+
+@pytest.mark.parametrize('args,word', BAD)
+def test_cli_refuses_bad_input(cli_files, tmp_path, args, word):
+    d = cli_files
+    os.makedirs(d / 'has_ckpt', exist_ok=True)
+    (d / 'has_ckpt' / 'ckpt.pt').write_bytes(b'keep')
+    base = [f'--init_from={d}/model.pt', f'--train_path={d}/train.jsonl', '--device=cpu', f'--out_dir={tmp_path}/o',
+            '--rollout_batch_size=8', '--group_size=4', '--train_batch_size=8', '--gradient_accumulation_steps=1',
+            '--sampling_max_tokens=4']
+    before = sorted((p, os.path.getmtime(d / p)) for p in os.listdir(d))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'grpo.py'), *base, *[a.format(d=d) for a in args]],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert lines[0].startswith('grpo.py: error:') and word in lines[0], lines[0]
+    assert not os.path.exists(tmp_path / 'o') and (d / 'has_ckpt' / 'ckpt.pt').read_bytes() == b'keep'
+    assert before == sorted((p, os.path.getmtime(d / p)) for p in os.listdir(d))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bench/grpo.py: the demo (lr chosen on validation, test once) and the ablations, end to end at a toy size
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_demo_pipeline_runs(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location('bench_grpo', os.path.join(ROOT, 'bench', 'grpo.py'))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     tiny = dict(base=dict(model=dict(d_model=32, num_layers=1, num_heads=2, context_length=256),
-                          template=grpo.SHORT_TEMPLATE, task=dict(min_steps=1, max_steps=1, max_number=9),
-                          n_train=200, n_val=8,
+                          template=bench.SHORT_TEMPLATE, task=dict(min_steps=1, max_steps=1, max_number=9),
+                          n_train=200, n_val=8, n_test=8, fewshot=0, gen_batch_size=64, max_new_tokens=12,
                           pretrain=dict(max_iters=3, batch_size=8, gradient_accumulation_steps=1, learning_rate=3e-3),
                           sft_examples=16, sft=dict(max_iters=2, batch_size=8, gradient_accumulation_steps=1,
-                                                    learning_rate=1e-3),
-                          gen_batch_size=64, max_new_tokens=12),
-                sft_chunk=1, sft_max_chunks=1, sft_target=0.5, sft_target_sampled=0.5, probe_n=8,
+                                                    learning_rate=1e-3)),
+                sft_chunk=1, sft_max_chunks=1, sft_target=0.5, sft_target_sampled=0.5, probe_n=8, lrs=(1e-3, 1e-4),
                 main=dict(n_grpo_steps=2, rollout_batch_size=8, group_size=4, train_batch_size=8,
-                          gradient_accumulation_steps=1, learning_rate=1e-3, sampling_max_tokens=12, eval_interval=1,
-                          eval_n=-1, gen_batch_size=64),
+                          gradient_accumulation_steps=1, sampling_max_tokens=12, eval_interval=1, eval_n=-1,
+                          gen_batch_size=64),
                 ablation=dict(n_grpo_steps=1, rollout_batch_size=8, group_size=4, train_batch_size=8,
                               gradient_accumulation_steps=1, learning_rate=1e-3, sampling_max_tokens=12,
                               eval_interval=-1, eval_n=-1, gen_batch_size=64))
-    monkeypatch.setitem(grpo.GRPO_PRESETS, 'tiny', tiny)
-    monkeypatch.setattr(grpo, 'device', 'cpu')
-    res = grpo.run_demo('tiny', out_dir=str(tmp_path / 'out'), results_dir=str(tmp_path / 'res'))
-    assert len(res['ablations']) == 6 and res['h_main']['steps'] == 2
+    monkeypatch.setitem(bench.GRPO_PRESETS, 'tiny', tiny)
+    res = bench.run_demo('tiny', out_dir=str(tmp_path / 'out'), results_dir=str(tmp_path / 'res'))
+    assert len(res['ablations']) == 6 and res['h_main']['steps'] == 2 and res['lr'] in (1e-3, 1e-4)
+    assert res['test']['n'] == 8 and 'ci95' in res['test']
     md = (tmp_path / 'res' / 'grpo_demo_tiny.md').read_text()
-    assert '| SFT + GRPO | 2 |' in md and 'off-policy: grpo_clip' in md and 'rollout generation' in md
-    for f in ('grpo_demo_tiny.png', 'grpo_demo_tiny_curves.png', 'grpo_demo_tiny_log.jsonl'):
-        assert (tmp_path / 'res' / f).exists()
+    assert '(chosen)' in md and '| SFT + GRPO (lr' in md and 'off-policy: grpo_clip' in md
+    assert (tmp_path / 'res' / 'grpo_demo_tiny_curves.png').exists()
