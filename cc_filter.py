@@ -18,9 +18,8 @@ stats/<file>.json (counts, CPU seconds per stage; written LAST, it marks the fil
 val.bin, meta.json (the token folder train.py reads) and report.json (every count summed over the files).
 
 Why this shape:
-- One task per input file: Common Crawl ships ~100k WET files of similar size, an embarrassingly parallel unit.
-- Resumable: a file whose done-marker matches its input and settings is skipped; every output is written to a
-  temporary name and renamed into place (atomic on POSIX), so a killed job never leaves half a file behind.
+- One task per input file (Common Crawl ships ~100k similar WET files), resumable: a file whose done-marker matches
+  its input and settings is skipped, and every output is renamed into place, so a killed job leaves no half file.
 - Bad input never kills the job: a truncated gzip, a non-WARC file, an undecodable record are counted, warned
   about and skipped. Bad settings are refused at startup, before anything is written.
 - Engines: a local process pool, or --engine=ray running the SAME process_file as Ray tasks with retries
@@ -124,8 +123,7 @@ def iter_records(path, counts=None, warns=None, quiet=False):
                     yield url, 'html', record.reader.read(), (record.http_content_type or '').lower()
                 else:
                     yield url, 'text', record.reader.read(), 'text/plain'
-    except Exception as e:  # FastWARC raises OSError("Invalid WARC header") on bytes that are not a WARC;
-        # anything else a broken file throws at us is bad input too: count it, warn, keep what we have
+    except Exception as e:  # OSError("Invalid WARC header") on non-WARC bytes, or anything a broken file throws
         counts['bad_files' if n == 0 else 'truncated_records'] += 1
         why = 'not a WARC/WET file?' if n == 0 else 'file cut short?'
         _warn(warns, quiet, f"{path}: {e} after {n} records ({why}); skipped the rest of the file")
@@ -294,8 +292,8 @@ EMAIL_MASK, PHONE_MASK, IP_MASK = '|||EMAIL_ADDRESS|||', '|||PHONE_NUMBER|||', '
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 # US numbers, 10 digits with an optional +1: 2831823829, (283)-182-3829, (283) 182 3829, 283-182-3829,
 # 283.182.3829, +1 283 182 3829. No digit may touch either end (so longer digit runs are left alone).
-# NOTE speed: the leading lookahead (?=...) names the possible first characters; without it Python's regex
-# engine tries the lookbehind at every position of the text (3x slower on the docs crawl, same matches).
+# NOTE speed: the leading lookahead (?=...) names the possible first characters, or Python's regex engine
+# tries the lookbehind at every position of the text.
 PHONE_RE = re.compile(r"(?=[+(\d])(?<![\d+])(?:\+?1[\s.\-]?)?(?:\(\d{3}\)|\d{3})[\s.\-]?\d{3}[\s.\-]?\d{4}(?!\d)")
 # IPv4: four numbers 0-255; not part of a longer dotted run (1.2.3.4.5) or number, a final '.' may follow
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
@@ -517,9 +515,15 @@ def expand_inputs(pattern):
     return paths
 
 
+def overlapping_input(inputs, out):
+    """The first input that the output path out is, holds or lies inside (outputs never overwrite inputs)."""
+    inside = lambda a, b: a == b or a.startswith(b + os.sep)  # path a is b or lies inside b
+    o = os.path.realpath(out)
+    return next((p for p in map(os.path.realpath, inputs) if inside(p, o) or inside(o, p)), None)
+
+
 def check_models(cfg):
-    """A missing or broken model would fail every record of every file: load each one before starting
-    (FileNotFoundError saying where to get it, ValueError for a file fastText cannot read)."""
+    """Load every model before starting: a missing or broken one would fail every record of every file."""
     for key in MODELS:
         if cfg[key] or key == 'lid_model':
             load_fasttext(cfg[key], key)
@@ -527,7 +531,8 @@ def check_models(cfg):
 
 def _die_with_parent(parent_pid):
     """Pool initializer: have the kernel SIGKILL this worker when its parent dies (Linux prctl PR_SET_PDEATHSIG = 1),
-    so that a SIGKILLed driver leaves no worker blocked on a pipe forever. A no-op elsewhere."""
+    so that a SIGKILLed driver leaves no worker blocked on a pipe forever. A no-op elsewhere. NOTE the kernel
+    watches the thread that forked: a fork-context pool forks all its workers from the submitting thread."""
     if sys.platform.startswith('linux'):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
         if os.getppid() != parent_pid:  # the parent died before prctl: no signal will come
@@ -569,9 +574,8 @@ def _run_ray(todo, out_dir, cfg, num_workers, address, max_retries, on_done):
         ray.init(address=address, log_to_driver=True)
     elif started:  # a local instance on this machine with num_workers CPUs
         ray.init(num_cpus=num_workers, include_dashboard=False, log_to_driver=True)
-    # The task is process_file pickled by reference: each worker imports this script as a module (Ray puts the
-    # driver's script folder on the workers' sys.path; importing runs nothing). As __main__ it would be pickled
-    # by value, dragging the module's globals along (loaded fastText models do not pickle).
+    # The task is process_file pickled by reference: workers import this script (Ray puts the driver's folder on
+    # their sys.path). From __main__ it would go by value, with the module's globals (models do not pickle).
     module = sys.modules[__name__] if __name__ != '__main__' else \
         importlib.import_module(os.path.splitext(os.path.basename(__file__))[0])
     task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(module.process_file)
@@ -631,16 +635,15 @@ def run_pipeline(inputs, out_dir, cfg=None, engine='local', num_workers=0, ray_a
         raise ValueError(f"no input files match {inputs!r}")
     if engine not in ('local', 'ray'):
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if p := overlapping_input(paths, out_dir):
+        raise ValueError(f"out_dir {out_dir!r} is, holds or lies inside the input {p}: write the outputs elsewhere")
     check_models(cfg)  # main() has loaded them already; a library caller gets the same error here
     os.makedirs(out_dir, exist_ok=True)
     num_workers = num_workers or os.cpu_count()
     todo = [p for p in paths if done_marker(p, out_dir, cfg)[2] is None]
     # temp files (<output>.tmp.<pid>) of an interrupted run are garbage, the renamed outputs are what counts
-    for sub in ('docs', 'tokens', 'stats'):
-        folder = os.path.join(out_dir, sub)
-        for name in (os.listdir(folder) if os.path.isdir(folder) else []):
-            if '.tmp.' in name:
-                os.remove(os.path.join(folder, name))
+    for tmp in glob.glob(os.path.join(glob.escape(out_dir), '*', '*.tmp.*')):
+        os.remove(tmp)
     bar = tqdm(total=len(paths), initial=len(paths) - len(todo), unit='file', desc=f'cc_filter ({engine})',
                disable=not progress)
     t0, kept = time.time(), Counter()
@@ -658,8 +661,7 @@ def run_pipeline(inputs, out_dir, cfg=None, engine='local', num_workers=0, ray_a
         failed, startup_s = _run_ray(todo, out_dir, cfg, num_workers, ray_address, ray_max_retries, on_done)
     bar.close()
     wall_s = time.time() - t0
-    # everything that is finished, this run or an earlier one: counts, CPU seconds (bench/cc_filter.py turns
-    # them into documents/s per core and the cost projection), and the token folder
+    # everything finished, this run or before: counts, CPU seconds (bench/cc_filter.py: per core), token folder
     all_stats = [s for s in (done_marker(p, out_dir, cfg)[2] for p in paths) if s is not None]
     counts, times = Counter(), Counter()
     for s in all_stats:
@@ -764,10 +766,8 @@ def check_config(cfg):
     if not inputs:
         die(f"--input={cfg['input']!r} matches no file (quote the glob, so that the shell leaves it to us)")
     out = cfg['out_dir']
-    # outputs never overwrite inputs: the output (folder) is not an input, holds none, and lies inside none
-    for p, o in ((os.path.realpath(p), os.path.realpath(out)) for p in inputs):
-        if p == o or p.startswith(o + os.sep) or o.startswith(p + os.sep):
-            die(f"the output {out!r} is, holds or lies inside the input {p}: write the outputs elsewhere")
+    if p := overlapping_input(inputs, out):
+        die(f"--out_dir={out!r} is, holds or lies inside the input {p}: write the outputs elsewhere")
     if os.path.exists(out) and not os.path.isdir(out):
         die(f"--out_dir={out!r} is a file: give a folder")
     return inputs

@@ -607,3 +607,10 @@ def test_bad_input_refused(name, bad_input_dir):
     assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
     assert word.lower() in lines[0].lower(), lines[0]
     assert _tree(tmp) == before  # nothing written, nothing changed (no out/, inputs untouched)
+
+
+def test_library_refuses_output_over_inputs(crawl, cfg):
+    before = _tree(crawl)
+    with pytest.raises(ValueError, match='lies inside the input'):
+        cc_filter.run_pipeline(str(crawl / '*'), str(crawl), cfg, progress=False)
+    assert _tree(crawl) == before
