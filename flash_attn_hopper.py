@@ -10,7 +10,8 @@ arXiv:2407.08608) gets its speed on Hopper from three moves:
   3) within a warpgroup, the next QK^T overlaps the current softmax.
 This file does 1): `gl.warp_specialize` splits each program into a 1-warp load partition (Q once, then K and V
 tiles into NUM_STAGES stages) and an 8-warp compute partition (two warpgroups, 64 query rows each) that runs
-S = Q K^T and O += P V as WGMMAs with the online softmax of flash_attn.py in between. 2) and 3) are the next steps.
+S = Q K^T and O += P V as WGMMAs with the online softmax of flash_attn.py in between; 3) is there as OVERLAP (off
+until timed); 2) is the next step.
 The backward is flash_attn.py's Triton backward (the forward saves the same O and L).
 
 Fast path: CUDA sm90+, bf16/fp16, head dim 64 or 128, T a multiple of 128, contiguous (batch, [heads,] seq, d)
@@ -18,7 +19,7 @@ inputs; anything else runs flash_attn.py's Triton forward. UNTESTED ON A GPU whe
 tests only compile the kernel for sm90 (Gluon front end, layouts, ptxas); numerics, hangs and speed are unchecked.
 
   python flash_attn_hopper.py       # on a Hopper GPU: forward and gradients against naive attention
-  python bench/flash_attn.py        # then time it (its rows need adding: cuDNN, SDPA-FA2, Flex, flash_attn.py)
+  python bench/flash_attn.py        # time it beside flash_attn.py, cuDNN, SDPA-FA2, Flex (--hopper=False: skip it)
 """
 import math
 import os
@@ -47,7 +48,8 @@ BLOCK_M = 128  # query rows per program: two warpgroups of 64 rows (WGMMA's m is
 BLOCK_N = 128  # keys per K/V stage
 NUM_STAGES = 2  # K/V stages in the shared-memory ring: the loads of tile j+1 fly while tile j is used
 NUM_WARPS = 8  # the compute partition; the load partition adds 1 warp (rounded up to a warpgroup)
-MAXNREG = 168  # registers per thread: 12 warps x 32 threads x 168 fit the 64K registers of an SM
+MAXNREG = 168  # 12 warps x 32 threads x 168 registers fit an SM's 64K; the partitions then get 240 (compute), 24 (load)
+OVERLAP = False  # FA3's move 3, issue QK^T of the next tile before this tile's softmax (untimed: A/B it on a GPU)
 
 
 def _mma_layout(n, num_warps):
@@ -77,52 +79,72 @@ if HAS_GLUON:
             tma.async_copy_global_to_shared(v_desc, [kv_row + i * BLOCK_N, 0], ready, v_bufs.index(stage))
 
     @gluon.jit
-    def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready_bars, empty_bars, lo, hi, q_start, qk_scale,
-                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, MASKED: gl.constexpr,
-                num_warps: gl.constexpr):
-        # The online softmax of flash_attn.py's _fwd_inner over key tiles [lo, hi); tile j is in stage j % stages.
-        num_stages: gl.constexpr = k_bufs.type.shape[0]
+    def _softmax_pv(acc, m_i, l_i, s, v_smem, q_start, start_n, qk_scale, BLOCK_M: gl.constexpr,
+                    BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, MASKED: gl.constexpr, num_warps: gl.constexpr):
+        # One step of flash_attn.py's online softmax on the scores s (BLOCK_M, BLOCK_N) of one key tile, then O += P V.
         s_layout: gl.constexpr = _mma_layout(BLOCK_N, num_warps)
         o_layout: gl.constexpr = _mma_layout(HEAD_DIM, num_warps)
-        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)  # P from registers
-        s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
-        for start_n in range(lo, hi, BLOCK_N):
-            stage = (start_n // BLOCK_N) % num_stages
-            mbarrier.wait(ready_bars.index(stage), (start_n // BLOCK_N // num_stages) & 1)
-            k_smem = k_bufs.index(stage)  # (BLOCK_N, D); its transposed view is WGMMA's (D, BLOCK_N) operand
-            s = warpgroup_mma(q_smem, k_smem.permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))  # (BLOCK_M, BLOCK_N) fp32, unscaled
-            if MASKED:  # the tiles on the diagonal: keys after the query get -1e6 once scaled
-                rows = q_start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
-                cols = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-                s = gl.where(rows[:, None] >= cols[None, :], s, -1.0e6 / qk_scale)
-            m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)  # running max, base 2
-            p = gl.exp2(s * qk_scale - m_new[:, None])  # one multiply-add per score, as in flash_attn.py
-            alpha = gl.exp2(m_i - m_new)  # rescale factor of what was accumulated under the old max
-            l_i = l_i * alpha + gl.sum(p, axis=1)
-            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-            p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)  # P cast to bf16/fp16 for the tensor cores
-            acc = warpgroup_mma(p_op, v_bufs.index(stage), acc, is_async=True)  # O += P V
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        if MASKED:  # the tiles on the diagonal: keys after the query get -1e6 once scaled
+            rows = q_start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
+            cols = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+            s = gl.where(rows[:, None] >= cols[None, :], s, -1.0e6 / qk_scale)
+        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)  # running max, base 2
+        p = gl.exp2(s * qk_scale - m_new[:, None])  # one multiply-add per score, as in flash_attn.py
+        alpha = gl.exp2(m_i - m_new)  # rescale factor of what was accumulated under the old max
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+        # P (cast to bf16/fp16) goes to the tensor cores from registers, in the A-operand layout of the O product
+        p_op = gl.convert_layout(p.to(v_smem.dtype), gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2))
+        acc = warpgroup_mma(p_op, v_smem, acc, is_async=True)  # O += P V
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))  # (also waits for any QK^T issued before it)
+        return acc, m_new, l_i
+
+    @gluon.jit
+    def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready_bars, empty_bars, n_full, n_tiles, q_start, qk_scale,
+                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, OVERLAP: gl.constexpr,
+                num_warps: gl.constexpr):
+        # Key tiles [0, n_tiles), tile j in stage j % stages; [0, n_full) need no mask, the rest (the causal diagonal)
+        # do. OVERLAP (FA3's move 3): S_{j+1} = Q K_{j+1}^T is issued before the softmax of S_j, so the tensor cores
+        # work while the softmax runs; otherwise it is issued after P_j V_j, and waited for right away.
+        num_stages: gl.constexpr = k_bufs.type.shape[0]
+        s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, _mma_layout(BLOCK_N, num_warps))
+        mbarrier.wait(ready_bars.index(0), 0)
+        # K_j is (BLOCK_N, D) in shared memory; its transposed view is WGMMA's (D, BLOCK_N) operand
+        s_next = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        for j in range(n_tiles):
+            stage = j % num_stages
+            nxt = (j + 1) % num_stages
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s_next, ))  # S_j: (BLOCK_M, BLOCK_N) fp32, unscaled
+            if OVERLAP and j + 1 < n_tiles:
+                mbarrier.wait(ready_bars.index(nxt), ((j + 1) // num_stages) & 1)
+                s_next = warpgroup_mma(q_smem, k_bufs.index(nxt).permute((1, 0)), s_zero, use_acc=False,
+                                       is_async=True)
+            if j < n_full:
+                acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v_bufs.index(stage), q_start, j * BLOCK_N, qk_scale,
+                                            BLOCK_M, BLOCK_N, HEAD_DIM, False, num_warps)
+            else:
+                acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v_bufs.index(stage), q_start, j * BLOCK_N, qk_scale,
+                                            BLOCK_M, BLOCK_N, HEAD_DIM, True, num_warps)
             mbarrier.arrive(empty_bars.index(stage), count=1)  # both MMAs have read the stage: give it back
-            m_i = m_new
+            if not OVERLAP and j + 1 < n_tiles:
+                mbarrier.wait(ready_bars.index(nxt), ((j + 1) // num_stages) & 1)
+                s_next = warpgroup_mma(q_smem, k_bufs.index(nxt).permute((1, 0)), s_zero, use_acc=False,
+                                       is_async=True)
         return acc, m_i, l_i
 
     @gluon.jit
     def _compute_partition(q_smem, k_bufs, v_bufs, q_bar, ready_bars, empty_bars, o_desc, L, q_row, q_start,
                            n_full, n_tiles, qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                           HEAD_DIM: gl.constexpr, num_warps: gl.constexpr):
-        # 8 warps: tiles [0, n_full) need no mask, the rest (the causal diagonal) do; then O = acc / l, L = m + log l.
+                           HEAD_DIM: gl.constexpr, OVERLAP: gl.constexpr, num_warps: gl.constexpr):
+        # 8 warps: the key tiles as Q arrives, then O = acc / l and L = m + log(l).
         s_layout: gl.constexpr = _mma_layout(BLOCK_N, num_warps)
         o_layout: gl.constexpr = _mma_layout(HEAD_DIM, num_warps)
         acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)  # unnormalized O
         m_i = gl.full([BLOCK_M], float('-inf'), gl.float32, gl.SliceLayout(1, s_layout))  # running max m
         l_i = gl.full([BLOCK_M], 0.0, gl.float32, gl.SliceLayout(1, s_layout))  # running sum l
         mbarrier.wait(q_bar, 0)
-        acc, m_i, l_i = _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready_bars, empty_bars, 0, n_full * BLOCK_N,
-                                q_start, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM, False, num_warps)
-        acc, m_i, l_i = _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready_bars, empty_bars, n_full * BLOCK_N,
-                                n_tiles * BLOCK_N, q_start, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, num_warps)
+        acc, m_i, l_i = _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready_bars, empty_bars, n_full, n_tiles,
+                                q_start, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM, OVERLAP, num_warps)
         o = acc / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
         lse = (m_i + gl.log2(l_i)) * 0.6931471805599453  # L = m + log(l), back from base 2 to natural log
         rows = q_row + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
@@ -134,7 +156,7 @@ if HAS_GLUON:
 
     @gluon.jit
     def _attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, L, T, qk_scale, CAUSAL: gl.constexpr,
-                         NUM_STAGES: gl.constexpr, num_warps: gl.constexpr):
+                         NUM_STAGES: gl.constexpr, OVERLAP: gl.constexpr, num_warps: gl.constexpr):
         # grid: (T // BLOCK_M, batch * heads), the last query tile first under causal masking (the heaviest, as
         # in flash_attn.py). q, k, v, o are seen as (B*H*T, D) matrices: head bh's rows start at bh * T.
         BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
@@ -158,7 +180,7 @@ if HAS_GLUON:
             mbarrier.init(empty_bars.index(s), count=1)
         gl.warp_specialize([
             (_compute_partition, (q_smem, k_bufs, v_bufs, q_bar, ready_bars, empty_bars, o_desc, L, q_row, q_start,
-                                  n_full, n_tiles, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM, num_warps)),
+                                  n_full, n_tiles, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM, OVERLAP, num_warps)),
             (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, ready_bars, empty_bars,
                                q_row, kv_row, n_tiles, BLOCK_N)),
         ], [1], [24])
@@ -191,7 +213,7 @@ def hopper_fwd(q, k, v, is_causal):
     L = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     grid = (T // BLOCK_M, q.numel() // (T * D))  # (query tiles, batch * heads)
     _attn_fwd_hopper[grid](*_descriptors(q, k, v, o), L, T, flash_attn.LOG2E / math.sqrt(D), is_causal,
-                           NUM_STAGES, num_warps=NUM_WARPS, maxnreg=MAXNREG)
+                           NUM_STAGES, OVERLAP, num_warps=NUM_WARPS, maxnreg=MAXNREG)
     return o, L
 
 
@@ -208,16 +230,18 @@ class FlashAttentionHopper(flash_attn.FlashAttentionTriton):
         return o
 
 
-def compile_for_sm90(is_causal=True, head_dim=64, dtype=torch.bfloat16):
+def compile_for_sm90(is_causal=True, head_dim=64, dtype=torch.bfloat16, overlap=None):
     """Compile the kernel for sm90 without a GPU (front end, layouts, ptxas): what the CPU tests can check."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
     x = torch.empty(2 * BLOCK_M, head_dim, dtype=dtype)  # CPU stand-ins: only shapes and dtypes matter here
     descs = _descriptors(x, x, x, x)
-    names = ['q_desc', 'k_desc', 'v_desc', 'o_desc', 'L', 'T', 'qk_scale', 'CAUSAL', 'NUM_STAGES', 'num_warps']
-    signature = dict(zip(names, [mangle_type(d) for d in descs] + ['*fp32', 'i32', 'fp32'] + ['constexpr'] * 3))
-    constexprs = {'CAUSAL': is_causal, 'NUM_STAGES': NUM_STAGES, 'num_warps': NUM_WARPS}
+    names = ['q_desc', 'k_desc', 'v_desc', 'o_desc', 'L', 'T', 'qk_scale', 'CAUSAL', 'NUM_STAGES', 'OVERLAP',
+             'num_warps']
+    signature = dict(zip(names, [mangle_type(d) for d in descs] + ['*fp32', 'i32', 'fp32'] + ['constexpr'] * 4))
+    constexprs = {'CAUSAL': is_causal, 'NUM_STAGES': NUM_STAGES, 'num_warps': NUM_WARPS,
+                  'OVERLAP': OVERLAP if overlap is None else overlap}
     src = GluonASTSource(_attn_fwd_hopper, signature, constexprs)
     return triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': NUM_WARPS, 'maxnreg': MAXNREG})
 

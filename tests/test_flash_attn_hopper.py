@@ -38,9 +38,9 @@ def check_against_naive(shape, dtype, causal, tol):
 
 
 @pytest.mark.skipif(not flash_attn_hopper.HAS_GLUON, reason="this Triton has no Gluon")
-@pytest.mark.parametrize('causal, head_dim', [(True, 64), (False, 128)])
-def test_kernel_compiles_for_sm90(causal, head_dim):
-    kernel = flash_attn_hopper.compile_for_sm90(causal, head_dim)
+@pytest.mark.parametrize('causal, head_dim, overlap', [(True, 64, False), (False, 128, True)])
+def test_kernel_compiles_for_sm90(causal, head_dim, overlap):
+    kernel = flash_attn_hopper.compile_for_sm90(causal, head_dim, overlap=overlap)
     assert 'cubin' in kernel.asm and kernel.metadata.num_warps == flash_attn_hopper.NUM_WARPS + 4  # + load warpgroup
     assert kernel.metadata.shared <= 227 * 1024  # fits an H100's shared memory per block
 
@@ -66,7 +66,9 @@ def test_bad_inputs_same_errors_as_flash_attn():
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('head_dim', [64, 128])
 @pytest.mark.parametrize('causal', [False, True])
-def test_kernel_matches_naive_on_hopper(dtype, head_dim, causal):
+@pytest.mark.parametrize('overlap', [False, True])  # both schedules of the compute partition
+def test_kernel_matches_naive_on_hopper(monkeypatch, dtype, head_dim, causal, overlap):
+    monkeypatch.setattr(flash_attn_hopper, 'OVERLAP', overlap)
     q = torch.zeros(2, 3, 384, head_dim, device='cuda', dtype=dtype)
     assert flash_attn_hopper.supported(q, q, q)
     check_against_naive((2, 3, 384, head_dim), dtype, causal, 2e-2)
