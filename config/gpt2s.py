@@ -1,7 +1,7 @@
 # GPT-2 small shape (124M: 12 layers x 768, 12 heads, context 1024, vocab 50,304 = 50,257 padded to a multiple of 64)
 # with model.py's architecture (RoPE, SwiGLU with d_ff 2048, RMSNorm, untied embeddings).
-#   python train.py config/gpt2s.py --mode=bench --bench_generate=True     (throughput, MFU, generation speed)
-#   python train.py config/gpt2s.py --mode=bench --batch_size=64            (45.2% MFU on an H100; 44.2-44.4% at 32)
+#   python bench/train.py config/gpt2s.py --bench_generate=True     (throughput, MFU, generation speed)
+#   python bench/train.py config/gpt2s.py --batch_size=64            (45.2% MFU on an H100; 44.2-44.4% at 32)
 #   python data/pycode/prepare.py && python train.py config/gpt2s.py       (300 s on the Python-source corpus)
 data_dir = 'data/pycode'
 out_dir = 'out-gpt2s'
