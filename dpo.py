@@ -175,8 +175,12 @@ def main():
         ref, _ = sft.load_policy(init_from, device, tokenizer_dir)
     except (ValueError, OSError) as e:
         die(str(e))
-    if not pairs:
-        die(f"{train_path} has no preference pairs")
+    ctx = model.config.context_length  # a sequence is the template, the longer response and end-of-text
+    long = [i + 1 for i, p in enumerate(pairs) if len(tok.encode(alpaca(p['prompt'], max(p['chosen'], p['rejected'],
+                                                                                         key=len)))) >= ctx]
+    if not pairs or long:
+        die(f"{train_path}: pair {long[0]} is longer than the model's context ({ctx} tokens)" if long else
+            f"{train_path} has no preference pairs")
     train_dpo(model, ref, tok, pairs, beta, max_iters, batch_size, learning_rate, grad_clip, seed, log_interval,
               out_dir, dtype)
 

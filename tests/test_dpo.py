@@ -75,6 +75,19 @@ def test_per_instance_dpo_loss_matches_log_probs_summed_by_hand():
     assert ref.table.grad is None and pol.table.grad.abs().sum() > 0  # the reference stays frozen
 
 
+def test_cli_trains(tmp_path):
+    d = tmp_path
+    from model import TransformerLM
+    sft.save_ckpt(str(d / 'm.pt'), TransformerLM(vocab_size=257, context_length=256, d_model=16, num_layers=1,
+                                                 num_heads=2))
+    sft.write_jsonl(str(d / 'prefs.jsonl'), [{'prompt': 'a', 'chosen': 'b', 'rejected': 'c'}] * 2)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'dpo.py'), f'--init_from={d}/m.pt', '--device=cpu',
+                        f'--train_path={d}/prefs.jsonl', f'--out_dir={d}/o', '--max_iters=2', '--batch_size=2'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (d / 'o' / 'ckpt.pt').exists() and len(sft.read_jsonl(str(d / 'o' / 'dpo_log.jsonl'))) == 2
+
+
 def test_dpo_training_prefers_chosen(tmp_path):
     from model import TransformerLM
     torch.manual_seed(3)
@@ -93,13 +106,15 @@ def test_dpo_training_prefers_chosen(tmp_path):
 
 @pytest.mark.parametrize('args,word', [(['--beta=0'], 'beta'), (['--train_path=nope.jsonl'], 'train_path'),
                                        (['--train_path={d}/bad.jsonl'], "missing key(s) ['rejected']"),
-                                       (['--out_dir={d}'], 'overwritten')])
+                                       (['--out_dir={d}'], 'overwritten'), (['--init_from={d}/small.pt'], 'longer')])
 def test_cli_refuses_bad_input(tmp_path, args, word):
     d = tmp_path / 'in'
     d.mkdir()
     from model import TransformerLM
-    sft.save_ckpt(str(d / 'ckpt.pt'), TransformerLM(vocab_size=257, context_length=64, d_model=16, num_layers=1,
+    sft.save_ckpt(str(d / 'ckpt.pt'), TransformerLM(vocab_size=257, context_length=256, d_model=16, num_layers=1,
                                                     num_heads=2))
+    sft.save_ckpt(str(d / 'small.pt'), TransformerLM(vocab_size=257, context_length=32, d_model=16, num_layers=1,
+                                                     num_heads=2))  # the Alpaca template alone is longer than 32
     sft.write_jsonl(str(d / 'prefs.jsonl'), [{'prompt': 'a', 'chosen': 'b', 'rejected': 'c'}])
     sft.write_jsonl(str(d / 'bad.jsonl'), [{'prompt': 'a', 'chosen': 'b'}])
     before = sorted((p, os.path.getmtime(d / p)) for p in os.listdir(d))

@@ -314,6 +314,19 @@ def test_cli_refuses_bad_input(cli_files, tmp_path, args, word):
     assert before == sorted((p, os.path.getmtime(d / p)) for p in os.listdir(d))
 
 
+def test_cli_trains_and_writes_its_outputs(cli_files, tmp_path):
+    d = cli_files
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'grpo.py'), f'--init_from={d}/model.pt', '--device=cpu',
+                        f'--train_path={d}/train.jsonl', f'--val_path={d}/train.jsonl', '--prompt_template={question}',
+                        f'--out_dir={tmp_path}/o', '--n_grpo_steps=2', '--rollout_batch_size=8', '--group_size=4',
+                        '--train_batch_size=8', '--gradient_accumulation_steps=1', '--sampling_max_tokens=4',
+                        '--eval_interval=1', '--eval_n=4'], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert 'done: 2 GRPO steps' in r.stdout and (tmp_path / 'o' / 'ckpt.pt').exists()
+    logged = sft.read_jsonl(str(tmp_path / 'o' / 'grpo_log.jsonl'))
+    assert [x['step'] for x in logged] == [1, 2, 0, 1, 2] and logged[-1]['n'] == 4
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # bench/grpo.py: the demo (lr chosen on validation, test once) and the ablations, end to end at a toy size
 # ---------------------------------------------------------------------------------------------------------------

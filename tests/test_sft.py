@@ -487,6 +487,19 @@ def test_cli_eval_writes_accuracy_with_interval_per_split(cli_files):
     assert len(sft.read_jsonl(str(d / 'ev' / 'eval_test.jsonl'))) == 3
 
 
+def test_cli_sft_trains_validates_and_refuses_to_overwrite(cli_files, tmp_path):
+    d = cli_files
+    args = ['--mode=sft', f'--init_from={d}/model.pt', f'--train_path={d}/test.jsonl', f'--val_path={d}/val.jsonl',
+            f'--out_dir={tmp_path}/s', f'--prompt_template={TEMPLATE}', '--max_iters=2', '--batch_size=2',
+            '--eval_interval=1', '--max_new_tokens=8', '--device=cpu']
+    r = run_sft(*args)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp_path / 's')) == ['ckpt.pt', 'sft_log.jsonl', 'val_step1.jsonl', 'val_step2.jsonl']
+    r = run_sft(*args)  # the same command again: the checkpoint exists, so it is refused
+    assert r.returncode == 2 and 'exists' in r.stderr and '--overwrite=True' in r.stderr
+    assert run_sft(*args, '--overwrite=True').returncode == 0
+
+
 BAD = [  # (arguments, a word the one-line message must contain)
     (['--mode=train'], 'mode'),
     (['--mode=eval', '--max_new_tokens=0'], 'max_new_tokens'),
