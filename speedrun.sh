@@ -3,12 +3,12 @@
 #
 # nanochat's speedrun on ONE GPU and offline, or on a CPU in minutes; each step a command of our scripts (CS336):
 #   1) data       cc_filter.py (language ID, Gopher rules, PII masks) + dedup.py (exact lines, then MinHash
-#                 near-duplicates) on a crawl; sft.py's synthetic arithmetic task; a pycode source folder
+#                 near-duplicates) on a crawl; data/arith/prepare.py's arithmetic task; a pycode source folder
 #   2) tokenizer  bpe.py on the kept web text; data/docs/prepare.py and data/pycode/prepare.py encode the corpora
 #   3) pretrain   train.py (periodic validation, bits per byte, a sample at the end)
 #   4) sft        sft.py --mode=sft on worked traces in the <think>/<answer> format, from the pre-trained model
 #   5) grpo       grpo.py from the SFT model, rewards from the r1_zero grader
-#   6) eval       held-out task accuracy and format rate of base -> SFT -> GRPO; GSM8K through the same grader
+#   6) eval       task accuracy (test split) and format rate of base -> SFT -> GRPO; GSM8K (sft.py --mode=eval)
 #   7) report     report.md: a table per stage, loss curves, accuracies, wall-clock, device and versions
 # The glue between the scripts (profiles, small data steps, the report) is bench/speedrun.py.
 #
@@ -121,23 +121,21 @@ stage() {
 }
 
 D="$RUN_DIR/data" T="$RUN_DIR/tokenizer" P="$RUN_DIR/pretrain" S="$RUN_DIR/sft" G="$RUN_DIR/grpo" E="$RUN_DIR/eval"
-TOK="$T/tokenizer" TEMPLATE="$RUN_DIR/data/task/template.txt"
+TOK="$T/tokenizer" TEMPLATE="$RUN_DIR/data/template.txt"
 export PYTHONUNBUFFERED=1 LMSCRATCH_DATA="$DATA"
 COMMON=(--tokenizer_dir="$TOK" --device=$DEVICE --dtype=$DTYPE --prompt_template="$TEMPLATE")
 
 # 1) Data: crawl -> cc_filter.py -> one file per page -> exact line dedup -> MinHash dedup -> web.txt; the task
-#    (sft.py: problems with worked traces, held-out problems, the traces as plain text); the pycode source folder
+#    (train/val/test problems with worked traces, and the training traces as plain text); the pycode source folder
 stage_data() {
     run "$PY" cc_filter.py --input="$CRAWL" --out_dir="$1/cc" --tokenize=False --num_workers=$NW
     run "${GLUE[@]}" pages "$1/cc/docs" "$1/pages"
     run "$PY" dedup.py --mode=exact --inputs="$1/pages" --output_dir="$1/lines" --num_workers=$NW --progress=False
     run "$PY" dedup.py --mode=minhash --inputs="$1/lines" --output_dir="$1/dedup" --num_workers=$NW --progress=False
     run "${GLUE[@]}" webtext "$1"
-    mkdir -p "$1/task" && printf 'User: {question}\nAssistant: <think>' > "$TEMPLATE"  # r1_zero's ending, no preamble
-    run "$PY" sft.py --mode=make_data --out_dir="$1/task" --prompt_template="$TEMPLATE" --device=cpu \
-        --task_n_train=$TASK_N_TRAIN --task_n_val=$TASK_N_VAL --task_min_steps=$TASK_MIN_STEPS \
-        --task_max_steps=$TASK_MAX_STEPS --task_max_number=$TASK_MAX_NUMBER
-    run "${GLUE[@]}" task "$1/task"
+    printf 'User: {question}\nAssistant: <think>' > "$TEMPLATE"  # r1_zero's ending, no preamble
+    run "$PY" data/arith/prepare.py --out_dir="$1/task" --n_train=$TASK_N_TRAIN --n_val=$TASK_N_VAL --n_gen=0 \
+        --n_test=$TASK_N_TEST --min_steps=$TASK_MIN_STEPS --max_steps=$TASK_MAX_STEPS --max_number=$TASK_MAX_NUMBER
     if [[ -z "$PYSRC" && "$PYSRC_MB" != 0 ]]; then run "${GLUE[@]}" pysrc "$1/pysrc" "$PYSRC_MB"; fi
 }
 
@@ -147,7 +145,7 @@ stage_tokenizer() {
     [[ -z "$pysrc" && -d "$D/pysrc" ]] && pysrc="$D/pysrc"
     run "$PY" bpe.py --input="$D/web.txt" --vocab_size=$VOCAB --out_dir="$1/tokenizer" --num_workers=$NW
     run "$PY" data/docs/prepare.py --src="$D/web.txt" --out_dir="$1/web" "${enc[@]}"
-    run "$PY" data/docs/prepare.py --src="$D/task/task.txt" --out_dir="$1/task" "${enc[@]}"
+    run "$PY" data/docs/prepare.py --src="$D/task/pretrain.txt" --out_dir="$1/task" "${enc[@]}"
     run "$PY" data/pycode/prepare.py --src="$pysrc" --out_dir="$1/pycode" "${enc[@]}"
     run "${GLUE[@]}" mix "$1" "$TASK_REPEAT"  # train = web + pycode + task x TASK_REPEAT; val = web + pycode
 }
@@ -165,7 +163,7 @@ stage_pretrain() {
 # 4) SFT on gold traces in the <think>/<answer> format (sft.py stores the tokenizer folder in its checkpoint)
 stage_sft() {
     run "$PY" sft.py --mode=sft --init_from="$P/out/ckpt.pt" --out_dir="$1/out" "${COMMON[@]}" \
-        --train_path="$D/task/task_sft.jsonl" --val_path="$D/task/task_val.jsonl" --n_train_examples=$SFT_EXAMPLES \
+        --train_path="$D/task/train.jsonl" --val_path="$D/task/val.jsonl" --n_train_examples=$SFT_EXAMPLES \
         --max_iters=$SFT_ITERS --batch_size=$SFT_BATCH --gradient_accumulation_steps=$SFT_ACCUM \
         --learning_rate=$SFT_LR --warmup_iters=$SFT_WARMUP --eval_interval=$SFT_EVAL_INTERVAL --eval_n=$SFT_EVAL_N \
         --max_new_tokens=$MAX_NEW --gen_batch_size=$GEN_BATCH --log_interval=10
@@ -174,24 +172,25 @@ stage_sft() {
 # 5) GRPO from the SFT model on the task's training questions
 stage_grpo() {
     run "$PY" grpo.py --init_from="$S/out/ckpt.pt" --out_dir="$1/out" "${COMMON[@]}" \
-        --train_path="$D/task/task_sft.jsonl" --val_path="$D/task/task_val.jsonl" --n_grpo_steps=$GRPO_STEPS \
+        --train_path="$D/task/train.jsonl" --val_path="$D/task/val.jsonl" --n_grpo_steps=$GRPO_STEPS \
         --time_budget_s=$GRPO_TIME_S --rollout_batch_size=$GRPO_ROLLOUT --group_size=$GRPO_GROUP \
         --train_batch_size=$GRPO_TRAIN_BATCH --gradient_accumulation_steps=$GRPO_ACCUM --learning_rate=$GRPO_LR \
         --warmup_steps=$GRPO_WARMUP --sampling_temperature=$GRPO_TEMP --sampling_max_tokens=$MAX_NEW \
         --eval_interval=$GRPO_EVAL_INTERVAL --eval_n=$GRPO_EVAL_N --gen_batch_size=$GEN_BATCH
 }
 
-# 6) Evaluation: the held-out problems, greedy, r1_zero grader, for base -> SFT -> GRPO; then the GSM8K test
-#    questions (same template) whose prompt leaves room for the answer in the model's context
+# 6) Evaluation: the test split (greedy, r1_zero grader) for base -> SFT -> GRPO, and the first GSM8K test
+#    questions whose prompt (same template) leaves room for an answer in the model's context
 stage_eval() {
-    local m; declare -A ckpt=([base]="$P/out/ckpt.pt" [sft]="$S/out/ckpt.pt" [grpo]="$G/out/ckpt.pt")
-    evaluate() {  # evaluate MODEL NAME VAL_PATH
-        run "$PY" sft.py --mode=eval --init_from="${ckpt[$1]}" --out_dir="$E/$2" "${COMMON[@]}" --val_path="$3" \
+    local m gsm="$1/gsm8k.jsonl" splits
+    run "${GLUE[@]}" gsm8k "$DATA/a5/gsm8k/test.jsonl" "$TEMPLATE" "$TOK" "$CTX" "$MAX_NEW" "$GSM8K_N" "$gsm"
+    declare -A ckpt=([base]="$P/out/ckpt.pt" [sft]="$S/out/ckpt.pt" [grpo]="$G/out/ckpt.pt")
+    for m in base sft grpo; do
+        splits="$D/task/test.jsonl"
+        [[ -s "$gsm" && " $GSM8K_MODELS " == *" $m "* ]] && splits+=",$gsm"
+        run "$PY" sft.py --mode=eval --init_from="${ckpt[$m]}" --out_dir="$1/$m" "${COMMON[@]}" --eval_paths="$splits" \
             --max_new_tokens=$MAX_NEW --gen_batch_size=$GEN_BATCH
-    }
-    for m in base sft grpo; do evaluate $m "task_$m" "$D/task/task_val.jsonl"; done
-    run "${GLUE[@]}" gsm8k "$DATA/a5/gsm8k/test.jsonl" "$TEMPLATE" "$TOK" "$CTX" "$MAX_NEW" "$GSM8K_N" "$1/gsm8k.jsonl"
-    if [[ -s "$1/gsm8k.jsonl" ]]; then for m in $GSM8K_MODELS; do evaluate $m "gsm8k_$m" "$1/gsm8k.jsonl"; done; fi
+    done
 }
 
 stage_report() { run "${GLUE[@]}" report "$RUN_DIR" "$PUBLISH"; }  # 7) reads only what the stages wrote

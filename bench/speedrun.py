@@ -8,7 +8,6 @@ between the scripts' commands, and the report. Each step is a subcommand that re
     python bench/speedrun.py rundir RUN_DIR FRESH < config.env   # refuse a run folder of another configuration
     python bench/speedrun.py pages CC_DOCS DST      # cc_filter.py's kept records -> one .txt file per page
     python bench/speedrun.py webtext DATA_DIR       # deduplicated pages -> web.txt, counts -> dedup_stats.json
-    python bench/speedrun.py task TASK_DIR          # task_pretrain.jsonl -> task.txt (documents for prepare.py)
     python bench/speedrun.py pysrc DST MB           # a seeded sample of MB megabytes of the standard library
     python bench/speedrun.py mix TOK_DIR REPEAT     # web + pycode + task token files -> one folder for train.py
     python bench/speedrun.py gsm8k SRC TEMPLATE TOKENIZER CTX MAX_NEW N OUT   # GSM8K test questions that fit
@@ -39,9 +38,10 @@ PROFILES = {
         DEVICE='cuda', DTYPE='bfloat16', COMPILE='True',
         PYSRC_MB=0,  # 0 = data/pycode/prepare.py's default: every .py of the running Python
         VOCAB=16384,  # the pycode corpus's choice (results/data.md): 16K balances tokens saved vs output layer
-        # the task (sft.py's synthetic arithmetic word problems): 2-3 operations on numbers up to 20; its worked
-        # solutions enter pre-training TASK_REPEAT times
-        TASK_N_TRAIN=60000, TASK_N_VAL=500, TASK_MIN_STEPS=2, TASK_MAX_STEPS=3, TASK_MAX_NUMBER=20, TASK_REPEAT=4,
+        # the task (data/arith/prepare.py's arithmetic word problems): 2-3 operations on numbers up to 20; its
+        # worked solutions enter pre-training TASK_REPEAT times; val chooses, test reports
+        TASK_N_TRAIN=60000, TASK_N_VAL=500, TASK_N_TEST=500, TASK_MIN_STEPS=2, TASK_MAX_STEPS=3, TASK_MAX_NUMBER=20,
+        TASK_REPEAT=4,
         # pre-training: the A1 shape made 6 layers deep (arithmetic likes depth); 11,000 x 32,768 = 360M tokens,
         # with a hard stop (compilation included) so that the stage stays well under 10 minutes
         D_MODEL=512, N_LAYERS=6, N_HEADS=8, D_FF=1344, CTX=256, BATCH=128, ACCUM=1, MAX_ITERS=11000, MAX_TIME_S=330,
@@ -59,7 +59,8 @@ PROFILES = {
         MAX_NEW=96, GEN_BATCH=512, GSM8K_N=300, GSM8K_MODELS='base sft grpo'),
     'cpu': dict(  # tiny sizes: the whole chain in <= 10 minutes on 2 cores
         DEVICE='cpu', DTYPE='float32', COMPILE='False', PYSRC_MB=4, VOCAB=2048,
-        TASK_N_TRAIN=4000, TASK_N_VAL=100, TASK_MIN_STEPS=1, TASK_MAX_STEPS=1, TASK_MAX_NUMBER=9, TASK_REPEAT=4,
+        TASK_N_TRAIN=4000, TASK_N_VAL=100, TASK_N_TEST=100, TASK_MIN_STEPS=1, TASK_MAX_STEPS=1, TASK_MAX_NUMBER=9,
+        TASK_REPEAT=4,
         D_MODEL=128, N_LAYERS=4, N_HEADS=4, D_FF=0, CTX=128, BATCH=16, ACCUM=1, MAX_ITERS=600, MAX_TIME_S=150,
         LR=3e-3, MIN_LR=3e-4, WARMUP=30, EVAL_INTERVAL=150, EVAL_ITERS=10, LOG_INTERVAL=25, OPTIMIZER='adamw',
         SAMPLE_TOKENS=64,
@@ -71,7 +72,7 @@ PROFILES = {
 }
 # the test's size: the cpu profile made smaller, every stage in seconds; shows the chain works, not what it learns
 PROFILES['tiny'] = dict(
-    PROFILES['cpu'], PYSRC_MB=0.3, VOCAB=512, TASK_N_TRAIN=200, TASK_N_VAL=16, TASK_REPEAT=1,
+    PROFILES['cpu'], PYSRC_MB=0.3, VOCAB=512, TASK_N_TRAIN=200, TASK_N_VAL=16, TASK_N_TEST=16, TASK_REPEAT=1,
     D_MODEL=32, N_LAYERS=2, N_HEADS=2, BATCH=8, MAX_ITERS=16, MAX_TIME_S=30, WARMUP=5, EVAL_INTERVAL=8, EVAL_ITERS=2,
     LOG_INTERVAL=4, SAMPLE_TOKENS=16, SFT_EXAMPLES=50, SFT_ITERS=4, SFT_BATCH=8, SFT_WARMUP=1, SFT_EVAL_N=16,
     GRPO_STEPS=2, GRPO_TIME_S=30, GRPO_ROLLOUT=16, GRPO_GROUP=4, GRPO_TRAIN_BATCH=16, GRPO_LR=3e-4, GRPO_EVAL_N=16,
@@ -200,14 +201,6 @@ def webtext(d):
     print(json.dumps(stats, indent=1))
 
 
-def task(d):
-    """sft.py's task_pretrain.jsonl (worked solutions as plain 'Question/Solution/Answer' text) -> d/task.txt."""
-    with open(os.path.join(d, 'task_pretrain.jsonl'), encoding='utf-8') as f:
-        docs = [json.loads(line)['text'].strip() for line in f if line.strip()]
-    write_atomic(os.path.join(d, 'task.txt'), EOT.join(docs))
-    print(f"{len(docs)} worked solutions -> {d}/task.txt")
-
-
 def pysrc(dst, mb):
     """A seeded-order sample of `mb` megabytes of the standard library's .py files (the CPU profiles' pycode
     source; the whole environment is hundreds of MB). data/pycode/prepare.py applies its own rules in stage 2."""
@@ -268,7 +261,8 @@ def mix(t, repeat):
 
 def gsm8k(src, template, tok_dir, ctx, max_new, n, out):
     """The first n GSM8K test questions whose prompt (the task's template) leaves room for a short answer in the
-    model's context -> out (JSONL {prompt, ground_truth}); an empty file when the data is missing."""
+    model's context -> out, GSM8K's own records ({question, answer '... #### 18'}, what sft.py --mode=eval reads);
+    an empty file when the data is missing."""
     sys.path.insert(0, ROOT)
     import bpe
     with open(template, encoding='utf-8') as f:
@@ -282,8 +276,7 @@ def gsm8k(src, template, tok_dir, ctx, max_new, n, out):
                 seen += 1
                 prompt = template.replace('{question}', r['question'])
                 if len(tok.encode(prompt)) + min(int(max_new), 32) <= int(ctx):  # room for at least a short answer
-                    answer = r['answer'].rsplit('####', 1)[-1].strip().replace(',', '')
-                    rows.append({'prompt': prompt, 'ground_truth': answer})
+                    rows.append({'question': r['question'], 'answer': r['answer']})
                 if len(rows) == int(n):
                     break
     else:
@@ -406,12 +399,13 @@ def report(run_dir, publish=''):
         L += ['', f"pycode (`data/pycode/prepare.py` in stage 2; source: {', '.join(pm.get('source', []))}):", '']
         L += table(['step', 'files', 'MB'], [(k, f"{v['files']:,}", f"{v['bytes'] / 1e6:.2f}")
                                             for k, v in files.items() if isinstance(v, dict) and 'files' in v])
-    n_sft, n_val = count_lines('data/task/task_sft.jsonl'), count_lines('data/task/task_val.jsonl')
-    L += ['', f"Task (`sft.py --mode=make_data`): {n_sft:,} training problems with worked traces, {n_val:,} held-out "
-          f"problems (never in any training text); {cfg['TASK_MIN_STEPS']}-{cfg['TASK_MAX_STEPS']} operations on "
-          f"numbers up to {cfg['TASK_MAX_NUMBER']}. Their worked solutions in a plain 'Question/Solution/Answer' "
-          f"form (no tags) join pre-training x{cfg['TASK_REPEAT']}, as in sft.py's demo: the base model sees the "
-          "arithmetic, SFT teaches the <think>/<answer> format."]
+    n_train, n_val, n_test = (count_lines(f'data/task/{x}.jsonl') for x in ('train', 'val', 'test'))
+    L += ['', f"Task (`data/arith/prepare.py`): {n_train:,} training problems with worked traces, {n_val:,} validation "
+          f"and {n_test:,} test problems, disjoint from training by structure (never in any training text); "
+          f"{cfg['TASK_MIN_STEPS']}-{cfg['TASK_MAX_STEPS']} operations on numbers up to {cfg['TASK_MAX_NUMBER']}. "
+          f"The training problems' worked solutions in a plain 'Question/Solution/Answer' form (no tags) join "
+          f"pre-training x{cfg['TASK_REPEAT']}: the base model sees the arithmetic, SFT teaches the <think>/<answer> "
+          "format."]
 
     # 2) tokenizer
     tm = load('tokenizer/tokens/meta.json', {})
@@ -431,6 +425,12 @@ def report(run_dir, publish=''):
 
     # 3) pre-training
     s = load('pretrain/out/summary.json', {})
+    log = jsonl('pretrain/out/log.jsonl')
+    last = ([r for r in log if 'train_loss' in r] or [{}])[-1]  # the last logged training step
+
+    def num(v, fmt):
+        return '-' if v is None else format(v, fmt)
+
     L += ['', '## 3. Pre-training', '']
     if s:
         L += table(['what', 'value'], [
@@ -438,69 +438,76 @@ def report(run_dir, publish=''):
                       f"{s['n_params'] / 1e6:.2f}M non-embedding parameters"),
             ('iterations x tokens', f"{s['iters']:,} x {int(cfg['BATCH']) * int(cfg['ACCUM']) * int(cfg['CTX']):,} = "
                                     f"{s['tokens'] / 1e6:.1f}M tokens"),
-            ('time (training loop, incl. compile and evals)', f"{s['time_s']:.0f} s"),
-            ('throughput (steady state)', f"{s['tokens_per_s']:,.0f} tokens/s"),
-            ('MFU', f"{100 * s['mfu']:.1f}%" if s['mfu'] else '- (CPU)'),
-            ('final train loss', f"{s['train_loss']:.3f}"),
-            ('**validation loss** (nats/token)', f"**{s['val_loss']:.3f}**"),
+            ('time (training clock, incl. compile; evaluations not counted)',
+             f"{num(s.get('elapsed_s', s.get('time_s')), '.0f')} s"),
+            ('throughput (training clock)', f"{s['tokens_per_s']:,.0f} tokens/s"),
+            ('MFU (last logged steps)', f"{100 * last['mfu']:.1f}%" if last.get('mfu') else '- (CPU)'),
+            ('final train loss', num(last.get('train_loss', s.get('train_loss')), '.3f')),
+            ('**validation loss** (nats/token, the whole split)', f"**{s['val_loss']:.3f}**"),
             ('**validation bits per byte**', f"**{s['val_bpb']:.3f}**" if s.get('val_bpb') else '-')])
-        evals = [r for r in jsonl('pretrain/out/log.jsonl') if 'val_loss' in r]
+        evals = [r for r in log if 'val_loss' in r]
         L += ['', 'Periodic validation:', '']
         L += table(['iteration', 'tokens', 'val loss', 'bits/byte'], [(r['iter'], f"{r['tokens'] / 1e6:.1f}M",
-                   f"{r['val_loss']:.3f}", f"{r.get('val_bpb', float('nan')):.3f}") for r in evals])
+                   f"{r['val_loss']:.3f}", num(r.get('val_bpb'), '.3f')) for r in evals])
         if s.get('sample'):
             L += ['', 'Sample (prompt "Question: ", temperature 0.8):', '', '```', s['sample'].strip()[:600], '```']
     image('pretrain/out/loss.png', 'pre-training loss')
 
-    # 4-6) post-training and evaluation
-    def metrics(path):
-        recs = jsonl(path)
-        if not recs:
+    # 4-6) post-training and evaluation (sft.py --mode=eval: eval/<model>/eval_metrics.jsonl, one line per split)
+    def metrics(m, split):
+        rows = [r for r in jsonl(f'eval/{m}/eval_metrics.jsonl') if r.get('split') == split and r.get('n')]
+        if not rows:
             return None
-        k = len(recs)
-        return {'n': k, 'acc': sum(r['answer_reward'] for r in recs) / k,
-                'fmt': sum(r['format_reward'] for r in recs) / k, 'len': sum(r['length'] for r in recs) / k,
-                'example': recs[0]}
+        samples = jsonl(f'eval/{m}/eval_{split}.jsonl')
+        return dict(rows[0], example=samples[0] if samples else None)
 
     L += ['', '## 4. SFT', '', f"`sft.py --mode=sft` from the pre-trained checkpoint, tokenizer `tokenizer/tokenizer`: "
           f"{cfg['SFT_ITERS']} steps x {cfg['SFT_BATCH']} examples (of the first {cfg['SFT_EXAMPLES']} problems' gold "
           f"traces), lr {cfg['SFT_LR']}. Prompt: `User: {{question}}\\nAssistant: <think>` (r1_zero's ending)."]
-    image('sft/out/sft_curves.png', 'SFT loss and accuracy')
+    slog = jsonl('sft/out/sft_log.jsonl')
+    if plot_curves([r for r in slog if 'loss' in r], 'loss', [r for r in slog if 'accuracy' in r],
+                   J('report', 'sft_curves.png'), 'SFT'):
+        image('report/sft_curves.png', 'SFT loss and validation accuracy')
     glog = jsonl('grpo/out/grpo_log.jsonl')
+    steps = [r for r in glog if 'train_reward' in r]
     warm = '' if cfg.get('GRPO_WARMUP', '0') in ('0', '') else f" (linear warm-up over {cfg['GRPO_WARMUP']} steps)"
-    L += ['', '## 5. GRPO', '', f"`grpo.py` from the SFT checkpoint: {len(glog)} GRPO steps (time budget "
+    L += ['', '## 5. GRPO', '', f"`grpo.py` from the SFT checkpoint: {len(steps)} GRPO steps (time budget "
           f"{cfg['GRPO_TIME_S']} s) of {cfg['GRPO_ROLLOUT']} rollouts ({cfg['GRPO_GROUP']} per question), "
           f"temperature {cfg['GRPO_TEMP']}, reinforce_with_baseline, lr {cfg['GRPO_LR']}{warm}, up to "
           f"{cfg['MAX_NEW']} new tokens; reward = the grader's answer reward."]
-    if glog:
-        L += ['', f"Training reward {glog[0]['train_reward']:.3f} at step 1 -> {glog[-1]['train_reward']:.3f} at step "
-              f"{glog[-1]['step']}; rollouts at {sum(r.get('rollout_tokens_per_s', 0) for r in glog) / len(glog):,.0f}"
-              " tokens/s on average."]
-    image('grpo/out/grpo_curves.png', 'GRPO curves')
-    L += ['', '## 6. Evaluation', '', f"Held-out task problems ({n_val}), greedy decoding, up to {cfg['MAX_NEW']} new "
-          "tokens, the r1_zero grader (format: `</think> <answer>` ... `</answer>`; answer: exact value).", '']
-    res = {m: metrics(f'eval/task_{m}/eval_generations_step0.jsonl') for m in ('base', 'sft', 'grpo')}
+    if steps:
+        L += ['', f"Training reward {steps[0]['train_reward']:.3f} at step 1 -> {steps[-1]['train_reward']:.3f} at "
+              f"step {steps[-1]['step']}; rollouts at "
+              f"{sum(r.get('rollout_tokens_per_s', 0) for r in steps) / len(steps):,.0f} tokens/s on average."]
+    if plot_curves(steps, 'train_reward', [r for r in glog if 'accuracy' in r], J('report', 'grpo_curves.png'), 'GRPO'):
+        image('report/grpo_curves.png', 'GRPO training reward and validation accuracy')
+    n_test = count_lines('data/task/test.jsonl')
+    L += ['', '## 6. Evaluation', '', f"The task's test split ({n_test} problems, reported once), greedy decoding, up "
+          f"to {cfg['MAX_NEW']} new tokens, the r1_zero grader (format: `</think> <answer>` ... `</answer>`; answer: "
+          "exact value); 95% Wilson intervals.", '']
+    res = {m: metrics(m, 'test') for m in ('base', 'sft', 'grpo')}
     names = {'base': 'base (pre-trained)', 'sft': 'SFT', 'grpo': 'GRPO'}
-    L += table(['model', 'task accuracy', 'format rate', 'mean response tokens'],
-               [(names[m], f"**{100 * r['acc']:.1f}%**", f"{100 * r['fmt']:.1f}%", f"{r['len']:.1f}")
-                for m, r in res.items() if r])
+    L += table(['model', 'task accuracy', '95% interval', 'format rate', 'mean response tokens'],
+               [(names[m], f"**{100 * r['accuracy']:.1f}%**", f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}%",
+                 f"{100 * r['format_rate']:.1f}%", f"{r['mean_len']:.1f}") for m, r in res.items() if r])
     if s:
         L += ['', f"Base model: validation loss {s['val_loss']:.3f} nats/token"
               + (f", {s['val_bpb']:.3f} bits per byte" if s.get('val_bpb') else '')
               + " (web + pycode validation text)."]
-    gsm = {m: metrics(f'eval/gsm8k_{m}/eval_generations_step0.jsonl') for m in ('base', 'sft', 'grpo')}
+    gsm = {m: metrics(m, 'gsm8k') for m in ('base', 'sft', 'grpo')}
     gsm = {m: r for m, r in gsm.items() if r}
     if gsm:
-        L += ['', f"GSM8K test through the same prompt, generation and grader (the first "
+        L += ['', f"GSM8K test through the same prompt and generation, graded by its last number (the first "
               f"{next(iter(gsm.values()))['n']} questions whose prompt fits the {cfg['CTX']}-token context): "
-              + ', '.join(f"{names[m]} {100 * r['acc']:.1f}% (format {100 * r['fmt']:.1f}%)" for m, r in gsm.items())
+              + ', '.join(f"{names[m]} {100 * r['accuracy']:.1f}% (format {100 * r['format_rate']:.1f}%)"
+                          for m, r in gsm.items())
               + ". Expected near zero: these models are tiny and never saw grade-school word problems beyond the "
               "synthetic task."]
     else:
         L += ['', f"GSM8K: no test question fits the {cfg['CTX']}-token context (or the data is missing): skipped."]
-    ex = [(m, r['example']) for m, r in res.items() if r]
+    ex = [(m, r['example']) for m, r in res.items() if r and r['example']]
     if ex:
-        L += ['', f"First held-out problem, ground truth {ex[0][1]['ground_truth']}:", '', '```',
+        L += ['', f"First test problem, ground truth {ex[0][1]['ground_truth']}:", '', '```',
               ex[0][1]['prompt'].strip()]
         L += [f"[{names[m]}] {e['response'].strip()[:300]}" for m, e in ex] + ['```']
     if all(res.values()):
@@ -526,8 +533,8 @@ def plot_accuracy(res, names, path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 3.2))
     xs = list(res)
-    ax.bar([i - 0.2 for i in range(3)], [100 * res[m]['acc'] for m in xs], 0.4, label='accuracy')
-    ax.bar([i + 0.2 for i in range(3)], [100 * res[m]['fmt'] for m in xs], 0.4, label='format rate')
+    ax.bar([i - 0.2 for i in range(3)], [100 * res[m]['accuracy'] for m in xs], 0.4, label='accuracy')
+    ax.bar([i + 0.2 for i in range(3)], [100 * res[m]['format_rate'] for m in xs], 0.4, label='format rate')
     ax.set_xticks(range(3), [names[m] for m in xs])
     ax.set_ylabel('% of held-out problems')
     ax.set_ylim(0, 105)
@@ -537,6 +544,33 @@ def plot_accuracy(res, names, path):
     fig.savefig(path + '.tmp.png', dpi=100)
     plt.close(fig)
     os.replace(path + '.tmp.png', path)
+
+
+def plot_curves(train_rows, key, val_rows, path, title):
+    """Left: `key` per training step; right: validation accuracy and format rate. False when there is nothing."""
+    if not train_rows:
+        return False
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].plot([r['step'] for r in train_rows], [r[key] for r in train_rows])
+    axes[0].set_xlabel('step')
+    axes[0].set_ylabel(key.replace('_', ' '))
+    for k in ('accuracy', 'format_rate'):
+        axes[1].plot([r['step'] for r in val_rows], [100 * r[k] for r in val_rows], 'o-', label=k.replace('_', ' '))
+    axes[1].set_xlabel('step')
+    axes[1].set_ylabel('% of validation problems')
+    axes[1].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path + '.tmp.png', dpi=100)
+    plt.close(fig)
+    os.replace(path + '.tmp.png', path)
+    return True
 
 
 def versions():
@@ -562,7 +596,7 @@ def publish_report(run_dir, md, images, publish):
 
 
 COMMANDS = {'profile': profile, 'cuda': cuda, 'crawl': crawl, 'rundir': rundir, 'pages': pages, 'webtext': webtext,
-            'task': task, 'pysrc': pysrc, 'mix': mix, 'gsm8k': gsm8k, 'report': report}
+            'pysrc': pysrc, 'mix': mix, 'gsm8k': gsm8k, 'report': report}
 
 if __name__ == '__main__':
     import inspect

@@ -65,12 +65,13 @@ def test_every_stage_produced_its_outputs(tiny_run):
         cmds = [e for e in events if e['event'] == 'command']
         assert cmds and all(e['rc'] == 0 for e in cmds), st
     assert "stage 'data' already done" in tiny_run['out']  # the second call skipped what the first one did
-    expected = ['data/cc/report.json', 'data/web.txt', 'data/dedup_stats.json', 'data/task/task_sft.jsonl',
-                'data/task/task_val.jsonl', 'tokenizer/tokenizer/vocab.json', 'tokenizer/tokenizer/merges.txt',
+    expected = ['data/cc/report.json', 'data/web.txt', 'data/dedup_stats.json', 'data/task/train.jsonl',
+                'data/task/val.jsonl', 'data/task/test.jsonl', 'tokenizer/tokenizer/vocab.json',
+                'tokenizer/tokenizer/merges.txt',
                 'tokenizer/tokens/train.bin', 'tokenizer/tokens/val.bin', 'tokenizer/tokens/meta.json',
                 'pretrain/out/ckpt.pt', 'pretrain/out/summary.json', 'pretrain/out/loss.png', 'sft/out/ckpt.pt',
-                'grpo/out/ckpt.pt', 'grpo/out/grpo_log.jsonl', 'eval/task_base/eval_generations_step0.jsonl',
-                'eval/task_sft/eval_generations_step0.jsonl', 'eval/task_grpo/eval_generations_step0.jsonl',
+                'grpo/out/ckpt.pt', 'grpo/out/grpo_log.jsonl', 'eval/base/eval_test.jsonl', 'eval/sft/eval_test.jsonl',
+                'eval/grpo/eval_test.jsonl', 'eval/grpo/eval_metrics.jsonl',
                 'report.md', 'config.env']
     for rel in expected:
         assert os.path.getsize(os.path.join(d, rel)) > 0, rel
@@ -96,7 +97,7 @@ def test_report_has_every_section(tiny_run):
         assert needle in md, needle
     for st in STAGES[:-1]:
         assert f'| {st} |' in md, st
-    for png in ['pretrain/out/loss.png', 'sft/out/sft_curves.png', 'grpo/out/grpo_curves.png']:
+    for png in ['pretrain/out/loss.png', 'report/sft_curves.png', 'report/grpo_curves.png']:
         assert f']({png})' in md and os.path.exists(os.path.join(tiny_run['dir'], png)), png
 
 
