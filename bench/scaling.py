@@ -437,8 +437,9 @@ class LocalBackend:
               f"C={query['train_flops']:.3g}: {iters} iters, {tokens / 1e6:.2f}M tokens"
               + (f" ({epochs:.2f} epochs)" if epochs else ''))
         summary = (self._train_fn or train_with_train_py)(self.overrides(query))
+        # time_s: the training loop's own clock (train.py's elapsed_s; evaluations are off that clock)
         return dict(parameters=N, final_loss=summary['val_loss'], tokens=tokens, iters=iters, epochs=epochs,
-                    time_s=summary.get('time_s'), train_loss=summary.get('train_loss'))
+                    time_s=summary.get('elapsed_s', summary.get('time_s')), train_loss=summary.get('train_loss'))
 
 
 def train_with_train_py(overrides):
