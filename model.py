@@ -1,23 +1,22 @@
 """
 model.py: a decoder-only Transformer language model written from torch primitives (CS336 assignment 1).
 
-Every building block is a few lines of torch: Linear, Embedding, RMSNorm, SwiGLU, rotary position embeddings,
-a stable softmax, scaled dot-product attention, causal multi-head self-attention, the pre-norm block and the
-full TransformerLM. Parameter names follow the course (`token_embeddings`, `layers.{i}.attn.q_proj`, `ffn.w1`,
-`ln_final`, `lm_head`) so that the course's reference weights load as they are.
+Every building block is a few lines of torch: Linear, Embedding, RMSNorm, SwiGLU, rotary position embeddings, a
+stable softmax, scaled dot-product attention, causal multi-head self-attention, the pre-norm block, TransformerLM.
+Parameter names follow the course (`token_embeddings`, `layers.{i}.attn.q_proj`, `ffn.w1`, `ln_final`, `lm_head`).
 
 Notable features:
 - attention kernel switch: attn_impl='reference' (the readable path below), 'sdpa' (torch's fused kernel) or
   'flash' (the project's own Triton FlashAttention-2 in flash_attn.py); the same weights give the same outputs.
-- the course's ablations as switches: norm='none', post_norm=True, pos_emb='nope', ffn='silu'; and the usual
-  extras: tie_embeddings, qk_norm, grouped-query attention (num_kv_heads < num_heads).
+- the course's ablations as switches: norm='none', post_norm=True, pos_emb='nope', ffn='silu'; the usual extras:
+  tie_embeddings, qk_norm, grouped-query attention (num_kv_heads < num_heads); and from modded-nanogpt's records:
+  ffn='relu2' (ReLU squared), zero_init_proj (blocks start as the identity), logit_softcap (cap tanh(z / cap)).
 - a static-shape KV cache and `generate` with temperature / top-p, end-of-text stop, batched prompts of different
   lengths (left-padded), and on CUDA a CUDA graph for the decode step (no Python or launch overhead per token).
 - `cross_entropy` via log-sum-exp, parameter and FLOP counting for MFU and scaling laws; `FusedLinearCrossEntropy`
   (CUDA, train.py's default): one Triton kernel over the logits computes the training loss and its gradient.
 
-Run `python model.py` for a smoke test, or `python model.py --ckpt=out/ckpt.pt --prompt="Once upon a time"` to sample
-from a checkpoint written by train.py (train.py --mode=sample does the same with its config).
+Run `python model.py` for a smoke test; `python train.py --mode=sample --out_dir=...` samples from a checkpoint.
 """
 import math
 import os
@@ -37,13 +36,11 @@ except ImportError:
 # -----------------------------------------------------------------------------
 # Functions: softmax, attention, cross-entropy
 
-
 def softmax(x, dim=-1):
     """Numerically stable softmax: subtracting the max leaves the result unchanged and keeps exp() <= 1."""
     x = x - x.amax(dim=dim, keepdim=True)
     e = torch.exp(x)
     return e / e.sum(dim=dim, keepdim=True)
-
 
 def scaled_dot_product_attention(Q, K, V, mask=None):
     """softmax(Q K^T / sqrt(d_k)) V over any leading batch dims (Vaswani et al. 2017, eq. 1).
@@ -53,7 +50,6 @@ def scaled_dot_product_attention(Q, K, V, mask=None):
     if mask is not None:
         scores = scores.masked_fill(~mask, float('-inf'))
     return softmax(scores, dim=-1) @ V  # (..., Tq, d_v)
-
 
 def cross_entropy(logits, targets, ignore_index=-100):
     """Mean of -log softmax(logits)[target] over any leading dims, via log-sum-exp:
@@ -71,21 +67,14 @@ def cross_entropy(logits, targets, ignore_index=-100):
 # -----------------------------------------------------------------------------
 # The training loss on the GPU: lm_head matmul + cross-entropy + its gradient, one Triton kernel over the logits
 #
-# What the plain `F.cross_entropy(x @ W^T, y)` costs under torch.compile at GPT-2 small's shape (32,768 x 50,304
-# bf16 logits, 3.3 GB): the matmul writes the logits, inductor's forward reduction reads them, and its backward
-# reads them again and writes d loss / d logits; each of those two kernels takes about as long as two passes over
-# 3.3 GB (H100 profile: 2.4 + 2.3 ms of a 68 ms step). But the gradient of the mean cross-entropy is known as soon
-# as the log-sum-exp is:
+# The plain `F.cross_entropy(x @ W^T, y)` writes the (N, V) logits (3.3 GB at GPT-2 small's shape in bf16), then its
+# forward reduction reads them and its backward reads them again and writes d loss / d logits. But the gradient of
+# the mean cross-entropy is known as soon as the log-sum-exp is:
 #     d loss / d logits[i, j] = (softmax(logits[i])[j] - [j == y_i]) / n
-# so the forward can compute the loss AND overwrite the logits with their gradient, in one kernel that reads each
-# row twice (the second time it may still be in L2) and writes it once: the backward is then just the two matmuls
-# dX = G W, dW = G^T X, scaled by the incoming scalar gradient (applied to the small results, not to G).
-# Liger-Kernel's cross-entropy does the same (Hsu et al. 2024). Measured on an H100: 3.3 ms per GPT-2 small step
-# instead of 4.7, and a step 1.0-1.3 ms shorter; at A1's 10,000 columns 0.4 ms shorter (results/train_throughput.md,
-# round 6). At 50,304 columns the second read mostly misses L2 (~1,000 rows of 100 KB in flight), but both ways of
-# saving it were slower: a persistent grid with fewer rows in flight (round 7), and one program holding its whole row
-# in registers, read once (round 8: 4.5 ms instead of 3.3; likely because a 64K-wide row takes most of an SM's
-# registers, so one row at a time runs there). Memory parallelism matters more here than the extra read.
+# so the forward can compute the loss AND overwrite the logits with their gradient, in one kernel that reads each row
+# twice (the second time it may still be in L2) and writes it once; the backward is then just the two matmuls
+# dX = G W, dW = G^T X, scaled by the incoming scalar gradient. Liger-Kernel's cross-entropy does the same (Hsu et al.
+# 2024). What it saves, and the variants that measured slower: results/train_throughput.md, rounds 6-8.
 
 if triton is not None:
     @triton.jit
@@ -120,9 +109,7 @@ if triton is not None:
             g = tl.where(c == y, g - 1.0, g) * scale
             tl.store(X + c, g.to(X.dtype.element_ty), mask=c < V)
 
-
 FUSED_CE_BLOCK, FUSED_CE_WARPS = 4096, 8  # columns per step of a row, warps per row
-
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
     """mean cross-entropy of (h @ w^T) against targets, ignoring targets == ignore_index; h (N, C), w (V, C),
@@ -151,7 +138,6 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 # -----------------------------------------------------------------------------
 # Modules, bottom-up
 
-
 class Linear(nn.Module):
     """y = x W^T, no bias (as in LLaMA). W is stored (out, in) like torch's nn.Linear, initialised from a truncated
     normal with variance 2/(in+out) (Glorot), cut at +-3 sigma."""
@@ -165,7 +151,6 @@ class Linear(nn.Module):
     def forward(self, x):
         return x @ self.weight.t()  # (..., in) -> (..., out)
 
-
 class Embedding(nn.Module):
     """A lookup table (num_embeddings, embedding_dim), initialised from N(0, 1) truncated at +-3."""
 
@@ -176,7 +161,6 @@ class Embedding(nn.Module):
 
     def forward(self, token_ids):
         return self.weight[token_ids]  # (...,) -> (..., embedding_dim)
-
 
 class RMSNorm(nn.Module):
     """RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * g. Computed in float32 because the mean of
@@ -193,11 +177,9 @@ class RMSNorm(nn.Module):
         rms = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return (x * rms * self.weight.float()).to(in_dtype)
 
-
 def silu(x):
     """SiLU / swish: x * sigmoid(x)."""
     return x * torch.sigmoid(x)
-
 
 class SwiGLU(nn.Module):
     """SwiGLU feed-forward (Shazeer 2020): w2(silu(w1 x) * w3 x); w1, w3 (d_ff, d_model), w2 (d_model, d_ff)."""
@@ -209,11 +191,9 @@ class SwiGLU(nn.Module):
         self.w3 = Linear(d_model, d_ff, device, dtype)
 
     def forward(self, x):
-        # two matmuls, not one on torch.cat([w1, w3]): the concatenation copied both weights (and split their
-        # gradients) on every step; two matmuls measured 2% faster per A1 training step on an H100
-        # (results/train_throughput.md)
+        # two matmuls, not one on torch.cat([w1, w3]), which copied both weights (and split their gradients) every
+        # step: results/train_throughput.md
         return self.w2(silu(self.w1(x)) * self.w3(x))
-
 
 class MLP(nn.Module):
     """A plain two-matrix FFN w2(act(w1 x)), usually with d_ff = 4 d_model (SwiGLU's parameter count at 8/3).
@@ -229,7 +209,6 @@ class MLP(nn.Module):
     def forward(self, x):
         h = self.w1(x)  # (..., d_ff)
         return self.w2(F.relu(h).square() if self.act == 'relu2' else silu(h))
-
 
 class RotaryPositionalEmbedding(nn.Module):
     """RoPE (Su et al. 2021): rotate each ADJACENT pair (x[2j], x[2j+1]) of a query/key vector at position i by the
@@ -251,7 +230,6 @@ class RotaryPositionalEmbedding(nn.Module):
         # (x1 + i x2) * (cos + i sin): the 2-D rotation of each pair
         out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (..., T, d_k/2, 2)
         return out.flatten(-2).to(x.dtype)
-
 
 class CausalMultiHeadSelfAttention(nn.Module):
     """Causal multi-head self-attention. Heads are laid out "(heads d_k)" along the rows of q/k/v_proj.
@@ -311,7 +289,6 @@ class CausalMultiHeadSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, C): heads side by side again
         return self.output_proj(y)
 
-
 class TransformerBlock(nn.Module):
     """Pre-norm block (Xiong et al. 2020): y = x + attn(ln1(x)); out = y + ffn(ln2(y)).
     Ablations: post_norm=True gives the original Transformer's y = ln1(x + attn(x)); out = ln2(y + ffn(y));
@@ -332,7 +309,6 @@ class TransformerBlock(nn.Module):
             return self.ln2(x + self.ffn(x))
         x = x + self.attn(self.ln1(x), **attn_kwargs)
         return x + self.ffn(self.ln2(x))
-
 
 @dataclass
 class ModelConfig:
@@ -371,7 +347,6 @@ class ModelConfig:
             raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
-
 
 class KVCache:
     """Keys and values of every layer for a batch of sequences, preallocated at full size so that every decode
@@ -423,18 +398,15 @@ class KVCache:
     def advance(self, T):
         self.pos.add_(T)
 
-
 class TransformerLM(nn.Module):
     """token_embeddings -> num_layers x TransformerBlock -> ln_final -> lm_head, returning logits (no softmax)."""
 
-    # Two training-speed switches, off here (the model's plain definition) and on in train.py (its keys of the same
-    # names; results/train_throughput.md, round 6). fused_loss: forward(idx, targets) on CUDA goes through
-    # FusedLinearCrossEntropy and never materializes the float32 log-probabilities.
+    # Two training-speed switches, off here (the plain definition), on in train.py (results/train_throughput.md).
+    # fused_loss: forward(idx, targets) on CUDA through FusedLinearCrossEntropy (no float32 log-probabilities).
     fused_loss = False
-    # Under autocast the residual stream x stays float32 (the embedding table is float32, and x + bf16 block output
-    # promotes), so every norm and residual add moves 4-byte activations. lowp_residual casts the embedding output to
-    # the autocast dtype (bf16), and the whole stream stays in it (nanochat keeps its embedding table in bf16 for the
-    # same reason); the norms still compute in float32, and the validation loss does not move.
+    # lowp_residual: under autocast the residual stream stays float32 (the embedding table is), so every norm and add
+    # moves 4-byte activations; this casts the embedding output to bf16 and the stream stays there (as nanochat's
+    # bf16 embedding table does). The norms still compute in float32; the validation loss does not move.
     lowp_residual = False
 
     def __init__(self, vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=None,
@@ -456,9 +428,8 @@ class TransformerLM(nn.Module):
             self.rope = RotaryPositionalEmbedding(cfg.rope_theta, cfg.d_model // cfg.num_heads, cfg.context_length,
                                                   device)
         if cfg.zero_init_proj:
-            # every block starts as the identity (its residual branches add 0) and the first steps train the
-            # embedding-to-head path; the gradients of the zeroed matrices are not zero, so they move at once.
-            # modded-nanogpt's records zero these projections ("muP-like"); GPT-2 scales them by 1/sqrt(2 L) instead
+            # every block starts as the identity (its residual branches add 0); the zeroed matrices' gradients are
+            # not 0, so they move at once. modded-nanogpt's records ("muP-like"); GPT-2 scales them by 1/sqrt(2 L)
             for layer in self.layers:
                 nn.init.zeros_(layer.attn.output_proj.weight)
                 nn.init.zeros_(layer.ffn.w2.weight)
@@ -511,7 +482,7 @@ class TransformerLM(nn.Module):
         # the GPU training loss: lm_head matmul + cross-entropy + its gradient without separate passes over the
         # logits (see FusedLinearCrossEntropy). Under autocast: the bf16 operands autocast would give the matmul.
         # Left out of torch.compile's graph (one graph break, at the very end): traced, the kernel's in-place
-        # overwrite of the logits was functionalized into a full copy of them first (0.43 ms per A1 step on an H100)
+        # overwrite of the logits was functionalized into a full copy of them first
         h, w = x.flatten(0, -2), self.lm_head.weight  # (B*T, C), (V, C)
         if torch.is_autocast_enabled(h.device.type):
             dt = torch.get_autocast_dtype(h.device.type)
@@ -696,7 +667,6 @@ class TransformerLM(nn.Module):
 # -----------------------------------------------------------------------------
 # Counting parameters and FLOPs (for MFU and scaling laws)
 
-
 # The course's model sizes (CS336 A2, Table 1; vocab 10,000, context 128-1024) that bench.py, ddp.py and fsdp.py
 # measure; 'tiny' is for CPU smoke runs and tests.
 MODEL_SIZES = {
@@ -707,7 +677,6 @@ MODEL_SIZES = {
     'xl': dict(d_model=1600, d_ff=6400, num_layers=48, num_heads=25),
     '2.7B': dict(d_model=2560, d_ff=10240, num_layers=32, num_heads=32),
 }
-
 
 def count_parameters(model_or_config, exclude_embeddings=True):
     """Number of parameters. exclude_embeddings drops the input embedding table (a lookup costs no FLOPs), which is
@@ -730,7 +699,6 @@ def count_parameters(model_or_config, exclude_embeddings=True):
         n += cfg.vocab_size * d
     return n
 
-
 def flops_per_token(model_or_config, context_length=None):
     """Training FLOPs per token (forward + backward), PaLM appendix B / nanoGPT estimate_mfu:
     6 N for the weight matmuls plus 12 L d T for attention scores and values (T = context length)."""
@@ -738,11 +706,9 @@ def flops_per_token(model_or_config, context_length=None):
     T = context_length or cfg.context_length
     return 6 * count_parameters(model_or_config) + 12 * cfg.num_layers * cfg.d_model * T
 
-
 def estimate_mfu(model_or_config, tokens_per_s, peak_flops=989e12, context_length=None):
     """Model FLOPs utilisation: achieved training FLOP/s over the device's peak (H100 SXM bf16 dense: 989 TFLOP/s)."""
     return flops_per_token(model_or_config, context_length) * tokens_per_s / peak_flops
-
 
 def model_args_from(model):
     """The kwargs that rebuild `model` (what train.py stores as checkpoint['model_args'])."""
@@ -750,23 +716,7 @@ def model_args_from(model):
 
 
 if __name__ == '__main__':
-    import argparse
-    parser = argparse.ArgumentParser(description="smoke test, or sample from a train.py checkpoint")
-    parser.add_argument('--ckpt', default=None)
-    parser.add_argument('--prompt', default='')
-    parser.add_argument('--max_new_tokens', type=int, default=200)
-    parser.add_argument('--temperature', type=float, default=0.8)
-    parser.add_argument('--top_p', type=float, default=0.95)
-    args = parser.parse_args()
-    if args.ckpt is None:
-        model = TransformerLM(vocab_size=1000, context_length=64, d_model=64, num_layers=2, num_heads=4)
-        print(f"{count_parameters(model):,} parameters (excluding embeddings); {asdict(model.config)}")
-        print(model.generate([[1, 2, 3], [4]], max_new_tokens=8, temperature=0, seed=0))
-    else:
-        from bpe import Tokenizer
-        ckpt = torch.load(args.ckpt, map_location='cpu', weights_only=False)
-        model = TransformerLM.from_checkpoint(args.ckpt).eval()
-        tok = Tokenizer.from_dir(ckpt['tokenizer_dir'])
-        ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
-        new = model.generate([ids], args.max_new_tokens, args.temperature, args.top_p, eos_id=tok.eot_id)[0]
-        print(args.prompt + tok.decode(new))
+    # a smoke test: a tiny random model, its parameter count and a greedy continuation of two prompts
+    model = TransformerLM(vocab_size=1000, context_length=64, d_model=64, num_layers=2, num_heads=4)
+    print(f"{count_parameters(model):,} parameters (excluding embeddings); {asdict(model.config)}")
+    print(model.generate([[1, 2, 3], [4]], max_new_tokens=8, temperature=0, seed=0))

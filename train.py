@@ -1,22 +1,17 @@
 """
 train.py: train model.py's Transformer LM on a folder of token files (CS336 assignment 1, nanoGPT-shaped).
 
-One process on a CPU or one GPU:
     python train.py config/quick.py                       # CPU, about 2 minutes, on data/pycode
     python train.py config/a1.py                          # the course's A1 run on one GPU
     python train.py config/pycode.py                      # a 300 s time-to-quality recipe on one GPU
-Many GPUs of one node (DDP; a step sees batch_size x gradient_accumulation_steps sequences on any number of GPUs):
-    torchrun --standalone --nproc_per_node=8 train.py config/a1.py
-    torchrun --standalone --nproc_per_node=8 train.py config/a1.py --ddp_impl=bucketed   # ddp.py's own DDP
-Other modes:
+    torchrun --standalone --nproc_per_node=8 train.py config/a1.py   # DDP (--ddp_impl=bucketed: ddp.py's own)
     python train.py config/a1.py --resume=True            # continue out_dir/ckpt.pt exactly
     python train.py --mode=sample --out_dir=out-quick --prompt="def "   # sample from a checkpoint
     python train.py --mode=eval --out_dir=out-quick        # full-validation loss and bits/byte of a checkpoint
 Throughput benchmarks (synthetic tokens, MFU, generation speed): `python bench/train.py config/a1.py`.
-
 Top to bottom: the config; data; AdamW from scratch, and Muon; the learning-rate schedule (cosine or warmup-stable-
-decay, over iterations or a time budget); clipping; checkpoints; evaluation on the whole validation split; main():
-setup, the training loop, summary and sample. Library: `train.train({'max_iters': 100})` -> the summary dict.
+decay, over iterations or a time budget); clipping; checkpoints; evaluation on the whole validation split; main().
+Library: `import train; train.train({'max_iters': 100})` -> the summary dict.
 """
 import json
 import math
@@ -108,8 +103,7 @@ max_new_tokens = 200
 temperature = 0.8
 top_p = 0.95
 # -----------------------------------------------------------------------------
-# the defaults above, read-only, for library callers: train.train(dict(train.config, max_iters=100)). (Not a dict,
-# which configurator.py would take for one more config key.)
+# the defaults, read-only, for library callers (not a dict, which configurator.py would take for one more key)
 config = MappingProxyType({k: v for k, v in globals().items()
                            if k.islower() and not k.startswith('_') and isinstance(v, (bool, int, float, str))})
 # keys a resumed run may change: how long it runs and how often it reports, not what it computes
@@ -134,16 +128,16 @@ def load_tokens(data_dir, split):
     data_dir = os.path.join(ROOT, data_dir)  # unchanged if absolute
     meta_path, path = os.path.join(data_dir, 'meta.json'), os.path.join(data_dir, f'{split}.bin')
     fix = f"build the folder with `python {os.path.relpath(os.path.join(data_dir, 'prepare.py'))}`"
-    if not os.path.exists(meta_path) or not os.path.exists(path):
-        die(f"{path if os.path.exists(meta_path) else meta_path} not found: {fix} (or point --data_dir at a token folder)")
+    for p in (meta_path, path):
+        if not os.path.exists(p):
+            die(f"{p} not found: {fix} (or point --data_dir at a token folder)")
     try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        die(f"{meta_path} is corrupt ({type(e).__name__}): delete it and rebuild: {fix}")
-    if not isinstance(meta, dict) or meta.get('dtype') not in ('uint16', 'uint32') or \
-            not isinstance(meta.get('vocab_size'), int):
-        die(f"{meta_path} lacks 'vocab_size' (int) or 'dtype' ('uint16' | 'uint32'): delete it and rebuild: {fix}")
+        meta = json.load(open(meta_path))
+        ok = meta['dtype'] in ('uint16', 'uint32') and isinstance(meta['vocab_size'], int)
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        die(f"{meta_path} is corrupt (it needs JSON with vocab_size and dtype uint16|uint32): delete it and {fix}")
     size = os.path.getsize(path)
     if size == 0 or size % np.dtype(meta['dtype']).itemsize:
         die(f"{path} has {size} bytes, not a whole number of {meta['dtype']} tokens (truncated, or not meta.json's "
@@ -166,9 +160,8 @@ def get_batch(data, batch_size, context_length, device):
     """The course's get_batch: batch_size windows at uniform random starts in [0, len - context_length - 1];
     x = data[s : s+T], y = data[s+1 : s+T+1] (the next token of each position). LongTensors (B, T) on device."""
     starts = np.random.randint(0, len(data) - context_length, size=batch_size)
-    windows = torch.from_numpy(data[starts[:, None] + np.arange(context_length + 1)].astype(np.int64))  # (B, T+1)
-    windows = windows.to(device)
-    return windows[:, :-1], windows[:, 1:]
+    w = torch.from_numpy(data[starts[:, None] + np.arange(context_length + 1)].astype(np.int64)).to(device)  # (B, T+1)
+    return w[:, :-1], w[:, 1:]
 
 class TokenSampler:
     """Random windows of one split, fast enough never to make the GPU wait. If the split fits in a quarter of the
@@ -222,7 +215,7 @@ class AdamW(torch.optim.Optimizer):
     parameter: torch's fused kernel (optimizer='torch_adamw') does all parameters in one and is faster on a GPU."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or weight_decay < 0:
+        if min(lr, eps, weight_decay, *betas) < 0 or max(betas) >= 1:
             raise ValueError(f"bad AdamW hyperparameters: lr={lr}, betas={betas}, eps={eps}, wd={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
@@ -240,9 +233,8 @@ def zeropower_via_newtonschulz5(G, steps=5):
     (Keller Jordan, "Muon: an optimizer for hidden layers", 2024). bf16 on CUDA (tensor cores), float32 elsewhere."""
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G.bfloat16() if G.is_cuda else G.float()
-    wide = G.size(-2) > G.size(-1)
-    if wide:  # iterate on the short side: X X^T is then the smaller Gram matrix
-        X = X.mT
+    wide = G.size(-2) > G.size(-1)  # tall, really: then iterate on X^T, whose Gram matrix X X^T is the smaller one
+    X = X.mT if wide else X
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # Frobenius norm >= spectral norm: singular values <= 1
     for _ in range(steps):
         A = X @ X.mT  # (..., rows, rows)
@@ -269,11 +261,9 @@ class Muon(torch.optim.Optimizer):
                 for p in params:
                     adamw_update(p, self.state[p], group['lr'], *group['betas'], group['eps'], group['weight_decay'])
                 continue
-            by_shape = {}  # matrices of one shape are orthogonalized together: one batched matmul per NS step
-            for p in params:
-                by_shape.setdefault(tuple(p.shape), []).append(p)
-            mom = group['momentum']
-            for (rows, cols), ps in by_shape.items():
+            mom, shapes = group['momentum'], sorted({tuple(p.shape) for p in params})
+            for rows, cols in shapes:  # matrices of one shape are orthogonalized together: batched matmuls
+                ps = [p for p in params if p.shape == (rows, cols)]
                 grads = [p.grad for p in ps]
                 bufs = [self.state[p].setdefault('momentum_buffer', torch.zeros_like(p)) for p in ps]
                 torch._foreach_lerp_(bufs, grads, 1 - mom)  # buf = mom buf + (1 - mom) g
@@ -285,8 +275,7 @@ def configure_optimizer(model, device_type, name=None):
     """The optimizer `name` (default: the `optimizer` key) over model's parameters, in groups that each remember
     their peak rate as 'base_lr'. Weight decay on AdamW's matrices, not on the 1-D norm gains (as nanoGPT and most
     LLMs). With 'muon', the matrices of the blocks (attention q/k/v/output, FFN) go to Muon at muon_lr."""
-    name = name or optimizer
-    groups = {}
+    name, groups = name or optimizer, {}
     for n, p in model.named_parameters():
         use_muon = name == 'muon' and p.dim() == 2 and 'layers.' in n
         lr = muon_lr if use_muon else embed_lr if 'token_embeddings' in n else head_lr if 'lm_head' in n else -1
@@ -294,12 +283,9 @@ def configure_optimizer(model, device_type, name=None):
         wd = weight_decay if p.dim() >= 2 and not use_muon else 0.0
         groups.setdefault((use_muon, lr, wd), []).append(p)
     param_groups = [dict(params=ps, muon=m, lr=lr, base_lr=lr, weight_decay=wd) for (m, lr, wd), ps in groups.items()]
-    kw = dict(betas=(beta1, beta2), eps=eps)
-    if name == 'muon':
-        return Muon(param_groups, momentum=0.95, **kw)
     if name == 'torch_adamw':
-        return torch.optim.AdamW(param_groups, **kw, fused=device_type == 'cuda')
-    return AdamW(param_groups, **kw)
+        return torch.optim.AdamW(param_groups, betas=(beta1, beta2), eps=eps, fused=device_type == 'cuda')
+    return (Muon if name == 'muon' else AdamW)(param_groups, betas=(beta1, beta2), eps=eps)
 
 
 # -----------------------------------------------------------------------------
@@ -324,9 +310,8 @@ def lr_factor(it, elapsed_s):
     the last cooldown_frac of the run (modded-nanogpt's records decay the same way); 3) min_lr after the end."""
     if it < warmup_iters:
         return it / warmup_iters
-    decay_iters = lr_decay_iters if lr_decay_iters > 0 else max_iters
+    decay_iters, floor = lr_decay_iters if lr_decay_iters > 0 else max_iters, min_lr / learning_rate
     frac = elapsed_s / max_time_s if max_time_s > 0 else (it - warmup_iters) / max(1, decay_iters - warmup_iters)
-    floor = min_lr / learning_rate
     if lr_schedule == 'wsd':
         return 1 - (1 - floor) * min(1.0, max(0.0, frac - (1 - cooldown_frac)) / cooldown_frac)
     return lr_cosine_schedule(frac, 1.0, floor, 0, 1)
@@ -337,9 +322,7 @@ def gradient_clipping(params, max_norm, eps=1e-6, sharded=False):
     The scale is clamped at 1 on the GPU instead of tested with `if`, which would sync with the CPU every step.
     sharded=True (FSDP: each rank holds a slice of every gradient) sums the squares over ranks first.
     Returns the norm before clipping (a 0-d tensor)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
+    grads = [p.grad for p in params if p.grad is not None] or [torch.zeros(())]
     # foreach ops: one kernel launch for the whole list (what torch.nn.utils.clip_grad_norm_ does)
     sq = torch.stack([n.float() for n in torch._foreach_norm(grads)]).pow(2).sum()
     if sharded:
@@ -359,11 +342,9 @@ def save_checkpoint(model, optimizer, iteration, out, **extra):
     state = model if isinstance(model, dict) else model.state_dict()  # a state dict may be passed directly (FSDP)
     ckpt = {'model': state, 'optimizer': optimizer.state_dict() if optimizer is not None else None,
             'iter_num': iteration, **extra}
+    torch.save(ckpt, f"{out}.tmp" if isinstance(out, (str, os.PathLike)) else out)
     if isinstance(out, (str, os.PathLike)):
-        torch.save(ckpt, f"{out}.tmp")
         os.replace(f"{out}.tmp", out)
-    else:
-        torch.save(ckpt, out)
 
 def load_checkpoint(src, model, optimizer=None):
     """Restore model (and optimizer) from save_checkpoint's file; return the iteration it was saved at."""
@@ -453,11 +434,10 @@ def setup_distributed():
     Returns (rank, local_rank, world_size, device, we_initialized)."""
     if int(os.environ.get('RANK', -1)) == -1 and not dist.is_initialized():
         return 0, 0, 1, device if device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu'), False
-    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    local_rank, ours = int(os.environ.get('LOCAL_RANK', 0)), not dist.is_initialized()
     dev = f'cuda:{local_rank}' if torch.cuda.is_available() and device != 'cpu' else 'cpu'
     if dev != 'cpu':
         torch.cuda.set_device(dev)
-    ours = not dist.is_initialized()
     if ours:
         dist.init_process_group(backend='nccl' if dev != 'cpu' else 'gloo')
     return dist.get_rank(), local_rank, dist.get_world_size(), dev, ours
@@ -480,11 +460,9 @@ def log_row(path, row, keep_until_iter=None):
     """Append one JSON line to the run's log (a crash loses nothing). keep_until_iter (resuming): first drop the rows
     an interrupted run logged after its checkpoint, so that the log holds one curve."""
     if path and keep_until_iter is not None:
-        with open(path, 'a+') as f:
-            f.seek(0)
-            rows = [r for r in map(json.loads, f) if r.get('iter', 0) <= keep_until_iter]
+        rows = list(map(json.loads, open(path))) if os.path.exists(path) else []
         with open(path + '.tmp', 'w') as f:
-            f.writelines(json.dumps(r) + '\n' for r in rows)
+            f.writelines(json.dumps(r) + '\n' for r in rows if r.get('iter', 0) <= keep_until_iter)
         os.replace(path + '.tmp', path)
     if path and row:
         with open(path, 'a') as f:
