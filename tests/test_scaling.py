@@ -374,40 +374,40 @@ def _write_runs(path, budgets=(1e18, 3e18)):
 
 
 @pytest.mark.parametrize('args, needle', [
-    (['--mode=sweep'], 'bench/scaling.py'),
-    (['--n_bootstrap=-1'], '--n_bootstrap'),
-    (['--huber_delta=0'], '--huber_delta'),
-    (['--extrapolate_to=(0,)'], '--extrapolate_to'),
-    (['--input=missing.json'], 'missing.json'),
-    (['--input=bad.json'], 'not valid JSON'),
-    (['--input=one_budget.json'], '2 or more budgets'),
-    (['--input=.'], '.'),
-    (['--n_bootstrap=many'], 'n_bootstrap'),
+    ('--mode=sweep', 'bench/scaling.py'),
+    ('--n_bootstrap=-1', '--n_bootstrap'),
+    ('--huber_delta=0', '--huber_delta'),
+    ('--extrapolate_to=(0,)', '--extrapolate_to'),
+    ('--input=missing.json', 'missing.json'),
+    ('--input=bad.json', 'not valid JSON'),
+    ('--input=one_budget.json', '2 or more budgets'),
+    ('--input=.', '.'),
+    ('--n_bootstrap=many', 'n_bootstrap'),
 ])
 def test_scaling_refuses_bad_config(tmp_path, args, needle):
     (tmp_path / 'bad.json').write_text('[{"parameters": 1e6,')
     _write_runs(tmp_path / 'one_budget.json', budgets=(1e18,))
     before = sorted(os.listdir(tmp_path))
-    _refused('scaling.py', args, tmp_path, needle)
+    _refused('scaling.py', args.split(), tmp_path, needle)
     assert sorted(os.listdir(tmp_path)) == before
 
 
 @pytest.mark.parametrize('args, needle', [
-    (['--mode=fit'], '--mode'),
-    (['--preset=huge'], '--preset'),
-    (['--preset=none', '--budgets=(1e10,)'], '2 or more different budgets'),
-    (['--preset=none', '--budgets=()'], '--budgets'),
-    (['--preset=cpu', '--sizes_per_budget=2'], '--sizes_per_budget'),
-    (['--preset=cpu', '--warmup_frac=1.5'], '--warmup_frac'),
-    (['--preset=cpu', '--batch_size=0'], '--batch_size'),
-    (['--preset=cpu', '--size_spread=1.0'], '--size_spread'),
-    (['--preset=cpu', '--time_limit_s=-1'], '--time_limit_s'),
-    (['--preset=cpu', '--data_dir=no_such_folder'], 'no_such_folder'),
-    (['--backend=remote'], '--api_key'),
-    (['--name=a/b'], '--name'),
+    ('--mode=fit', '--mode'),
+    ('--preset=huge', '--preset'),
+    ('--preset=none --budgets=(1e10,)', '2 or more different budgets'),
+    ('--preset=none --budgets=()', '--budgets'),
+    ('--preset=cpu --sizes_per_budget=2', '--sizes_per_budget'),
+    ('--preset=cpu --warmup_frac=1.5', '--warmup_frac'),
+    ('--preset=cpu --batch_size=0', '--batch_size'),
+    ('--preset=cpu --size_spread=1.0', '--size_spread'),
+    ('--preset=cpu --time_limit_s=-1', '--time_limit_s'),
+    ('--preset=cpu --data_dir=no_such_folder', 'no_such_folder'),
+    ('--backend=remote', '--api_key'),
+    ('--name=a/b', '--name'),
 ])
 def test_bench_scaling_refuses_bad_config(tmp_path, args, needle):
-    _refused('bench/scaling.py', [*args, f'--out_dir={tmp_path / "out"}'], tmp_path, needle)
+    _refused('bench/scaling.py', [*args.split(), f'--out_dir={tmp_path / "out"}'], tmp_path, needle)
     assert os.listdir(tmp_path) == []
 
 
