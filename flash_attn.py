@@ -644,25 +644,20 @@ def main():
 # as they teach nothing about attention. Compiled (GPU) kernels never see them.
 
 def _patch_triton_interpreter():
-    # NOTE a footgun of Triton 3.6's interpreter: it keeps scalars as 1-element numpy arrays and makes loop bounds
-    # with int(array), which NumPy >= 2.4 refuses ("only 0-dimensional arrays can be converted to Python scalars").
-    # We shadow `int` inside that one module with a version that unwraps 1-element arrays.
-    import builtins
+    # NOTE a footgun of Triton 3.6's interpreter: it keeps scalars as 1-element numpy arrays, and its tensors'
+    # __index__ (what range() calls for a loop bound) does int(array), which NumPy >= 2.4 refuses ("only
+    # 0-dimensional arrays can be converted to Python scalars"). We re-set __index__ after it patches tensors.
     import numpy as np
     from triton.runtime import interpreter
-    if 'int' in vars(interpreter):
+    patch_tensor = interpreter._patch_lang_tensor
+    if getattr(patch_tensor, 'lmscratch', False):
         return
 
-    class _IntMeta(type):  # the module also uses `isinstance(x, int)`: keep that meaning
-        def __instancecheck__(cls, obj):
-            return isinstance(obj, builtins.int)
-
-    class _int(metaclass=_IntMeta):
-        def __new__(cls, x=0, *args):
-            if isinstance(x, np.ndarray) and x.size == 1 and not args:
-                x = x.reshape(()).item()
-            return builtins.int(x, *args)
-    interpreter.int = _int
+    def patch_tensor_index(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, '__index__', lambda self: self.handle.data.reshape(()).item())
+    patch_tensor_index.lmscratch = True  # patched once
+    interpreter._patch_lang_tensor = patch_tensor_index
 
     # Second gap: its tl.dot multiplies bfloat16 operands as their raw uint16 bits: widen them to float32 (exact)
     dot = interpreter.InterpreterBuilder.create_dot
