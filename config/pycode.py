@@ -2,6 +2,7 @@
 # budget of 300 s of one H100, compile included; the schedule is laid over the budget and ends with it.
 #   python data/pycode/prepare.py && python train.py config/pycode.py
 #   python bench/time_to_quality.py --budget_s=300            (against nanoGPT on the same token files)
+#   python train.py config/pycode.py config/pycode_gpt2s.py    (the same recipe at GPT-2 small's shape)
 # The switches below are the ones modded-nanogpt's record history and the papers cited in train.py/model.py found to
 # help at this scale; each is A/B-measured on the H100 (results/), and the plain recipe is one flag per switch away:
 #   --optimizer=torch_adamw --weight_decay=0.1 --embed_lr=-1 --head_lr=-1   (AdamW everywhere at learning_rate)
