@@ -42,6 +42,9 @@ eval_interval_s = 0.0  # also evaluate the whole validation split every this man
 eval_iters = -1  # batches per periodic evaluation of each split; -1 = the whole validation split (the last always is)
 log_interval = 10  # print (and sync with the GPU) every this many iterations
 write_checkpoint = True  # write out_dir/ckpt.pt at every evaluation and at the end
+wandb_log = False  # also log to Weights & Biases (pip install wandb)
+wandb_project = 'lmscratch'
+wandb_run_name = 'run'
 # data
 data_dir = 'data/docs'  # folder with train.bin, val.bin, meta.json (written by data/*/prepare.py); relative to repo
 batch_size = 128  # sequences per micro-batch per process
@@ -109,7 +112,8 @@ config = MappingProxyType({k: v for k, v in globals().items()
 # keys a resumed run may change: how long it runs and how often it reports, not what it computes
 RESUMABLE_KEYS = ('max_iters', 'max_time_s', 'eval_interval', 'eval_interval_s', 'eval_iters', 'log_interval', 'mode',
                   'resume', 'overwrite', 'write_checkpoint', 'compile', 'cpu_threads', 'device', 'out_dir', 'ckpt_path',
-                  'peak_flops', 'prompt', 'num_samples', 'max_new_tokens', 'temperature', 'top_p')
+                  'peak_flops', 'prompt', 'num_samples', 'max_new_tokens', 'temperature', 'top_p', 'wandb_log',
+                  'wandb_project', 'wandb_run_name')
 OPTIMIZERS = ('adamw', 'torch_adamw', 'muon')
 DDP_IMPLS = ('torch', 'naive', 'flat', 'individual', 'bucketed')
 
@@ -164,12 +168,10 @@ def get_batch(data, batch_size, context_length, device):
     return w[:, :-1], w[:, 1:]
 
 class TokenSampler:
-    """Random windows of one split, fast enough never to make the GPU wait. If the split fits in a quarter of the
-    free GPU memory, it is copied there once and every batch is a gather on the GPU: no CPU work, no copy per step
-    (nanoGPT's loop stacks slices on the CPU each step, which halves its speed on real data). Otherwise windows are
-    gathered from the memmap and copied from pinned memory without blocking. Starts come from a generator of our
-    own: its state goes into checkpoints (a resumed run draws the same batches), and all ranks with the same seed
-    draw the same global batch (each then takes its slice)."""
+    """Random windows of one split. If the split fits in a quarter of the free GPU memory it is copied there once and
+    a batch is a gather on the GPU (nanoGPT's loop stacks slices on the CPU each step, which halves its speed on real
+    data); else windows come from the memmap through pinned memory. The generator's state goes into checkpoints (a
+    resumed run draws the same batches); all ranks with one seed draw one global batch (each takes its slice)."""
 
     def __init__(self, tokens, context_length, device, seed):
         self.T, self.device, self.n, self.tokens = context_length, torch.device(device), len(tokens), tokens
@@ -210,9 +212,8 @@ def adamw_update(p, state, lr, b1, b2, eps, wd):
         p.mul_(1 - lr * wd)
 
 class AdamW(torch.optim.Optimizer):
-    """AdamW, one adamw_update per parameter. torch.optim.AdamW differs only in where eps sits (sqrt(v_hat)+eps)
-    and applies the decay first; the tests check the two agree closely. The loop runs ~6 small kernels per
-    parameter: torch's fused kernel (optimizer='torch_adamw') does all parameters in one and is faster on a GPU."""
+    """AdamW, one adamw_update per parameter (torch.optim.AdamW puts eps at sqrt(v_hat)+eps and decays first; the
+    tests check they agree). torch's fused kernel (optimizer='torch_adamw') updates all parameters at once: faster."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         if min(lr, eps, weight_decay, *betas) < 0 or max(betas) >= 1:
@@ -242,12 +243,10 @@ def zeropower_via_newtonschulz5(G, steps=5):
     return X.mT if wide else X
 
 class Muon(torch.optim.Optimizer):
-    """Muon (MomentUm Orthogonalized by Newton-Schulz; Jordan et al. 2024, the optimizer of modded-nanogpt's records
-    since 10/2024) for the 2-D hidden matrices: Nesterov momentum, then the update matrix is orthogonalized, so that
-    it moves every direction of the matrix by the same amount instead of following the few dominant ones; scaled by
-    sqrt(max(1, rows/cols)). Groups with muon=False (embeddings, lm_head, norm gains: lookups, the output layer and
-    vectors, for which the orthogonal update is not meant) take adamw_update. Under DDP each rank computes the same
-    update from the all-reduced gradients."""
+    """Muon (MomentUm Orthogonalized by Newton-Schulz; Jordan et al. 2024, in modded-nanogpt's records since 10/2024)
+    for the 2-D hidden matrices: Nesterov momentum, then the update is orthogonalized, so that it moves every direction
+    of the matrix by the same amount, not just the few dominant ones; scaled by sqrt(max(1, rows/cols)). Groups with
+    muon=False (embeddings, lm_head, norm gains) take adamw_update. Under DDP all ranks compute the same update."""
 
     def __init__(self, param_groups, lr=0.02, momentum=0.95, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0):
         super().__init__(param_groups, dict(lr=lr, momentum=momentum, betas=betas, eps=eps, weight_decay=weight_decay,
@@ -370,12 +369,11 @@ def read_checkpoint(path):
 @torch.no_grad()
 def evaluate_full(model, tokens, context_length, batch_size, dev, autocast=nullcontext(), rank=0, world_size=1,
                   max_batches=-1):
-    """(sum of -log p(next token) over EVERY token of a split after the first, their count). The split is cut into
-    non-overlapping windows of context_length (each starts from no context, as in nanoGPT's and the course's
-    evaluations); the last, shorter one and the rows that fill the last batch are padded with ignored targets (-100),
-    so every batch has one shape. Under torchrun each rank scores its rows of every batch (all ranks run as many
-    forwards: FSDP needs that). max_batches > 0: only the first batches (a quick look, not the whole split).
-    bits per byte = nats / ln 2 / val_bytes: the byte count, unlike the token count, does not depend on the tokenizer."""
+    """(sum of -log p(next token) over EVERY token of a split after the first, their count), in non-overlapping windows
+    of context_length (each from no context, as nanoGPT and the course evaluate); the short last window and the rows
+    that fill the last batch have ignored targets (-100), so every batch has one shape. Each rank scores its rows of
+    every batch (as many forwards on all ranks: FSDP needs it). max_batches > 0: only the first batches.
+    bits per byte = nats / ln 2 / val_bytes: unlike a token count, the byte count does not depend on the tokenizer."""
     T, step = context_length, batch_size * world_size
     n = min(len(tokens) - 1, max_batches * step * T if max_batches > 0 else len(tokens))  # targets scored
     rows = -(-n // (T * step)) * step  # whole batches of windows for every rank
@@ -473,8 +471,7 @@ def plot_losses(log_path, png_path, title=''):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    with open(log_path) as f:
-        rows = [json.loads(line) for line in f]
+    rows = [json.loads(line) for line in open(log_path)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key in zip(axes, ('tokens', 'elapsed_s')):
         for loss, style in (('train_loss', '-'), ('val_loss', 'o-')):
@@ -508,7 +505,7 @@ def sample_or_eval():
     """--mode=sample prints samples; --mode=eval prints the full-validation loss and bits/byte, on the checkpoint's own
     data_dir. Both read out_dir/ckpt.pt (or ckpt_path) and write nothing."""
     path = ckpt_path or os.path.join(out_dir, 'ckpt.pt')
-    ckpt, run = read_checkpoint(path), {}
+    ckpt = read_checkpoint(path)
     run = ckpt.get('config') or {}
     dev = device if device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
     model = TransformerLM(**ckpt['model_args'])
@@ -615,6 +612,13 @@ def main():
             if os.path.exists(path):
                 os.remove(path)
         log_row(log_path, None, iter_num if ckpt else -1)
+    wandb_run = __import__('wandb').init(project=wandb_project, name=wandb_run_name, config=run_config) \
+        if wandb_log and master else None
+
+    def log(row):
+        log_row(log_path, row)
+        if wandb_run:
+            wandb_run.log(row, step=row['iter'])
 
     def clock():
         """Training seconds so far. Under torchrun all ranks must agree on the learning rate, on evaluating and on
@@ -633,7 +637,7 @@ def main():
                    val_bpb=bpb, full=full)
         print0(f"eval at iter {iter_num} ({elapsed:.1f} s): val loss {nats / n:.4f}, {bpb or 0:.4f} bits/byte "
                f"({'the whole split' if full else f'{n:,} tokens'})")
-        log_row(log_path, row)
+        log(row)
         state = model.full_state_dict() if use_fsdp and save else raw_model  # FSDP: a collective, all ranks call it
         if save and master:
             save_checkpoint(state, None if use_fsdp else opt, iter_num, outputs['ckpt.pt'], model_args=model_args,
@@ -683,8 +687,8 @@ def main():
             mfu = estimate_mfu(raw_model, tok_s, peak_flops) if device_type == 'cuda' else 0.0
             print0(f"iter {iter_num}: loss {train_loss:.4f}, lr {learning_rate * lr:.2e}, {dt / n_it * 1000:.1f}ms/it, "
                    f"{tok_s:,.0f} tok/s, mfu {mfu * 100:.1f}%")
-            log_row(log_path, dict(iter=iter_num, train_loss=train_loss, lr=learning_rate * lr, elapsed_s=round(
-                elapsed, 3), tokens=iter_num * tokens_per_iter, tokens_per_s=tok_s, mfu=mfu))
+            log(dict(iter=iter_num, train_loss=train_loss, lr=learning_rate * lr, elapsed_s=round(elapsed, 3),
+                     tokens=iter_num * tokens_per_iter, tokens_per_s=tok_s, mfu=mfu))
             loss_accum.zero_()
             last_log, t_log = iter_num, time.time()
         # 5) evaluate (the whole split at the end and on the clock) and checkpoint, off the training clock
@@ -718,6 +722,8 @@ def main():
               f"{' (the sample is in summary.json)' if summary['sample'] else ''}\n"
               f"resume (after raising --max_iters): python train.py {args} --resume=True\n"
               f"sample again: python train.py --mode=sample --out_dir={out_dir} --prompt='...'")
+    if wandb_run:
+        wandb_run.finish()
     if we_initialized:
         dist.barrier()
         dist.destroy_process_group()
