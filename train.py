@@ -737,7 +737,8 @@ def train(overrides=None):
         overrides['write_checkpoint'] = overrides.pop('save_checkpoint')
     for k in overrides:
         if k not in config:
-            die(f"unknown config key {k!r}; did you mean {', '.join(__import__('difflib').get_close_matches(k, config))}?")
+            close = __import__('difflib').get_close_matches(k, config, n=1)
+            die(f"unknown config key {k!r}" + (f"; did you mean {close[0]}?" if close else ''))
     saved = {k: globals()[k] for k in overrides}
     globals().update(overrides)
     try:
