@@ -172,10 +172,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
 
     def forward(self, x):
-        in_dtype = x.dtype
-        x = x.float()
-        rms = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (x * rms * self.weight.float()).to(in_dtype)
+        x32 = x.float()
+        rms = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)
+        return (x32 * rms * self.weight.float()).to(x.dtype)
 
 def silu(x):
     """SiLU / swish: x * sigmoid(x)."""
@@ -423,10 +422,9 @@ class TransformerLM(nn.Module):
             # one matrix for both ends. N(0,1) (the embedding init) would give logits of std ~sqrt(d_model),
             # so the shared matrix keeps lm_head's small Glorot init instead
             self.token_embeddings.weight = self.lm_head.weight
-        self.rope = None
-        if cfg.pos_emb == 'rope':
-            self.rope = RotaryPositionalEmbedding(cfg.rope_theta, cfg.d_model // cfg.num_heads, cfg.context_length,
-                                                  device)
+        hs = cfg.d_model // cfg.num_heads
+        self.rope = RotaryPositionalEmbedding(cfg.rope_theta, hs, cfg.context_length, device) \
+            if cfg.pos_emb == 'rope' else None
         if cfg.zero_init_proj:
             # every block starts as the identity (its residual branches add 0); the zeroed matrices' gradients are
             # not 0, so they move at once. modded-nanogpt's records ("muP-like"); GPT-2 scales them by 1/sqrt(2 L)
@@ -436,9 +434,8 @@ class TransformerLM(nn.Module):
         self._graphs = {}  # CUDA graphs of the decode step, see _decode_step
 
     def forward(self, idx, targets=None, kv_cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size).
-        With targets (B, T): returns the mean cross-entropy loss instead, computed inside the same (compiled)
-        graph so that the large (B, T, V) logits are never upcast to float32 in memory.
+        """idx (B, T) token ids -> logits (B, T, vocab_size). With targets (B, T): the mean cross-entropy loss instead,
+        in the same (compiled) graph, so that the large (B, T, V) logits are never upcast to float32 in memory.
         With kv_cache: the tokens continue the cached sequences (see KVCache) and the cache advances by T."""
         B, T = idx.shape
         mask = None
@@ -564,11 +561,10 @@ class TransformerLM(nn.Module):
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0, eos_id=None, seed=None,
                  use_cache=True, cuda_graph=True, compile=False, min_tokens=0, stop=None):
         """Sample continuations of a batch of prompts (lists of token ids, any lengths) with a KV cache.
-        Returns the new tokens of each prompt (a list of lists). A row stops after it emits eos_id, or once its new
-        tokens end with one of the token-id sequences in `stop` (both kept in the row); before min_tokens new tokens
-        eos_id is never sampled and stop sequences do not count. temperature=0 is greedy. use_cache=False runs the
-        reference: the whole sequence again for every token. On CUDA the decode step runs as a CUDA graph
-        (cuda_graph=True); compile=True also fuses its kernels."""
+        Returns the new tokens of each prompt (a list of lists). A row stops after eos_id or once its new tokens end
+        with a token-id sequence in `stop` (both kept); before min_tokens new tokens eos_id is never drawn and stops do
+        not count. temperature=0 is greedy. use_cache=False runs the reference (the whole sequence for every token).
+        On CUDA the decode step runs as a CUDA graph (cuda_graph=True); compile=True also fuses its kernels."""
         if isinstance(prompts[0], int):
             raise TypeError("prompts must be a list of token-id lists (a batch), e.g. [[1, 2, 3]]")
         device = self.lm_head.weight.device
@@ -578,12 +574,12 @@ class TransformerLM(nn.Module):
         else:
             generator.seed()
         stop = [torch.tensor(s, device=device) for s in (stop or [])]
+        if max_new_tokens <= 0:
+            return [[] for _ in prompts]
         if not use_cache:
             return [self._generate_naive(p, max_new_tokens, temperature, top_p, eos_id, generator, min_tokens, stop)
                     for p in prompts]
 
-        if max_new_tokens <= 0:
-            return [[] for _ in prompts]
         B, P = len(prompts), max(len(p) for p in prompts)
         if min(len(p) for p in prompts) == 0:
             raise ValueError("every prompt needs at least one token (start with the end-of-text id for none)")
@@ -594,11 +590,8 @@ class TransformerLM(nn.Module):
         # cache length rounded up to a multiple of 64: calls with similar lengths share one cache and its CUDA graph
         S = min(ctx, -(-(P + max_new_tokens) // 64) * 64)
         # right-align the prompts: row b has pad[b] dummy tokens on the left, which the mask hides
-        idx = torch.zeros(B, P, dtype=torch.long)
-        pad = torch.tensor([P - len(p) for p in prompts])
-        for b, p in enumerate(prompts):
-            idx[b, P - len(p):] = torch.tensor(p)
-        idx, pad = idx.to(device), pad.to(device)
+        idx = torch.tensor([[0] * (P - len(p)) + list(p) for p in prompts], device=device)  # (B, P)
+        pad = torch.tensor([P - len(p) for p in prompts], device=device)  # (B,)
         dtype = torch.get_autocast_dtype('cuda') if torch.is_autocast_enabled('cuda') else self.lm_head.weight.dtype
         cache = self._get_cache(B, S, device, dtype)
         cache.reset(pad)
@@ -630,8 +623,7 @@ class TransformerLM(nn.Module):
         return hit
 
     def clear_generation_cache(self):
-        """Free the KV caches and CUDA graphs that generate keeps per shape (call between phases, or before
-        copy.deepcopy: a CUDA graph cannot be copied)."""
+        """Free generate's KV caches and CUDA graphs (between phases; before copy.deepcopy: graphs cannot be copied)."""
         self._graphs.clear()
 
     def _generate_naive(self, prompt, max_new_tokens, temperature, top_p, eos_id, generator, min_tokens=0, stop=()):
@@ -667,8 +659,7 @@ class TransformerLM(nn.Module):
 # -----------------------------------------------------------------------------
 # Counting parameters and FLOPs (for MFU and scaling laws)
 
-# The course's model sizes (CS336 A2, Table 1; vocab 10,000, context 128-1024) that bench.py, ddp.py and fsdp.py
-# measure; 'tiny' is for CPU smoke runs and tests.
+# The course's model sizes (CS336 A2, Table 1) that bench.py, ddp.py and fsdp.py measure; 'tiny' for CPU tests.
 MODEL_SIZES = {
     'tiny': dict(d_model=64, d_ff=256, num_layers=2, num_heads=4),
     'small': dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12),
