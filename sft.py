@@ -68,6 +68,12 @@ gen_batch_size = 256  # rows per generation batch (prompts are sorted by length 
 DATA = os.path.abspath(os.environ.get('LMSCRATCH_DATA', os.path.join(os.path.dirname(__file__), '../shared/data')))
 
 
+def die(msg):
+    """A user error: one line naming the key or file and the fix, exit code 2, no traceback, nothing written."""
+    print(f"sft.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 # 1) The course's SFT helpers (exact semantics: grpo.py and the tests rely on them)
 
 def pad_id_of(tokenizer):
@@ -239,17 +245,18 @@ def wilson_interval(k, n, z=1.96):
 def read_jsonl(path, required=()):
     """Records of a JSON-lines file (blank lines skipped); a bad line is a ValueError naming file and line."""
     records = []
-    for lineno, line in enumerate(open(path, encoding='utf-8'), 1):
-        try:
-            rec = json.loads(line) if line.strip() else {}
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); each line must be one "
-                             f"JSON object") from None
-        missing = [k for k in required if k not in rec] if isinstance(rec, dict) else None
-        if missing is None or missing:
-            raise ValueError(f"{path}:{lineno}: " + (f"missing key(s) {missing}; the line has {sorted(rec)}" if
-                                                     missing else f"expected a JSON object, got {type(rec).__name__}"))
-        records += [rec] if rec else []
+    with open(path, encoding='utf-8') as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                rec = json.loads(line) if line.strip() else {}
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); each line must be "
+                                 f"one JSON object") from None
+            missing = [k for k in required if k not in rec] if isinstance(rec, dict) else None
+            if missing is None or missing:
+                raise ValueError(f"{path}:{lineno}: " + (f"missing key(s) {missing}; the line has {sorted(rec)}"
+                                 if missing else f"expected a JSON object, got {type(rec).__name__}"))
+            records += [rec] if rec else []
     return records
 
 
@@ -350,9 +357,8 @@ def load_policy(path, device='cpu', tokenizer_dir=''):
 
 
 def amp(device, dtype='bfloat16'):
-    """bf16 autocast on CUDA (weights stay fp32 for the optimizer); a no-op on CPU, where bf16 is slow.
-    NOTE cache_enabled=False: else autocast caches each weight's bf16 copy, and a CUDA graph captured inside
-    (model.py's decode step) would keep reading it after the next optimizer step (the torch.cuda.graph docs warn)."""
+    """bf16 autocast on CUDA (weights stay fp32 for the optimizer), off on CPU. NOTE cache_enabled=False: else a CUDA
+    graph captured inside (model.py's decode step) keeps reading autocast's cached bf16 weights after the next step."""
     device = torch.device(device)
     if device.type == 'cuda' and dtype == 'bfloat16':
         return torch.autocast('cuda', dtype=torch.bfloat16, cache_enabled=False)
@@ -411,13 +417,12 @@ def evaluate(model, tokenizer, problems, reward_fn=r1_zero_reward_fn, max_new_to
         outs = generate(model, tokenizer, [p['prompt'] for p in problems], max_new_tokens, stop=stop, seed=seed,
                         batch_size=batch_size)
     rewards = [reward_fn(o['text'], p['ground_truth']) for o, p in zip(outs, problems)]
-    lens = [len(o['token_ids']) for o in outs]
-    ok = [r['answer_reward'] == 1.0 for r in rewards]
+    lens, ok = [len(o['token_ids']) for o in outs], [r['answer_reward'] == 1.0 for r in rewards]
     mean = lambda xs: sum(xs) / len(xs) if xs else float('nan')  # noqa: E731
     metrics = {'n': len(problems), 'accuracy': mean(ok), 'ci95': wilson_interval(sum(ok), len(ok)),
                'format_rate': mean([r['format_reward'] for r in rewards]), 'mean_len': mean(lens),
                'mean_len_correct': mean([n for n, c in zip(lens, ok) if c]),
-               'mean_len_incorrect': mean([n for n, c in zip(lens, ok) if not c])}
+               'mean_len_incorrect': mean([n for n, c in zip(lens, ok) if not c])}  # the course's length analysis
     if log_path:
         write_jsonl(log_path, [{'prompt': p['prompt'], 'response': o['text'], 'ground_truth': p['ground_truth'], **r,
                                 'length': n, 'finish_reason': o['finish_reason']}
@@ -510,17 +515,10 @@ def train_sft(model, tokenizer, examples, max_iters=300, batch_size=32, gradient
             validate_and_save(step + 1)
     hist['steps'], hist['time_s'] = max_iters, time.time() - t0
     validate_and_save(max_iters)
-    model.eval()
     return hist
 
 
 # 6) Command line: every value checked and every input read before anything is written
-
-def die(msg):
-    """A user error: one line naming the key or file and the fix, exit code 2, no traceback, nothing written."""
-    print(f"sft.py: error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
 
 def main():
     """Runs --mode from this module's globals (reads no sys.argv itself)."""
@@ -564,11 +562,11 @@ def main():
         val = load_problems(val_path, template) if val_path and mode == 'sft' else []
         examples = load_sft_examples(train_path, n_train_examples, template) if mode == 'sft' else []
         ctx = model.config.context_length
-        for n, ps in problems.items():  # every GSM8K question that leaves room for an answer; other splits must fit
-            problems[n] = [p for p in ps if len(tok.encode(p['prompt'])) + min(max_new_tokens, 32) <= ctx]
-            if n != 'gsm8k' and len(problems[n]) < len(ps):
-                raise ValueError(f"{splits[n]}: {len(ps) - len(problems[n])} prompts leave no room for an answer in "
-                                 f"the context ({ctx} tokens): use a shorter --prompt_template or fewer --fewshot")
+        for n, ps in list(problems.items()) + ([(val_path, val)] if val else []):  # GSM8K: the questions that
+            problems[n] = [p for p in ps if len(tok.encode(p['prompt'])) + min(max_new_tokens, 32) <= ctx]  # fit
+            if n != 'gsm8k' and len(problems[n]) < len(ps):  # every other split must fit whole
+                raise ValueError(f"{splits.get(n, n)}: {len(ps) - len(problems[n])} prompts leave no room for an "
+                                 f"answer in the context ({ctx} tokens): use a shorter --prompt_template or --fewshot")
     except (ValueError, OSError) as e:
         die(str(e))
     gen = dict(max_new_tokens=max_new_tokens, seed=seed, batch_size=gen_batch_size, dtype=dtype)
@@ -577,9 +575,12 @@ def main():
     if mode == 'sft':
         ev = (lambda step: evaluate(model, tok, val[:eval_n] if eval_n > 0 else val, reward_fn, **gen,
                                     log_path=os.path.join(out_dir, f'val_step{step}.jsonl'))) if val else None
-        train_sft(model, tok, examples, max_iters, batch_size, gradient_accumulation_steps, learning_rate,
-                  min(0.5, warmup_iters / max_iters), grad_clip, ev, eval_interval, log_interval, seed, out_dir,
-                  {'config': cfg, 'tokenizer_dir': tok.tokenizer_dir}, dtype=dtype)
+        try:
+            train_sft(model, tok, examples, max_iters, batch_size, gradient_accumulation_steps, learning_rate,
+                      min(0.5, warmup_iters / max_iters), grad_clip, ev, eval_interval, log_interval, seed, out_dir,
+                      {'config': cfg, 'tokenizer_dir': tok.tokenizer_dir}, dtype=dtype)
+        except ValueError as e:  # train_sft checks its examples (e.g. none fits the context) before it writes anything
+            die(str(e))
         return
     # 4) evaluation: accuracy with its 95% interval on each named split
     results = {}
@@ -588,8 +589,7 @@ def main():
         m = evaluate(model, tok, probs, fewshot_reward_fn if shot else question_only_reward_fn if name == 'gsm8k'
                      else reward_fn, **gen, stop=('Question:',) if shot else ('</answer>',),
                      log_path=os.path.join(out_dir, f'eval_{name}.jsonl'))
-        results[name] = {'split': name, 'path': splits[name], 'prompt': f'{shot}-shot' if shot else prompt_template,
-                         **m}
+        results[name] = {'split': name, 'prompt': f'{shot}-shot' if shot else prompt_template, **m}
         print(f"{name}: accuracy {m['accuracy']:.1%} (95% CI {m['ci95'][0]:.1%}-{m['ci95'][1]:.1%}, n={m['n']}), "
               f"format {m['format_rate']:.1%}, prompt {results[name]['prompt']}")
     write_jsonl(outputs[2], list(results.values()))

@@ -41,7 +41,7 @@ def lr_sweep(sft_path, tok, train_q, val_q, test_q, lrs, cfg, out_dir='', log=pr
     the chosen run's history)."""
     rows, best = [], None
     for lr in lrs:
-        policy, _ = sft.load_policy(sft_path, device)
+        policy, _ = sft.load_policy(sft_path, device, getattr(tok, 'tokenizer_dir', ''))
         h = grpo.train_grpo(policy, tok, train_q, val_q, {**cfg, 'learning_rate': lr}, reward_fn,
                             os.path.join(out_dir, f'lr{lr:g}') if out_dir else '', log=log, tag=f'lr{lr:g}')
         rows.append((lr, h))
@@ -223,6 +223,8 @@ if __name__ == '__main__':
     device = 'cuda' if torch.cuda.is_available() else 'cpu'  # cpu | cuda
     dtype = 'bfloat16'  # autocast dtype on cuda
     init_from = ''  # lr_sweep: the SFT checkpoint every rate starts from
+    tokenizer_dir = ''  # lr_sweep: bpe.py tokenizer folder ('' = the one the checkpoint names)
+    prompt_template = 'r1_zero'  # lr_sweep: as grpo.py's
     train_path = ''  # lr_sweep: training questions
     val_path = ''  # lr_sweep: the validation split (chooses the rate)
     test_path = ''  # lr_sweep: the test split (evaluated once, for the chosen rate)
@@ -233,8 +235,8 @@ if __name__ == '__main__':
     if mode == 'demo':
         run_demo(demo_preset, out_dir or f'out-grpo-demo-{demo_preset}', results_dir, seed, device, dtype)
     elif mode == 'lr_sweep':
-        m, t = sft.load_policy(init_from, device)
-        tpl = sft.load_prompt_template('r1_zero')
+        m, t = sft.load_policy(init_from, device, tokenizer_dir)
+        tpl = sft.load_prompt_template(prompt_template)
         rows, lr, test, _ = lr_sweep(init_from, t, sft.load_problems(train_path, tpl), sft.load_problems(val_path, tpl),
                                      sft.load_problems(test_path, tpl), [float(x) for x in lrs.split(',')],
                                      {**grpo_overrides, 'seed': seed, 'dtype': dtype}, out_dir or 'out-grpo-sweep',

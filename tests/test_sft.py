@@ -515,6 +515,8 @@ BAD = [  # (arguments, a word the one-line message must contain)
     (['--mode=eval', '--eval_paths={d}/test.jsonl', '--fewshot=50', '--train_path={d}/test.jsonl'], 'fewshot'),
     (['--mode=eval', '--eval_paths={d}/eval_metrics.jsonl', '--out_dir={d}'], 'overwritten'),
     (['--mode=eval', '--eval_paths={d}/test.jsonl'], 'no room for an answer'),  # r1_zero's preamble > 96 tokens
+    (['--mode=sft', '--train_path={d}/test.jsonl', '--val_path={d}/val.jsonl'], 'no room for an answer'),
+    (['--mode=sft', '--train_path={d}/test.jsonl'], 'fit context_length=96'),
     (['--mode=sft', '--train_path={d}/test.jsonl', '--out_dir={d}/has_ckpt'], 'exists'),
     (['--mode=sft', '--train_path={d}/test.jsonl', '--device=cuda:7'], 'device'),
 ]
