@@ -356,7 +356,7 @@ def load_checkpoint(src, model, optimizer=None):
 def read_checkpoint(path):
     """torch.load of a train.py checkpoint, or one line saying why it cannot be one (missing, empty, truncated)."""
     if not os.path.exists(path):
-        die(f"checkpoint {path} not found: train first (train.py writes <out_dir>/ckpt.pt) or fix --out_dir/--ckpt_path")
+        die(f"checkpoint {path} not found: train first (train.py writes <out_dir>/ckpt.pt) or fix --out_dir")
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as e:  # EOFError, RuntimeError or UnpicklingError, depending on where the file breaks off
@@ -417,7 +417,7 @@ def check_config():
         (vocab_size == -1 or vocab_size >= 1, f"--vocab_size must be -1 (meta.json's) or >= 1, got {vocab_size}"),
         (dtype in ('bfloat16', 'float32'), f"--dtype must be 'bfloat16' or 'float32', got {dtype!r}"),
         (ddp_impl in DDP_IMPLS, f"--ddp_impl must be one of {DDP_IMPLS}, got {ddp_impl!r}"),
-        (device in ('auto', 'cpu') or device.startswith('cuda'), f"--device must be auto, cpu or cuda[:N], not {device!r}"),
+        (device in ('auto', 'cpu') or device.startswith('cuda'), f"--device: auto, cpu or cuda[:N], not {device!r}"),
         (not device.startswith('cuda') or torch.cuda.is_available(), f"--device={device} but CUDA is not available"),
         (not (fsdp and (optimizer == 'muon' or embed_lr > 0 or head_lr > 0)),
          "--fsdp=True shards matrices into flat vectors: use --optimizer=adamw|torch_adamw, no embed_lr/head_lr"),
@@ -458,7 +458,8 @@ def log_row(path, row, keep_until_iter=None):
     """Append one JSON line to the run's log (a crash loses nothing). keep_until_iter (resuming): first drop the rows
     an interrupted run logged after its checkpoint, so that the log holds one curve."""
     if path and keep_until_iter is not None:
-        rows = list(map(json.loads, open(path))) if os.path.exists(path) else []
+        # (a line cut short by a kill has no newline yet: it goes too)
+        rows = [json.loads(line) for line in open(path) if line.endswith('\n')] if os.path.exists(path) else []
         with open(path + '.tmp', 'w') as f:
             f.writelines(json.dumps(r) + '\n' for r in rows if r.get('iter', 0) <= keep_until_iter)
         os.replace(path + '.tmp', path)
@@ -697,7 +698,8 @@ def main():
             if device_type == 'cuda':
                 torch.cuda.synchronize()  # the steps queued so far count as training time
             elapsed, t_eval = clock(), time.time()
-            row = evaluate_and_checkpoint(done or timed or eval_iters < 0, write_checkpoint and out_dir and (done or not timed))
+            save = write_checkpoint and out_dir and (done or not timed)  # timed evaluations only score
+            row = evaluate_and_checkpoint(done or timed or eval_iters < 0, save)
             final = row if done else None
             while next_eval_s <= elapsed:
                 next_eval_s += eval_interval_s
