@@ -6,20 +6,18 @@ stable softmax, scaled dot-product attention, causal multi-head self-attention, 
 Parameter names follow the course (`token_embeddings`, `layers.{i}.attn.q_proj`, `ffn.w1`, `ln_final`, `lm_head`).
 
 Notable features:
-- attention kernel switch: attn_impl='reference' (the readable path below), 'sdpa' (torch's fused kernel) or
-  'flash' (the project's own Triton FlashAttention-2 in flash_attn.py); the same weights give the same outputs.
-- the course's ablations as switches: norm='none', post_norm=True, pos_emb='nope', ffn='silu'; the usual extras:
-  tie_embeddings, qk_norm, grouped-query attention (num_kv_heads < num_heads); and from modded-nanogpt's records:
-  ffn='relu2' (ReLU squared), zero_init_proj (blocks start as the identity), logit_softcap (cap tanh(z / cap)).
-- a static-shape KV cache and `generate` with temperature / top-p, end-of-text stop, batched prompts of different
-  lengths (left-padded), and on CUDA a CUDA graph for the decode step (no Python or launch overhead per token).
-- `cross_entropy` via log-sum-exp, parameter and FLOP counting for MFU and scaling laws; `FusedLinearCrossEntropy`
+- attention switch: attn_impl='reference' (the readable path), 'sdpa' (torch's fused kernel) or 'flash' (the project's
+  Triton FlashAttention-2, flash_attn.py); the course's ablations: norm='none', post_norm, pos_emb='nope', ffn='silu';
+  tie_embeddings, qk_norm, grouped-query attention; from modded-nanogpt's records: ffn='relu2' (ReLU squared),
+  zero_init_proj (blocks start as the identity), logit_softcap (cap tanh(z / cap)).
+- a static-shape KV cache and `generate` (temperature / top-p, stops, batched prompts of any lengths, left-padded),
+  with the decode step as a CUDA graph on CUDA (no Python or launch overhead per token).
+- `cross_entropy` via log-sum-exp; parameter and FLOP counting for MFU and scaling laws; `FusedLinearCrossEntropy`
   (CUDA, train.py's default): one Triton kernel over the logits computes the training loss and its gradient.
 
 Run `python model.py` for a smoke test; `python train.py --mode=sample --out_dir=...` samples from a checkpoint.
 """
 import math
-import os
 from dataclasses import dataclass, asdict, fields
 from typing import Optional
 
@@ -195,9 +193,8 @@ class SwiGLU(nn.Module):
         return self.w2(silu(self.w1(x)) * self.w3(x))
 
 class MLP(nn.Module):
-    """A plain two-matrix FFN w2(act(w1 x)), usually with d_ff = 4 d_model (SwiGLU's parameter count at 8/3).
-    act='silu': the course's ablation. act='relu2': ReLU squared, relu(x)^2 (So et al. 2021, "Primer"), the FFN of
-    modded-nanogpt's speedrun records: sparse like ReLU, smooth at 0, and one matmul fewer than SwiGLU."""
+    """A two-matrix FFN w2(act(w1 x)), d_ff = 4 d_model (SwiGLU's parameters at 8/3). act='silu': the course's ablation;
+    'relu2': relu(x)^2 (So et al. 2021, "Primer"; modded-nanogpt's FFN): sparse like ReLU, smooth at 0."""
 
     def __init__(self, d_model, d_ff, act='silu', device=None, dtype=None):
         super().__init__()
@@ -231,9 +228,8 @@ class RotaryPositionalEmbedding(nn.Module):
         return out.flatten(-2).to(x.dtype)
 
 class CausalMultiHeadSelfAttention(nn.Module):
-    """Causal multi-head self-attention. Heads are laid out "(heads d_k)" along the rows of q/k/v_proj.
-    With num_kv_heads < num_heads (grouped-query attention, Ainslie et al. 2023), groups of query heads share
-    one key/value head, which shrinks k_proj, v_proj and the KV cache."""
+    """Causal multi-head self-attention; heads lie "(heads d_k)" along the rows of q/k/v_proj. With num_kv_heads <
+    num_heads (grouped-query attention, Ainslie et al. 2023) groups of query heads share a key/value head."""
 
     def __init__(self, cfg, device=None, dtype=None):
         super().__init__()
@@ -267,14 +263,11 @@ class CausalMultiHeadSelfAttention(nn.Module):
             k, v = kv_cache.update(layer_idx, k, v)  # (B, nkv, T_max, hs)
             k, v = k.to(q.dtype), v.to(q.dtype)
         if nkv != nh:  # GQA: each key/value head serves nh/nkv query heads
-            k = k.repeat_interleave(nh // nkv, dim=1)
-            v = v.repeat_interleave(nh // nkv, dim=1)
+            k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)
 
         if mask is not None:  # the cache path (or any explicit mask)
-            if self.attn_impl == 'reference':
-                y = scaled_dot_product_attention(q, k, v, mask)
-            else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = scaled_dot_product_attention(q, k, v, mask) if self.attn_impl == 'reference' else \
+                F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         elif self.attn_impl == 'reference':
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # True = attend
             y = scaled_dot_product_attention(q, k, v, causal)
@@ -289,9 +282,8 @@ class CausalMultiHeadSelfAttention(nn.Module):
         return self.output_proj(y)
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block (Xiong et al. 2020): y = x + attn(ln1(x)); out = y + ffn(ln2(y)).
-    Ablations: post_norm=True gives the original Transformer's y = ln1(x + attn(x)); out = ln2(y + ffn(y));
-    norm='none' removes both norms."""
+    """Pre-norm block (Xiong et al. 2020): y = x + attn(ln1(x)); out = y + ffn(ln2(y)). Ablations: post_norm=True,
+    the original Transformer's y = ln1(x + attn(x)); out = ln2(y + ffn(y)); norm='none' removes both norms."""
 
     def __init__(self, cfg, device=None, dtype=None):
         super().__init__()
@@ -403,9 +395,8 @@ class TransformerLM(nn.Module):
     # Two training-speed switches, off here (the plain definition), on in train.py (results/train_throughput.md).
     # fused_loss: forward(idx, targets) on CUDA through FusedLinearCrossEntropy (no float32 log-probabilities).
     fused_loss = False
-    # lowp_residual: under autocast the residual stream stays float32 (the embedding table is), so every norm and add
-    # moves 4-byte activations; this casts the embedding output to bf16 and the stream stays there (as nanochat's
-    # bf16 embedding table does). The norms still compute in float32; the validation loss does not move.
+    # lowp_residual: under autocast the residual stream stays float32 (the embedding table is); this casts the
+    # embedding output to bf16, halving the norms' and adds' traffic (nanochat: a bf16 table). Loss unchanged.
     lowp_residual = False
 
     def __init__(self, vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=None,
@@ -476,8 +467,7 @@ class TransformerLM(nn.Module):
 
     @torch.compiler.disable
     def _fused_loss(self, x, targets):
-        # the GPU training loss: lm_head matmul + cross-entropy + its gradient without separate passes over the
-        # logits (see FusedLinearCrossEntropy). Under autocast: the bf16 operands autocast would give the matmul.
+        # the GPU training loss (see FusedLinearCrossEntropy), with the bf16 operands autocast would give the matmul.
         # Left out of torch.compile's graph (one graph break, at the very end): traced, the kernel's in-place
         # overwrite of the logits was functionalized into a full copy of them first
         h, w = x.flatten(0, -2), self.lm_head.weight  # (B*T, C), (V, C)
@@ -646,9 +636,7 @@ class TransformerLM(nn.Module):
     def from_checkpoint(cls, path, map_location='cpu', **overrides):
         """Load a model from a train.py checkpoint ({'model': state_dict, 'model_args': kwargs, ...}).
         overrides change options that do not touch the weights, e.g. attn_impl='reference'."""
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"checkpoint {path} not found: train.py writes it to <out_dir>/ckpt.pt")
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)  # FileNotFoundError names the path
         if 'model_args' not in ckpt or 'model' not in ckpt:
             raise ValueError(f"{path} is not a train.py checkpoint (it needs 'model' and 'model_args' entries)")
         model = cls(**{**ckpt['model_args'], **overrides})
@@ -707,7 +695,6 @@ def model_args_from(model):
 
 
 if __name__ == '__main__':
-    # a smoke test: a tiny random model, its parameter count and a greedy continuation of two prompts
     model = TransformerLM(vocab_size=1000, context_length=64, d_model=64, num_layers=2, num_heads=4)
     print(f"{count_parameters(model):,} parameters (excluding embeddings); {asdict(model.config)}")
     print(model.generate([[1, 2, 3], [4]], max_new_tokens=8, temperature=0, seed=0))
