@@ -624,10 +624,12 @@ def main():
     def clock():
         """Training seconds so far. Under torchrun all ranks must agree on the learning rate, on evaluating and on
         stopping: rank 0's clock is broadcast (a sync point per step, only with a time budget or timed evals)."""
-        t = torch.tensor(time.time() - t_start - off_clock, dtype=torch.float64, device=dev)
+        t = time.time() - t_start - off_clock  # host time: no sync with the GPU
         if world_size > 1 and (max_time_s > 0 or eval_interval_s > 0):
+            t = torch.tensor(t, dtype=torch.float64, device=dev)
             dist.broadcast(t, 0)
-        return t.item()
+            t = t.item()
+        return t
 
     def evaluate_and_checkpoint(full, save):
         """Score the validation split (all of it if full, else eval_iters batches), log it; write the checkpoint."""
