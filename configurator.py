@@ -30,10 +30,12 @@ import difflib as _difflib
 import os as _os
 import sys as _sys
 
-# The config keys are the script's globals of simple types that do not start with '_'.
+# The config keys are the script's lowercase globals of simple types that do not start with '_'. This file runs at
+# the END of a script (under `if __name__ == '__main__':`), so it sees every global: UPPERCASE names are constants
+# (ROOT, LOG2E, tables of names), never keys, and neither are modules, functions and classes.
 _CONFIG_TYPES = (int, float, bool, str, tuple, list, dict, type(None))
 _config_keys = [k for k, v in list(globals().items())
-                if not k.startswith('_') and isinstance(v, _CONFIG_TYPES)]
+                if k.islower() and not k.startswith('_') and isinstance(v, _CONFIG_TYPES)]
 
 
 def _config_fail(msg):
@@ -99,8 +101,8 @@ if __name__ == '__main__':
                 if _k.startswith('_') or not isinstance(_v, _CONFIG_TYPES):
                     continue  # modules, functions, private helpers of the config file
                 if _k not in _config_keys:
-                    if _k in globals():
-                        continue  # a non-config global of the script, untouched
+                    if _k in globals() and _v is globals()[_k]:
+                        continue  # a constant of the script, untouched (assigning one is an unknown key)
                     _config_unknown(_k)
                 if _v is not _before[_k]:
                     globals()[_k] = _config_cast(_k, _v)

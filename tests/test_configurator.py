@@ -16,6 +16,8 @@ compile = True # use torch.compile
 device = 'cpu' # cpu or cuda
 betas = (0.9, 0.95)
 init_from = None # anything goes
+LOG2E = 1.4427 # a constant: not a key
+NAMES = ('a', 'b')
 exec(open(os.path.join({root!r}, 'configurator.py')).read())
 print('RESULT', repr((batch_size, learning_rate, compile, device, betas, init_from)))
 '''
@@ -90,3 +92,17 @@ def test_import_does_not_parse_argv(tmp_path):
     p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().endswith('64')
+
+
+def test_constants_are_not_keys(tmp_path):
+    # configurator.py runs at the end of a script and sees every global: only lowercase names are keys
+    rc, out, err = run(tmp_path, '--help')
+    assert rc == 0 and 'batch_size' in out and 'LOG2E' not in out and 'NAMES' not in out
+    rc, out, err = run(tmp_path, '--LOG2E=2.0')
+    assert rc == 2 and 'LOG2E' in err and len(err.strip().splitlines()) == 1
+    (tmp_path / 'const.py').write_text('NAMES = ("c",)\n')
+    rc, out, err = run(tmp_path, 'const.py')
+    assert rc == 2 and 'NAMES' in err
+    (tmp_path / 'ok.py').write_text('batch_size = 2\n')  # the script's constants, seen by the file, stay untouched
+    rc, out, err = run(tmp_path, 'ok.py')
+    assert rc == 0 and result(out)[0] == 2, err
