@@ -8,7 +8,7 @@
 #   3) pretrain   train.py (periodic validation, bits per byte, a sample at the end)
 #   4) sft        sft.py --mode=sft on worked traces in the <think>/<answer> format, from the pre-trained model
 #   5) grpo       grpo.py from the SFT model, rewards from the r1_zero grader
-#   6) eval       task accuracy (test split) and format rate of base -> SFT -> GRPO; GSM8K (sft.py --mode=eval)
+#   6) eval       sft.py --mode=eval of base (also k-shot) -> SFT -> GRPO on the task's test and gen splits, GSM8K
 #   7) report     report.md: a table per stage, loss curves, accuracies, wall-clock, device and versions
 # The glue between the scripts (profiles, small data steps, the report) is bench/speedrun.py.
 #
@@ -58,8 +58,7 @@ SIZES="$("${GLUE[@]}" profile "$PROFILE" "$NPROC")" || exit 2
 eval "$SIZES"
 # CPU: one torch thread per process (on a busy machine, OpenMP threads waiting for each other slow a step down)
 [[ "$DEVICE" == cpu ]] && export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-TRAIN_LAUNCH=("$PY")
-(( NPROC > 1 )) && TRAIN_LAUNCH=(torchrun --standalone "--nproc_per_node=$NPROC")
+(( NPROC > 1 )) && TRAIN_LAUNCH=(torchrun --standalone "--nproc_per_node=$NPROC") || TRAIN_LAUNCH=("$PY")
 RUN_DIR="${RUN_DIR:-runs/speedrun-$PROFILE}"
 
 # The crawl must name non-empty files; the run folder must be empty or a speedrun's of this configuration (its
@@ -124,9 +123,10 @@ D="$RUN_DIR/data" T="$RUN_DIR/tokenizer" P="$RUN_DIR/pretrain" S="$RUN_DIR/sft" 
 TOK="$T/tokenizer" TEMPLATE="$RUN_DIR/data/template.txt"
 export PYTHONUNBUFFERED=1 LMSCRATCH_DATA="$DATA"
 COMMON=(--tokenizer_dir="$TOK" --device=$DEVICE --dtype=$DTYPE --prompt_template="$TEMPLATE")
+GEN=(--max_new_tokens=$MAX_NEW --gen_batch_size=$GEN_BATCH)  # sft.py's generation (validation, evaluation)
 
 # 1) Data: crawl -> cc_filter.py -> one file per page -> exact line dedup -> MinHash dedup -> web.txt; the task
-#    (train/val/test problems with worked traces, and the training traces as plain text); the pycode source folder
+#    (train/val/test/gen problems with worked traces, and the training traces as plain text); the pycode source folder
 stage_data() {
     run "$PY" cc_filter.py --input="$CRAWL" --out_dir="$1/cc" --tokenize=False --num_workers=$NW
     run "${GLUE[@]}" pages "$1/cc/docs" "$1/pages"
@@ -134,8 +134,9 @@ stage_data() {
     run "$PY" dedup.py --mode=minhash --inputs="$1/lines" --output_dir="$1/dedup" --num_workers=$NW --progress=False
     run "${GLUE[@]}" webtext "$1"
     printf 'User: {question}\nAssistant: <think>' > "$TEMPLATE"  # r1_zero's ending, no preamble
-    run "$PY" data/arith/prepare.py --out_dir="$1/task" --n_train=$TASK_N_TRAIN --n_val=$TASK_N_VAL --n_gen=0 \
-        --n_test=$TASK_N_TEST --min_steps=$TASK_MIN_STEPS --max_steps=$TASK_MAX_STEPS --max_number=$TASK_MAX_NUMBER
+    run "$PY" data/arith/prepare.py --out_dir="$1/task" --n_train=$TASK_N_TRAIN --n_val=$TASK_N_VAL \
+        --n_test=$TASK_N_TEST --n_gen=$TASK_N_GEN --min_steps=$TASK_MIN_STEPS --max_steps=$TASK_MAX_STEPS \
+        --max_number=$TASK_MAX_NUMBER
     if [[ -z "$PYSRC" && "$PYSRC_MB" != 0 ]]; then run "${GLUE[@]}" pysrc "$1/pysrc" "$PYSRC_MB"; fi
 }
 
@@ -166,7 +167,7 @@ stage_sft() {
         --train_path="$D/task/train.jsonl" --val_path="$D/task/val.jsonl" --n_train_examples=$SFT_EXAMPLES \
         --max_iters=$SFT_ITERS --batch_size=$SFT_BATCH --gradient_accumulation_steps=$SFT_ACCUM \
         --learning_rate=$SFT_LR --warmup_iters=$SFT_WARMUP --eval_interval=$SFT_EVAL_INTERVAL --eval_n=$SFT_EVAL_N \
-        --max_new_tokens=$MAX_NEW --gen_batch_size=$GEN_BATCH --log_interval=10
+        --log_interval=10 "${GEN[@]}"
 }
 
 # 5) GRPO from the SFT model on the task's training questions
@@ -179,18 +180,18 @@ stage_grpo() {
         --eval_interval=$GRPO_EVAL_INTERVAL --eval_n=$GRPO_EVAL_N --gen_batch_size=$GEN_BATCH
 }
 
-# 6) Evaluation: the test split (greedy, r1_zero grader) for base -> SFT -> GRPO, and the first GSM8K test
-#    questions whose prompt (same template) leaves room for an answer in the model's context
+# 6) Evaluation (greedy): base, SFT and GRPO on test and gen (r1_zero prompt) and GSM8K (every test question that fits
+#    the context); the base model also k-shot (the most shots <= FEWSHOT that fit every test and gen prompt)
 stage_eval() {
-    local m gsm="$1/gsm8k.jsonl" splits
-    run "${GLUE[@]}" gsm8k "$DATA/a5/gsm8k/test.jsonl" "$TEMPLATE" "$TOK" "$CTX" "$MAX_NEW" "$GSM8K_N" "$gsm"
-    declare -A ckpt=([base]="$P/out/ckpt.pt" [sft]="$S/out/ckpt.pt" [grpo]="$G/out/ckpt.pt")
-    for m in base sft grpo; do
-        splits="$D/task/test.jsonl"
-        [[ -s "$gsm" && " $GSM8K_MODELS " == *" $m "* ]] && splits+=",$gsm"
-        run "$PY" sft.py --mode=eval --init_from="${ckpt[$m]}" --out_dir="$1/$m" "${COMMON[@]}" --eval_paths="$splits" \
-            --max_new_tokens=$MAX_NEW --gen_batch_size=$GEN_BATCH
+    local m k paths gsm="$DATA/a5/gsm8k/test.jsonl" splits="$D/task/test.jsonl,$D/task/gen.jsonl"
+    for m in "base:$P" "sft:$S" "grpo:$G"; do  # model:its stage folder
+        paths="$splits" && [[ -s "$gsm" && " $GSM8K_MODELS " == *" ${m%%:*} "* ]] && paths+=",gsm8k"
+        run "$PY" sft.py --mode=eval --init_from="${m#*:}/out/ckpt.pt" --out_dir="$1/${m%%:*}" "${COMMON[@]}" \
+            --eval_paths="$paths" "${GEN[@]}"
     done
+    run "${GLUE[@]}" fewshot "$TOK" "$CTX" "$MAX_NEW" "$FEWSHOT" "$D/task" "$1/fewshot_k" && k="$(cat "$1/fewshot_k")"
+    if (( k > 0 )); then run "$PY" sft.py --mode=eval --init_from="$P/out/ckpt.pt" --out_dir="$1/base_fewshot" \
+        "${COMMON[@]}" --fewshot=$k --train_path="$D/task/train.jsonl" --eval_paths="$splits" "${GEN[@]}"; fi
 }
 
 stage_report() { run "${GLUE[@]}" report "$RUN_DIR" "$PUBLISH"; }  # 7) reads only what the stages wrote

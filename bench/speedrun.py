@@ -10,7 +10,7 @@ between the scripts' commands, and the report. Each step is a subcommand that re
     python bench/speedrun.py webtext DATA_DIR       # deduplicated pages -> web.txt, counts -> dedup_stats.json
     python bench/speedrun.py pysrc DST MB           # a seeded sample of MB megabytes of the standard library
     python bench/speedrun.py mix TOK_DIR REPEAT     # web + pycode + task token files -> one folder for train.py
-    python bench/speedrun.py gsm8k SRC TEMPLATE TOKENIZER CTX MAX_NEW N OUT   # GSM8K test questions that fit
+    python bench/speedrun.py fewshot TOKENIZER CTX MAX_NEW K TASK_DIR OUT      # the most shots (<= K) that fit
     python bench/speedrun.py report RUN_DIR [PUBLISH_PREFIX]                   # RUN_DIR/report.md (+ a copy)
 
 Every output is written to a temporary file first and then renamed: a killed step leaves no half-written file.
@@ -39,9 +39,10 @@ PROFILES = {
         PYSRC_MB=0,  # 0 = data/pycode/prepare.py's default: every .py of the running Python
         VOCAB=16384,  # the pycode corpus's choice (results/data.md): 16K balances tokens saved vs output layer
         # the task (data/arith/prepare.py's arithmetic word problems): 2-3 operations on numbers up to 20; its
-        # worked solutions enter pre-training TASK_REPEAT times; val chooses, test reports
-        TASK_N_TRAIN=60000, TASK_N_VAL=500, TASK_N_TEST=500, TASK_MIN_STEPS=2, TASK_MAX_STEPS=3, TASK_MAX_NUMBER=20,
-        TASK_REPEAT=4,
+        # worked solutions enter pre-training TASK_REPEAT times; val chooses, test reports, gen (one operation more
+        # than any training problem) measures generalization
+        TASK_N_TRAIN=60000, TASK_N_VAL=500, TASK_N_TEST=500, TASK_N_GEN=500, TASK_MIN_STEPS=2, TASK_MAX_STEPS=3,
+        TASK_MAX_NUMBER=20, TASK_REPEAT=4,
         # pre-training: the A1 shape made 6 layers deep (arithmetic likes depth); 11,000 x 32,768 = 360M tokens,
         # with a hard stop (compilation included) so that the stage stays well under 10 minutes
         D_MODEL=512, N_LAYERS=6, N_HEADS=8, D_FF=1344, CTX=256, BATCH=128, ACCUM=1, MAX_ITERS=11000, MAX_TIME_S=330,
@@ -53,30 +54,36 @@ PROFILES = {
         SFT_EVAL_INTERVAL=5, SFT_EVAL_N=200,
         # GRPO: 256 rollouts = 32 questions x 8 at temperature 0.7, on-policy; lr 3e-5 after a 25-step warm-up
         # climbed smoothly where grpo.py's demo lr 1e-4 first halved the SFT policy's accuracy
-        # (results/speedrun_gpu_lr3e-5.md)
+        # (results/speedrun_gpu_lr3e-5.md, read on the old held-out split; bench/grpo.py --mode=lr_sweep chooses
+        # on the validation split)
         GRPO_STEPS=500, GRPO_TIME_S=280, GRPO_ROLLOUT=256, GRPO_GROUP=8, GRPO_TRAIN_BATCH=256, GRPO_ACCUM=2,
         GRPO_LR=3e-5, GRPO_WARMUP=25, GRPO_TEMP=0.7, GRPO_EVAL_INTERVAL=25, GRPO_EVAL_N=256,
-        MAX_NEW=96, GEN_BATCH=512, GSM8K_N=300, GSM8K_MODELS='base sft grpo'),
+        MAX_NEW=96, GEN_BATCH=512,
+        # evaluation: the base model k-shot with the most shots <= FEWSHOT whose prompts fit the context (each shot
+        # is a whole worked problem: few fit 256 tokens); GSM8K (every test question that fits) for these models
+        FEWSHOT=4, GSM8K_MODELS='base sft grpo'),
     'cpu': dict(  # tiny sizes: the whole chain in <= 10 minutes on 2 cores
         DEVICE='cpu', DTYPE='float32', COMPILE='False', PYSRC_MB=4, VOCAB=2048,
-        TASK_N_TRAIN=4000, TASK_N_VAL=100, TASK_N_TEST=100, TASK_MIN_STEPS=1, TASK_MAX_STEPS=1, TASK_MAX_NUMBER=9,
-        TASK_REPEAT=4,
-        D_MODEL=128, N_LAYERS=4, N_HEADS=4, D_FF=0, CTX=128, BATCH=16, ACCUM=1, MAX_ITERS=600, MAX_TIME_S=150,
+        TASK_N_TRAIN=4000, TASK_N_VAL=100, TASK_N_TEST=100, TASK_N_GEN=100, TASK_MIN_STEPS=1, TASK_MAX_STEPS=1,
+        TASK_MAX_NUMBER=9, TASK_REPEAT=4,
+        # context 256 in batches of 8 (2,048 tokens a step): room for a worked problem as a shot before a question
+        D_MODEL=128, N_LAYERS=4, N_HEADS=4, D_FF=0, CTX=256, BATCH=8, ACCUM=1, MAX_ITERS=600, MAX_TIME_S=150,
         LR=3e-3, MIN_LR=3e-4, WARMUP=30, EVAL_INTERVAL=150, EVAL_ITERS=10, LOG_INTERVAL=25, OPTIMIZER='adamw',
         SAMPLE_TOKENS=64,
         SFT_EXAMPLES=2000, SFT_ITERS=30, SFT_BATCH=16, SFT_ACCUM=1, SFT_LR=1e-3, SFT_WARMUP=3,
         SFT_EVAL_INTERVAL=-1, SFT_EVAL_N=50,
         GRPO_STEPS=200, GRPO_TIME_S=60, GRPO_ROLLOUT=64, GRPO_GROUP=8, GRPO_TRAIN_BATCH=64, GRPO_ACCUM=1,
         GRPO_LR=1e-4, GRPO_WARMUP=0, GRPO_TEMP=0.7, GRPO_EVAL_INTERVAL=-1, GRPO_EVAL_N=50,
-        MAX_NEW=32, GEN_BATCH=128, GSM8K_N=10, GSM8K_MODELS='grpo'),
+        MAX_NEW=32, GEN_BATCH=128, FEWSHOT=4, GSM8K_MODELS='grpo'),
 }
 # the test's size: the cpu profile made smaller, every stage in seconds; shows the chain works, not what it learns
 PROFILES['tiny'] = dict(
-    PROFILES['cpu'], PYSRC_MB=0.3, VOCAB=512, TASK_N_TRAIN=200, TASK_N_VAL=16, TASK_N_TEST=16, TASK_REPEAT=1,
+    PROFILES['cpu'], PYSRC_MB=0.3, VOCAB=512, TASK_N_TRAIN=200, TASK_N_VAL=16, TASK_N_TEST=16, TASK_N_GEN=16,
+    TASK_REPEAT=1,
     D_MODEL=32, N_LAYERS=2, N_HEADS=2, BATCH=8, MAX_ITERS=16, MAX_TIME_S=30, WARMUP=5, EVAL_INTERVAL=8, EVAL_ITERS=2,
     LOG_INTERVAL=4, SAMPLE_TOKENS=16, SFT_EXAMPLES=50, SFT_ITERS=4, SFT_BATCH=8, SFT_WARMUP=1, SFT_EVAL_N=16,
     GRPO_STEPS=2, GRPO_TIME_S=30, GRPO_ROLLOUT=16, GRPO_GROUP=4, GRPO_TRAIN_BATCH=16, GRPO_LR=3e-4, GRPO_EVAL_N=16,
-    MAX_NEW=16, GEN_BATCH=64, GSM8K_N=2)
+    MAX_NEW=16, GEN_BATCH=64, FEWSHOT=1)
 # a 24 GB GPU: the gpu profile with 4x smaller micro-batches and 4x the accumulation (the same global batches)
 PROFILES['gpu24'] = dict(PROFILES['gpu'], BATCH=32, ACCUM=4, SFT_ACCUM=4, GRPO_ACCUM=8, GEN_BATCH=256)
 
@@ -259,30 +266,25 @@ def mix(t, repeat):
     print(json.dumps(sizes, indent=1))
 
 
-def gsm8k(src, template, tok_dir, ctx, max_new, n, out):
-    """The first n GSM8K test questions whose prompt (the task's template) leaves room for a short answer in the
-    model's context -> out, GSM8K's own records ({question, answer '... #### 18'}, what sft.py --mode=eval reads);
-    an empty file when the data is missing."""
+def fewshot(tok_dir, ctx, max_new, k_max, task_dir, out):
+    """The most shots k <= k_max for which every test and gen prompt of the k-shot form, plus min(max_new, 32)
+    answer tokens, fits the context -> out (a line 'k'; 0 = not even one shot fits). sft.py --fewshot refuses a split
+    that does not fit whole, and makes its prompts the same way: the first k training problems with a trace."""
     sys.path.insert(0, ROOT)
     import bpe
-    with open(template, encoding='utf-8') as f:
-        template = f.read()
-    tok = bpe.Tokenizer.from_dir(tok_dir)
-    rows, seen = [], 0
-    if os.path.exists(src):
-        with open(src, encoding='utf-8') as f:
-            for line in f:
-                r = json.loads(line)
-                seen += 1
-                prompt = template.replace('{question}', r['question'])
-                if len(tok.encode(prompt)) + min(int(max_new), 32) <= int(ctx):  # room for at least a short answer
-                    rows.append({'question': r['question'], 'answer': r['answer']})
-                if len(rows) == int(n):
-                    break
-    else:
-        print(f"GSM8K not found at {src}: skipped")
-    write_atomic(out, ''.join(json.dumps(r) + '\n' for r in rows))
-    print(f"GSM8K: {len(rows)} of the first {seen} test questions fit a context of {ctx} tokens -> {out}")
+    import sft
+    tok, room = bpe.Tokenizer.from_dir(tok_dir), int(ctx) - min(int(max_new), 32)
+    train = [p for p in sft.load_problems(os.path.join(task_dir, 'train.jsonl'), '{question}') if 'trace' in p]
+    k = min(int(k_max), len(train))
+    while k > 0:
+        longest = max((len(tok.encode(p['prompt'])) for s in ('test', 'gen')
+                       for p in sft.load_problems(os.path.join(task_dir, f'{s}.jsonl'), '', train[:k])), default=0)
+        print(f"{k}-shot: longest test/gen prompt {longest} tokens, room for {room} (context {ctx})")
+        if longest <= room:
+            break
+        k -= 1
+    write_atomic(out, f"{k}\n")
+    print(f"few-shot evaluation of the base model: k = {k} -> {out}")
 
 
 # -----------------------------------------------------------------------------
@@ -399,10 +401,13 @@ def report(run_dir, publish=''):
         L += ['', f"pycode (`data/pycode/prepare.py` in stage 2; source: {', '.join(pm.get('source', []))}):", '']
         L += table(['step', 'files', 'MB'], [(k, f"{v['files']:,}", f"{v['bytes'] / 1e6:.2f}")
                                             for k, v in files.items() if isinstance(v, dict) and 'files' in v])
-    n_train, n_val, n_test = (count_lines(f'data/task/{x}.jsonl') for x in ('train', 'val', 'test'))
-    L += ['', f"Task (`data/arith/prepare.py`): {n_train:,} training problems with worked traces, {n_val:,} validation "
-          f"and {n_test:,} test problems, disjoint from training by structure (never in any training text); "
-          f"{cfg['TASK_MIN_STEPS']}-{cfg['TASK_MAX_STEPS']} operations on numbers up to {cfg['TASK_MAX_NUMBER']}. "
+    n_task = {x: count_lines(f'data/task/{x}.jsonl') for x in ('train', 'val', 'test', 'gen')}
+    L += ['', f"Task (`data/arith/prepare.py`): {n_task['train']:,} training problems with worked traces "
+          f"({cfg['TASK_MIN_STEPS']}-{cfg['TASK_MAX_STEPS']} operations on numbers up to {cfg['TASK_MAX_NUMBER']}); "
+          f"held out: {n_task['val']:,} validation (only for choosing: the validation curves below), "
+          f"{n_task['test']:,} test (reported once) and {n_task['gen']:,} gen problems "
+          f"({int(cfg['TASK_MAX_STEPS']) + 1} operations, more than any training problem), none sharing its "
+          "structure (start, operations, numbers) with a training problem. "
           f"The training problems' worked solutions in a plain 'Question/Solution/Answer' form (no tags) join "
           f"pre-training x{cfg['TASK_REPEAT']}: the base model sees the arithmetic, SFT teaches the <think>/<answer> "
           "format."]
@@ -481,38 +486,57 @@ def report(run_dir, publish=''):
               f"{sum(r.get('rollout_tokens_per_s', 0) for r in steps) / len(steps):,.0f} tokens/s on average."]
     if plot_curves(steps, 'train_reward', [r for r in glog if 'accuracy' in r], J('report', 'grpo_curves.png'), 'GRPO'):
         image('report/grpo_curves.png', 'GRPO training reward and validation accuracy')
-    n_test = count_lines('data/task/test.jsonl')
-    L += ['', '## 6. Evaluation', '', f"The task's test split ({n_test} problems, reported once), greedy decoding, up "
-          f"to {cfg['MAX_NEW']} new tokens, the r1_zero grader (format: `</think> <answer>` ... `</answer>`; answer: "
-          "exact value); 95% Wilson intervals.", '']
-    res = {m: metrics(m, 'test') for m in ('base', 'sft', 'grpo')}
-    names = {'base': 'base (pre-trained)', 'sft': 'SFT', 'grpo': 'GRPO'}
-    L += table(['model', 'task accuracy', '95% interval', 'format rate', 'mean response tokens'],
-               [(names[m], f"**{100 * r['accuracy']:.1f}%**", f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}%",
-                 f"{100 * r['format_rate']:.1f}%", f"{r['mean_len']:.1f}") for m, r in res.items() if r])
+    # one table per split; every accuracy with its 95% Wilson interval (sft.py's ci95)
+    def row(label, prompt, r):
+        return (label, prompt, f"**{100 * r['accuracy']:.1f}%**", f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}%",
+                f"{100 * r['format_rate']:.1f}%", f"{r['mean_len']:.1f}")
+
+    k = (load('eval/fewshot_k') or 0)  # the shots that fit the context (0: the base model was not run k-shot)
+    models = [('base', 'base (pre-trained)', 'r1_zero'), ('base_fewshot', 'base (pre-trained)', f'{k}-shot'),
+              ('sft', 'SFT', 'r1_zero'), ('grpo', 'GRPO', 'r1_zero')]
+    names = {m: label for m, label, _ in models}
+    L += ['', '## 6. Evaluation', '', f"`sft.py --mode=eval`, greedy, up to {cfg['MAX_NEW']} new tokens (fewer where "
+          "the context ends); task accuracy with its 95% Wilson interval, each on a named split. Prompts: **r1_zero** (the "
+          "SFT prompt; graded on `</think> <answer> ... </answer>` holding the exact value; format rate = that form) "
+          f"and, for the base model, **{k}-shot**: {k} worked training problem(s), then the question, in the plain "
+          "'Question/Solution/Answer' form of pre-training (graded on the `Answer:` line; format rate = that line "
+          "is there)" + ('.' if k else f"; skipped: not one shot fits the {cfg['CTX']}-token context.")]
+    res = {}
+    n_ops = int(cfg['TASK_MAX_STEPS']) + 1
+    for split, title in [('test', f"Task test split ({n_task['test']} problems, like training's)"),
+                         ('gen', f"Generalization split gen ({n_task['gen']} problems, {n_ops} operations: one more "
+                                 "than any training problem)")]:
+        res[split] = {m: metrics(m, split) for m, _, _ in models}
+        rows = [row(label, prompt, res[split][m]) for m, label, prompt in models if res[split][m]]
+        L += ['', f"{title}:", '']
+        L += table(['model', 'prompt', f'{split} accuracy', '95% interval', 'format rate', 'mean response tokens'],
+                   rows) if rows else [f"No {split} results in this run."]
     if s:
         L += ['', f"Base model: validation loss {s['val_loss']:.3f} nats/token"
               + (f", {s['val_bpb']:.3f} bits per byte" if s.get('val_bpb') else '')
               + " (web + pycode validation text)."]
     gsm = {m: metrics(m, 'gsm8k') for m in ('base', 'sft', 'grpo')}
-    gsm = {m: r for m, r in gsm.items() if r}
-    if gsm:
-        L += ['', f"GSM8K test through the same prompt and generation, graded by its last number (the first "
-              f"{next(iter(gsm.values()))['n']} questions whose prompt fits the {cfg['CTX']}-token context): "
-              + ', '.join(f"{names[m]} {100 * r['accuracy']:.1f}% (format {100 * r['format_rate']:.1f}%)"
-                          for m, r in gsm.items())
-              + ". Expected near zero: these models are tiny and never saw grade-school word problems beyond the "
-              "synthetic task."]
+    ran = any(r.get('split') == 'gsm8k' for m in ('base', 'sft', 'grpo') for r in jsonl(f'eval/{m}/eval_metrics.jsonl'))
+    if any(gsm.values()):
+        L += ['', f"GSM8K test (split gsm8k): every test question whose prompt (the r1_zero template) leaves room for "
+              f"an answer in the {cfg['CTX']}-token context, graded by `parse_gsm8k_response` (the last number); "
+              "format rate = a number was found. These models are tiny and saw no grade-school word problems beyond "
+              "the synthetic task.", '']
+        L += table(['model', 'prompt', 'gsm8k accuracy', '95% interval', 'format rate', 'mean response tokens'],
+                   [row(names[m], f"r1_zero, n={r['n']}", r) for m, r in gsm.items() if r])
+    elif ran:
+        L += ['', f"GSM8K: no test question leaves room for an answer in the {cfg['CTX']}-token context: no result."]
     else:
-        L += ['', f"GSM8K: no test question fits the {cfg['CTX']}-token context (or the data is missing): skipped."]
-    ex = [(m, r['example']) for m, r in res.items() if r and r['example']]
+        L += ['', "GSM8K: not evaluated in this run (the shared test set `$LMSCRATCH_DATA/a5/gsm8k/test.jsonl` was "
+              "not found when the eval stage ran)."]
+    ex = [(names[m], r['example']) for m, r in res['test'].items() if r and r['example'] and m != 'base_fewshot']
     if ex:
         L += ['', f"First test problem, ground truth {ex[0][1]['ground_truth']}:", '', '```',
               ex[0][1]['prompt'].strip()]
-        L += [f"[{names[m]}] {e['response'].strip()[:300]}" for m, e in ex] + ['```']
-    if all(res.values()):
-        plot_accuracy(res, names, J('report_accuracy.png'))
-        image('report_accuracy.png', 'accuracy base -> SFT -> GRPO')
+        L += [f"[{name}] {e['response'].strip()[:300]}" for name, e in ex] + ['```']
+    if any(res['test'].values()):
+        plot_accuracy(res, [(m, f"{label}\n{prompt}") for m, label, prompt in models], J('report_accuracy.png'))
+        image('report_accuracy.png', 'accuracy on the test and gen splits, 95% intervals')
 
     # 7) reproduction
     L += ['', '## 7. Commands and versions', '', "Every command with its exit code and seconds: `logs/<stage>.jsonl`; "
@@ -526,17 +550,22 @@ def report(run_dir, publish=''):
         publish_report(run_dir, md, images, publish)
 
 
-def plot_accuracy(res, names, path):
-    """Bars of task accuracy and format rate for base, SFT and GRPO."""
+def plot_accuracy(res, models, path):
+    """Bars of accuracy per model on each split (res[split][model]: eval_metrics rows), 95% intervals as error bars."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    xs = list(res)
-    ax.bar([i - 0.2 for i in range(3)], [100 * res[m]['accuracy'] for m in xs], 0.4, label='accuracy')
-    ax.bar([i + 0.2 for i in range(3)], [100 * res[m]['format_rate'] for m in xs], 0.4, label='format rate')
-    ax.set_xticks(range(3), [names[m] for m in xs])
-    ax.set_ylabel('% of held-out problems')
+    models = [(m, label) for m, label in models if any(res[sp].get(m) for sp in res)]
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    w = 0.8 / len(res)
+    for j, (split, rows) in enumerate(res.items()):
+        xs = [i + (j - (len(res) - 1) / 2) * w for i, (m, _) in enumerate(models) if rows.get(m)]
+        rs = [rows[m] for m, _ in models if rows.get(m)]
+        acc = [100 * r['accuracy'] for r in rs]
+        err = [[a - 100 * r['ci95'][0] for a, r in zip(acc, rs)], [100 * r['ci95'][1] - a for a, r in zip(acc, rs)]]
+        ax.bar(xs, acc, w, yerr=err, capsize=3, label=f'{split} split')
+    ax.set_xticks(range(len(models)), [label for _, label in models], fontsize=8)
+    ax.set_ylabel('accuracy (%)')
     ax.set_ylim(0, 105)
     ax.legend()
     ax.grid(alpha=0.3, axis='y')
@@ -596,7 +625,7 @@ def publish_report(run_dir, md, images, publish):
 
 
 COMMANDS = {'profile': profile, 'cuda': cuda, 'crawl': crawl, 'rundir': rundir, 'pages': pages, 'webtext': webtext,
-            'pysrc': pysrc, 'mix': mix, 'gsm8k': gsm8k, 'report': report}
+            'pysrc': pysrc, 'mix': mix, 'fewshot': fewshot, 'report': report}
 
 if __name__ == '__main__':
     import inspect

@@ -10,6 +10,7 @@ first members form a valid, smaller WARC).
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import zlib
@@ -66,12 +67,13 @@ def test_every_stage_produced_its_outputs(tiny_run):
         assert cmds and all(e['rc'] == 0 for e in cmds), st
     assert "stage 'data' already done" in tiny_run['out']  # the second call skipped what the first one did
     expected = ['data/cc/report.json', 'data/web.txt', 'data/dedup_stats.json', 'data/task/train.jsonl',
-                'data/task/val.jsonl', 'data/task/test.jsonl', 'tokenizer/tokenizer/vocab.json',
+                'data/task/val.jsonl', 'data/task/test.jsonl', 'data/task/gen.jsonl', 'tokenizer/tokenizer/vocab.json',
                 'tokenizer/tokenizer/merges.txt',
                 'tokenizer/tokens/train.bin', 'tokenizer/tokens/val.bin', 'tokenizer/tokens/meta.json',
                 'pretrain/out/ckpt.pt', 'pretrain/out/summary.json', 'pretrain/out/loss.png', 'sft/out/ckpt.pt',
                 'grpo/out/ckpt.pt', 'grpo/out/grpo_log.jsonl', 'eval/base/eval_test.jsonl', 'eval/sft/eval_test.jsonl',
-                'eval/grpo/eval_test.jsonl', 'eval/grpo/eval_metrics.jsonl',
+                'eval/grpo/eval_test.jsonl', 'eval/grpo/eval_metrics.jsonl', 'eval/base/eval_gen.jsonl',
+                'eval/sft/eval_gen.jsonl', 'eval/grpo/eval_gen.jsonl', 'eval/base_fewshot/eval_metrics.jsonl',
                 'report.md', 'config.env']
     for rel in expected:
         assert os.path.getsize(os.path.join(d, rel)) > 0, rel
@@ -87,6 +89,28 @@ def test_every_stage_produced_its_outputs(tiny_run):
     assert len(evals) == 2  # periodic validation (every 8 of 16 iterations)
 
 
+def test_eval_covers_test_gen_gsm8k_and_the_base_model_k_shot(tiny_run):
+    """Issue 31: base, SFT and GRPO on test and gen (each with its 95% interval), the base model also k-shot (the
+    tiny profile's one shot), GSM8K through sft.py's own gsm8k split when the shared file is there."""
+    d = tiny_run['dir']
+    for m in ('base', 'sft', 'grpo', 'base_fewshot'):
+        rows = {r['split']: r for r in map(json.loads, open(os.path.join(d, 'eval', m, 'eval_metrics.jsonl')))}
+        assert {'test', 'gen'} <= set(rows), m
+        for r in rows.values():
+            assert len(r['ci95']) == 2 and r['ci95'][0] - 1e-9 <= r['accuracy'] <= r['ci95'][1] + 1e-9 or r['n'] == 0, (m, r)
+        assert rows['test']['n'] == rows['gen']['n'] == 16
+        assert rows['test']['prompt'] == '1-shot' if m == 'base_fewshot' else rows['test']['prompt'].endswith(
+            'data/template.txt')
+    assert open(os.path.join(d, 'eval/fewshot_k')).read().strip() == '1'
+    cmds = [e['cmd'] for e in map(json.loads, open(os.path.join(d, 'logs/eval.jsonl'))) if e['event'] == 'command']
+    assert any('--fewshot=1' in c and 'base_fewshot' in c for c in cmds)
+    if os.path.exists(os.path.join(tiny_run['data_dir'], 'a5/gsm8k/test.jsonl')):  # the tiny profile: GRPO only
+        gsm_cmds = [c for c in cmds if ',gsm8k' in c]
+        assert len(gsm_cmds) == 1 and '/eval/grpo ' in gsm_cmds[0], cmds
+        rows = [r for r in map(json.loads, open(os.path.join(d, 'eval/grpo/eval_metrics.jsonl')))]
+        assert [r['split'] for r in rows] == ['test', 'gen', 'gsm8k']
+
+
 def test_report_has_every_section(tiny_run):
     md = open(os.path.join(tiny_run['dir'], 'report.md')).read()
     for section in ['## Wall-clock per stage', '## 1. Data', '## 2. Tokenizer', '## 3. Pre-training', '## 4. SFT',
@@ -97,6 +121,13 @@ def test_report_has_every_section(tiny_run):
         assert needle in md, needle
     for st in STAGES[:-1]:
         assert f'| {st} |' in md, st
+    # every accuracy of the evaluation names its split and has its 95% interval
+    ev = md.split('## 6. Evaluation')[1].split('## 7.')[0]
+    for needle in ['test accuracy', 'gen accuracy', '1-shot', 'r1_zero', '95% interval', 'GSM8K']:
+        assert needle in ev, needle
+    acc_rows = [ln for ln in ev.splitlines() if re.search(r'\*\*[0-9.]+%\*\*', ln)]
+    assert len(acc_rows) >= 8, ev  # base r1_zero, base 1-shot, SFT, GRPO on test and on gen
+    assert all(re.search(r'\| [0-9.]+-[0-9.]+% \|', ln) for ln in acc_rows), acc_rows
     for png in ['pretrain/out/loss.png', 'report/sft_curves.png', 'report/grpo_curves.png']:
         assert f']({png})' in md and os.path.exists(os.path.join(tiny_run['dir'], png)), png
 
