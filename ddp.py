@@ -2,22 +2,18 @@
 ddp.py: data-parallel training written from torch.distributed primitives, step by step.
 
 Data parallelism keeps a full copy of the model on every process (rank), gives each rank a different slice of the
-batch, and makes the copies agree by averaging gradients before every optimizer step. This file builds that idea up:
+batch, and makes the copies agree by averaging gradients before every optimizer step. Built up in five steps:
 
   1. naive DDP                one blocking all-reduce per parameter after backward
-  2. flat DDP                 one all-reduce over all gradients flattened into a single buffer
-  3. DDPIndividualParameters  one *asynchronous* all-reduce per parameter, launched from a gradient hook as soon as
-                              that gradient is ready, so communication overlaps the rest of backward
-  4. DDPBucketed              the same, with gradients grouped into buckets of bucket_size_mb (fewer, larger calls),
-                              and the overhead model that picks the bucket size
+  2. flat DDP                 one all-reduce of all gradients flattened into a single buffer
+  3. DDPIndividualParameters  one *asynchronous* all-reduce per parameter from a gradient hook: overlaps backward
+  4. DDPBucketed              the same over buckets of bucket_size_mb, and the model that picks the bucket size
   5. ShardedOptimizer         ZeRO stage 1: each rank keeps optimizer state only for its own share of the parameters
 
-Every wrapper mimics torch's DistributedDataParallel where train.py touches it (train.py --ddp_impl=...):
-`.module`, forward, `.no_sync()` for gradient-accumulation micro-steps, and `.finish_gradient_synchronization()`,
-called after the last backward and before optimizer.step(). `wrap(model, impl)` builds one by name.
+Every wrapper mimics torch's DistributedDataParallel where train.py (--ddp_impl=...) touches it: `.module`, forward,
+`.no_sync()` for accumulation micro-steps, and `.finish_gradient_synchronization()` before optimizer.step().
 
-Run (a few training steps of a small model.py model on a repeating token pattern, then a check that the replicas
-still agree):
+Run (a few steps of a small model.py model on a repeating token pattern, then a check that the replicas agree):
   python ddp.py                                                    # one process (all-reduces are no-ops), CPU/GPU
   torchrun --nproc_per_node=2 ddp.py --impl=bucketed --zero1=True  # 2 ranks (gloo on CPU, NCCL on GPUs)
 The all-reduce benchmark and the timing of every variant: bench/ddp.py (results/ddp_*.md).
@@ -76,20 +72,16 @@ def setup_process_group(rank, world_size, port, backend='gloo'):
 
 
 def init_distributed(backend='auto'):
-    """
-    Join the process group torchrun describes in RANK/WORLD_SIZE/LOCAL_RANK, or, under plain `python`, make a group
-    of one (then every collective is a no-op copy, so the same code runs on one GPU or CPU).
-    Returns (rank, local_rank, world_size, device).
-    """
+    """Join the process group torchrun describes (RANK, LOCAL_RANK, WORLD_SIZE), or under plain `python` a group of
+    one, where every collective is a no-op copy. Returns (rank, local_rank, world_size, device)."""
     if 'RANK' not in os.environ:
         os.environ.update(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
                           MASTER_PORT=str(find_free_port()))
     rank, local_rank, world_size = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
     if backend == 'auto':
         backend = 'nccl' if torch.cuda.is_available() else 'gloo'
-    device = torch.device('cpu')
+    device = torch.device('cuda', local_rank) if backend == 'nccl' else torch.device('cpu')
     if backend == 'nccl':
-        device = torch.device('cuda', local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend)
@@ -97,10 +89,8 @@ def init_distributed(backend='auto'):
 
 
 def cleanup_process_group():
-    """
-    Leave the process group. NOTE: collect garbage first: gloo's worker threads may still hold finished Work objects
-    (with tensors) whose destruction during interpreter shutdown aborts the process (pytorch PR #179291).
-    """
+    """Leave the process group. NOTE: collect garbage first: gloo's worker threads may still hold finished Work
+    objects whose destruction during interpreter shutdown aborts the process (pytorch PR #179291)."""
     gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -112,39 +102,7 @@ def cleanup_process_group():
 #
 # all_reduce(x) leaves on every rank the sum over ranks of x; divided by the world size it is the mean gradient,
 # which is exactly the gradient of the mean loss over the global batch. So N ranks with B sequences each take the
-# same step as one process with N*B sequences, provided they start from the same weights (broadcast_parameters).
-
-@torch.no_grad()
-def broadcast_parameters(module, src=0):
-    """Make every rank start from rank src's weights (and buffers), as if all ranks had loaded one checkpoint."""
-    for t in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(t.data, src=src)
-
-
-def allreduce_gradients_naive(module):
-    """One blocking all-reduce per parameter, then divide by the world size: grad = mean over ranks."""
-    world = dist.get_world_size()
-    for p in module.parameters():  # parameters() lists a tied (shared) parameter once, so it is reduced once
-        if p.grad is not None:
-            dist.all_reduce(p.grad)  # sum over ranks (gloo has no AVG on every version; SUM then divide works on all)
-            p.grad.div_(world)
-
-
-def allreduce_gradients_flat(module):
-    """
-    One all-reduce for all gradients: concatenate them into one flat buffer, reduce it, copy the slices back.
-    Each collective call has a fixed cost (launch, synchronization, the ring's latency term), so one large call
-    beats hundreds of small ones; the price is one extra copy of the gradients in memory.
-    """
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = _flatten_dense_tensors(grads)  # (sum of numels,) one contiguous buffer
-    dist.all_reduce(flat)
-    flat.div_(dist.get_world_size())
-    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-        g.copy_(synced)
-
+# same step as one process with N*B sequences, provided they start from the same weights (broadcast at wrapping).
 
 class _DDPBase(nn.Module):
     """What every wrapper shares: broadcast at construction, .module, forward, no_sync()."""
@@ -156,7 +114,8 @@ class _DDPBase(nn.Module):
         self.world_size = dist.get_world_size()
         self._sync = True  # False inside no_sync(): gradient hooks do nothing, grads just accumulate locally
         self._hooks = []  # RemovableHandles of the gradient hooks we register on the module's parameters
-        broadcast_parameters(module)
+        for t in list(module.parameters()) + list(module.buffers()):  # rank 0's weights, as if all loaded one file
+            dist.broadcast(t.data, src=0)
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -169,10 +128,8 @@ class _DDPBase(nn.Module):
 
     @contextlib.contextmanager
     def no_sync(self):
-        """
-        Gradient accumulation: backward passes inside this block only accumulate into .grad. The backward after
-        it (outside the block) synchronizes the accumulated sum, exactly once per optimizer step.
-        """
+        """Gradient accumulation: backwards inside this block only accumulate into .grad; the next one outside it
+        synchronizes the accumulated sum, once per optimizer step."""
         before, self._sync = self._sync, False
         try:
             yield
@@ -181,33 +138,42 @@ class _DDPBase(nn.Module):
 
 
 class DDPNaive(_DDPBase):
-    """Synchronize in finish_gradient_synchronization() with one blocking all-reduce per parameter."""
+    """After backward: one blocking all-reduce per parameter, then divide by the world size: grad = mean over ranks."""
 
     def finish_gradient_synchronization(self):
-        allreduce_gradients_naive(self.module)
+        for p in self.module.parameters():  # parameters() lists a tied (shared) parameter once: reduced once
+            if p.grad is not None:
+                dist.all_reduce(p.grad)  # SUM over ranks, then divide (gloo has no AVG on every version)
+                p.grad.div_(self.world_size)
 
 
 class DDPFlat(_DDPBase):
-    """Synchronize in finish_gradient_synchronization() with one all-reduce of all gradients flattened."""
+    """After backward: one all-reduce of all gradients flattened into one buffer. Each call has a fixed cost (launch,
+    sync, the ring's latency term): one large call beats hundreds of small ones, for one extra copy of the gradients."""
 
     def finish_gradient_synchronization(self):
-        allreduce_gradients_flat(self.module)
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = _flatten_dense_tensors(grads)  # (sum of numels,) one contiguous buffer
+        dist.all_reduce(flat)
+        flat.div_(self.world_size)
+        for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
 
 
 # -----------------------------------------------------------------------------
 # 3) Overlap communication with backward: one asynchronous all-reduce per parameter
 #
-# Backward computes gradients from the last layer to the first. The last layer's gradient is final long before
-# backward ends, so its all-reduce can run while the earlier layers are still being differentiated.
-# Tensor.register_post_accumulate_grad_hook(fn) calls fn(param) right after autograd has accumulated into
-# param.grad (for a parameter used twice -- tied weights -- autograd sums both uses first and calls fn once).
-# async_op=True returns a Work handle at once; we wait on all of them in finish_gradient_synchronization().
+# Backward runs from the last layer to the first, so the last layer's all-reduce can run while earlier layers are
+# still being differentiated. Tensor.register_post_accumulate_grad_hook(fn) calls fn(param) once autograd has
+# accumulated param.grad (a tied weight: after both uses, once). async_op=True returns a Work handle at once;
+# finish_gradient_synchronization() waits on all of them.
 
 class DDPIndividualParameters(_DDPBase):
     def __init__(self, module):
         super().__init__(module)
         self._works = []
-        # module.parameters() yields each Parameter object once (tied weights included) in named_parameters() order
         for p in module.parameters():
             if p.requires_grad:  # frozen parameters have no gradient: nothing to hook, nothing to reduce
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_ready))
@@ -215,9 +181,8 @@ class DDPIndividualParameters(_DDPBase):
     def _grad_ready(self, p):
         if not self._sync:
             return
-        # divide first (torch DDP's gradient_predivide), then SUM: the result is the mean over ranks.
-        # NOTE: the hook runs on autograd's thread; the collective is queued in the order hooks fire, which is the
-        # same on every rank because every rank runs the same graph. Collectives must be issued in the same order.
+        # divide first (torch DDP's gradient_predivide), then SUM = the mean over ranks. NOTE: collectives must be
+        # issued in the same order on every rank; hooks fire in the same order because every rank runs the same graph
         p.grad.div_(self.world_size)
         self._works.append(dist.all_reduce(p.grad, async_op=True))
 
@@ -230,10 +195,10 @@ class DDPIndividualParameters(_DDPBase):
 # -----------------------------------------------------------------------------
 # 4) Bucketed overlap: fewer, larger all-reduces
 #
-# One call per parameter pays the fixed per-call cost hundreds of times; one flat call cannot start before backward
-# ends. Buckets sit in between: parameters are grouped in *reverse* order (the order backward produces their
-# gradients) into buckets of at most bucket_size_mb, and a bucket's all-reduce starts as soon as its last gradient
-# is ready. A parameter larger than the bucket size gets a bucket of its own; bucket_size_mb=None = one bucket.
+# One call per parameter pays the per-call cost hundreds of times; one flat call cannot start before backward ends.
+# Buckets sit in between: parameters grouped in *reverse* order (the order backward makes their gradients) into
+# buckets of at most bucket_size_mb, each all-reduced as soon as its last gradient is ready. A parameter larger than
+# the bucket size gets a bucket of its own; bucket_size_mb=None = one bucket.
 
 def make_buckets(module, bucket_size_mb):
     """Group module's trainable parameters, in reverse order, into buckets of at most bucket_size_mb (MiB)."""
@@ -298,30 +263,24 @@ class DDPBucketed(_DDPBase):
 
 def wrap(module, impl, bucket_size_mb=25.0):
     """Wrap module in the DDP variant named impl: 'naive' | 'flat' | 'individual' | 'bucketed' (train.py's ddp_impl)."""
-    if impl == 'naive':
-        return DDPNaive(module)
-    if impl == 'flat':
-        return DDPFlat(module)
-    if impl == 'individual':
-        return DDPIndividualParameters(module)
     if impl == 'bucketed':
         return DDPBucketed(module, bucket_size_mb)
+    if impl in ('naive', 'flat', 'individual'):
+        return {'naive': DDPNaive, 'flat': DDPFlat, 'individual': DDPIndividualParameters}[impl](module)
     raise ValueError(f"unknown DDP implementation {impl!r}: use 'naive', 'flat', 'individual' or 'bucketed'")
 
 
 # The overhead model for bucketed DDP: which bucket size?
 #
-# s = bytes of all gradients, w = all-reduce algorithm bandwidth (bytes/s, size per rank / time), o = fixed cost of one
-# all-reduce call (s), n_b = number of buckets, each of s/n_b bytes. Assume (as the course does) that backward makes
-# gradients at least as fast as the network ships them, so each bucket's transfer hides behind the backward of the
-# next bucket, except the last one, which can only start when backward ends. The per-call costs are not hidden
-# (they serialize on the one communication stream). The time added after backward is then
+# s = bytes of all gradients, w = all-reduce algorithm bandwidth (bytes/s), o = fixed cost of one call (s), n_b
+# buckets of s/n_b bytes. If backward makes gradients at least as fast as the network ships them (the course's
+# assumption), each transfer hides behind the next bucket's backward except the last, which starts when backward
+# ends; the per-call costs serialize on the one communication stream. The time added after backward is then
 #
 #     overhead(n_b) = n_b * o + s / (n_b * w)
 #
-# d/dn_b = 0 gives n_b* = sqrt(s / (w * o)), i.e. the optimal bucket size  b* = s / n_b* = sqrt(s * w * o),
-# with overhead(n_b*) = 2 * sqrt(s * o / w). Few buckets: the last transfer is long; many buckets: the calls add up.
-# bench/ddp.py measures o and w and puts the prediction next to the measured step times.
+# d/dn_b = 0 gives n_b* = sqrt(s / (w * o)), the bucket size b* = s / n_b* = sqrt(s * w * o), and overhead
+# 2 * sqrt(s * o / w). Few buckets: the last transfer is long; many: the calls add up. bench/ddp.py measures o and w.
 
 def ddp_overhead_model(s_bytes, w_bytes_per_s, o_s, n_buckets):
     """Predicted seconds of DDP communication left after backward (see the derivation above)."""
@@ -336,11 +295,10 @@ def optimal_bucket_bytes(s_bytes, w_bytes_per_s, o_s):
 # -----------------------------------------------------------------------------
 # 5) Sharded optimizer (ZeRO stage 1, Rajbhandari et al. 2020, https://arxiv.org/abs/1910.02054)
 #
-# AdamW keeps two fp32 tensors per parameter (exp_avg, exp_avg_sq): twice the model. With plain DDP every rank holds
-# all of it. Here each parameter is owned by one rank (balanced by size); a rank keeps optimizer state and runs the
-# update only for the parameters it owns, then every owner broadcasts its updated parameters to the others.
-# Gradients must already be averaged (any DDP wrapper above); the update is elementwise, so the result is bit-for-bit
-# what one process running AdamW on everything would get.
+# AdamW keeps two fp32 tensors per parameter (exp_avg, exp_avg_sq): twice the model, on every rank with plain DDP.
+# Here each parameter is owned by one rank (balanced by size), which alone keeps its state and updates it, then
+# broadcasts it to the others. Gradients must already be averaged (any wrapper above); the update is elementwise, so
+# the result is bit-for-bit what one process running AdamW on everything would get.
 
 class ShardedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, optimizer_cls, **kwargs):
@@ -356,20 +314,16 @@ class ShardedOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group):
         super().add_param_group(param_group)  # the full group (all parameters, all ranks): zero_grad uses it
         group = self.param_groups[-1]
-        mine = set()
         # greedy balance, largest parameters first: each goes to the rank with the fewest bytes so far
         # (sorted() is stable and every rank sees the same parameters, so every rank computes the same owners)
         for p in sorted(group['params'], key=lambda p: -p.numel() * p.element_size()):
             owner = min(range(self.world_size), key=lambda r: self._rank_bytes[r])
             self._rank_bytes[owner] += p.numel() * p.element_size()
             self._owner[p] = owner
-            if owner == self.rank:
-                mine.add(p)
-        local = [p for p in group['params'] if p in mine]  # the wrapped optimizer keeps the original order
+        local = [p for p in group['params'] if self._owner[p] == self.rank]  # in the original order
         inner = None
         if local:  # torch optimizers refuse an empty parameter list
-            local_group = {k: v for k, v in group.items() if k != 'params'}
-            local_group['params'] = local
+            local_group = dict(group, params=local)
             if self.optimizer is None:
                 self.optimizer = self.optimizer_cls([local_group], **self.optimizer_kwargs)
             else:
