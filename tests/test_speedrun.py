@@ -1,6 +1,7 @@
 """
-Tests of speedrun.sh: the whole chain at its --tiny size (seconds per stage), then resume, refusal of a run folder
-made with another configuration, a failing stage, and a missing crawl.
+Tests of speedrun.sh: the whole chain at its --tiny size (seconds per stage), its evaluation (test and gen splits,
+the base model k-shot, GSM8K, 95% intervals in the report), then resume, refusal of a run folder made with another
+configuration, a failing stage, and a missing crawl.
 
     python -m pytest tests/test_speedrun.py -q --durations=5
 
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import zlib
 
 import pytest
@@ -97,7 +99,8 @@ def test_eval_covers_test_gen_gsm8k_and_the_base_model_k_shot(tiny_run):
         rows = {r['split']: r for r in map(json.loads, open(os.path.join(d, 'eval', m, 'eval_metrics.jsonl')))}
         assert {'test', 'gen'} <= set(rows), m
         for r in rows.values():
-            assert len(r['ci95']) == 2 and r['ci95'][0] - 1e-9 <= r['accuracy'] <= r['ci95'][1] + 1e-9 or r['n'] == 0, (m, r)
+            lo, hi = r['ci95']
+            assert lo - 1e-9 <= r['accuracy'] <= hi + 1e-9 or r['n'] == 0, (m, r)
         assert rows['test']['n'] == rows['gen']['n'] == 16
         assert rows['test']['prompt'] == '1-shot' if m == 'base_fewshot' else rows['test']['prompt'].endswith(
             'data/template.txt')
@@ -109,6 +112,29 @@ def test_eval_covers_test_gen_gsm8k_and_the_base_model_k_shot(tiny_run):
         assert len(gsm_cmds) == 1 and '/eval/grpo ' in gsm_cmds[0], cmds
         rows = [r for r in map(json.loads, open(os.path.join(d, 'eval/grpo/eval_metrics.jsonl')))]
         assert [r['split'] for r in rows] == ['test', 'gen', 'gsm8k']
+
+
+def test_fewshot_takes_the_most_shots_that_fit_and_the_report_says_what_was_skipped(tiny_run):
+    """bench/speedrun.py fewshot: k falls to what the context holds (0 = none); a run without k-shot or GSM8K
+    results gets a note instead of a number."""
+    d, glue = tiny_run['dir'], os.path.join(ROOT, 'bench', 'speedrun.py')
+    for ctx, want in [('2048', '3'), ('64', '0')]:
+        out = str(tiny_run['tmp'] / f'k_{ctx}')
+        r = subprocess.run([sys.executable, glue, 'fewshot', os.path.join(d, 'tokenizer/tokenizer'), ctx, '16', '3',
+                            os.path.join(d, 'data/task'), out], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0 and open(out).read().strip() == want, r.stdout + r.stderr
+    copy = str(tiny_run['tmp'] / 'no_fewshot_no_gsm8k')
+    shutil.copytree(d, copy)
+    shutil.rmtree(os.path.join(copy, 'eval/base_fewshot'))
+    open(os.path.join(copy, 'eval/fewshot_k'), 'w').write('0\n')
+    path = os.path.join(copy, 'eval/grpo/eval_metrics.jsonl')
+    rows = [r for r in map(json.loads, open(path)) if r['split'] != 'gsm8k']
+    open(path, 'w').writelines(json.dumps(r) + '\n' for r in rows)
+    r = subprocess.run([sys.executable, glue, 'report', copy], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ev = open(os.path.join(copy, 'report.md')).read().split('## 6. Evaluation')[1].split('## 7.')[0]
+    assert 'skipped: not one shot fits the 256-token context' in ev and '0-shot |' not in ev
+    assert 'GSM8K: not evaluated in this run' in ev and 'gsm8k accuracy' not in ev
 
 
 def test_report_has_every_section(tiny_run):
