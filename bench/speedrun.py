@@ -479,7 +479,9 @@ def report(run_dir, publish=''):
     L += ['', '## 5. GRPO', '', f"`grpo.py` from the SFT checkpoint: {len(steps)} GRPO steps (time budget "
           f"{cfg['GRPO_TIME_S']} s) of {cfg['GRPO_ROLLOUT']} rollouts ({cfg['GRPO_GROUP']} per question), "
           f"temperature {cfg['GRPO_TEMP']}, reinforce_with_baseline, lr {cfg['GRPO_LR']}{warm}, up to "
-          f"{cfg['MAX_NEW']} new tokens; reward = the grader's answer reward."]
+          f"{cfg['MAX_NEW']} new tokens; reward = the grader's answer reward. The lr is the profile's setting, not "
+          "chosen in this run (`bench/grpo.py --mode=lr_sweep` chooses it on the validation split); validation "
+          "accuracy below only follows the run."]
     if steps:
         L += ['', f"Training reward {steps[0]['train_reward']:.3f} at step 1 -> {steps[-1]['train_reward']:.3f} at "
               f"step {steps[-1]['step']}; rollouts at "
@@ -496,11 +498,12 @@ def report(run_dir, publish=''):
               ('sft', 'SFT', 'r1_zero'), ('grpo', 'GRPO', 'r1_zero')]
     names = {m: label for m, label, _ in models}
     L += ['', '## 6. Evaluation', '', f"`sft.py --mode=eval`, greedy, up to {cfg['MAX_NEW']} new tokens (fewer where "
-          "the context ends); task accuracy with its 95% Wilson interval, each on a named split. Prompts: **r1_zero** (the "
-          "SFT prompt; graded on `</think> <answer> ... </answer>` holding the exact value; format rate = that form) "
-          f"and, for the base model, **{k}-shot**: {k} worked training problem(s), then the question, in the plain "
-          "'Question/Solution/Answer' form of pre-training (graded on the `Answer:` line; format rate = that line "
-          "is there)" + ('.' if k else f"; skipped: not one shot fits the {cfg['CTX']}-token context.")]
+          "the context ends); task accuracy with its 95% Wilson interval, each on a named split. Prompts: "
+          "**r1_zero** (the SFT prompt; graded on `</think> <answer> ... </answer>` holding the exact value; format "
+          f"rate = that form) and, for the base model, **{k}-shot**: {k} worked training problem(s), then the "
+          "question, in the plain 'Question/Solution/Answer' form of pre-training (graded on the `Answer:` line; "
+          "format rate = that line is there)"
+          + ('.' if k else f"; skipped: not one shot fits the {cfg['CTX']}-token context.")]
     res = {}
     n_ops = int(cfg['TASK_MAX_STEPS']) + 1
     for split, title in [('test', f"Task test split ({n_task['test']} problems, like training's)"),
