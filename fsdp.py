@@ -6,20 +6,17 @@ DDP keeps everything on every GPU: fp32 weights (4 bytes/param), fp32 gradients 
 16 bytes per parameter, so a 7B model needs 112 GB before a single activation. FSDP (ZeRO stage 3, Rajbhandari et
 al. 2020; Zhao et al. 2023, "PyTorch FSDP", https://arxiv.org/abs/2304.11277) shards all of it over N ranks:
 
-  - the model is cut into units (here: each Transformer block, plus a root unit for embeddings, final norm and head);
-    every parameter is sharded on dim 0 (FSDP2's Shard(0)): each rank keeps 1/N of its rows, padded to a multiple
-    of N. The *shards* replace the parameters in the module, under their names: nn.Parameters in fp32 (master
-    weights) that the optimizer updates, with fp32 AdamW state;
-  - before a unit's forward, its shards are cast to bf16 and all-gathered into full tensors, and the module computes
-    with views of them; after the unit's forward the gathered copies are freed;
-  - before the unit's backward it is gathered again (autograd saved views into it; we refill their storage);
-  - each parameter's bf16 gradient is reduce-scattered: each rank receives the sum over ranks of its own rows, which
-    it averages and accumulates in fp32 into its shard's .grad;
+  - the model is cut into units (each Transformer block, plus a root unit for embeddings, final norm and head);
+    every parameter is replaced by its fp32 shard, 1/N of its rows (FSDP2's Shard(0)), which the optimizer updates;
+  - before a unit's forward, its shards are cast to bf16 and all-gathered into full tensors the module computes
+    with; after it, they are freed. Before the unit's backward they are gathered again (autograd saved views);
+  - each bf16 gradient is reduce-scattered: each rank receives the sum over ranks of its own rows, which it averages
+    and accumulates in fp32 into its shard's .grad;
   - while unit i computes, unit i+1's all-gather is already in flight (prefetch, forward and backward).
 
-Per rank this costs 16P/N bytes of states plus at most two gathered units in bf16 (plus activations), for
-three collectives per parameter per step (all-gather, all-gather, reduce-scatter; FSDP2 packs a unit's into one
-of each) instead of DDP's one all-reduce (itself a reduce-scatter plus an all-gather: FSDP moves 1.5x DDP's bytes).
+Per rank: 16P/N bytes of states plus at most two gathered units in bf16 (plus activations), for three collectives
+per parameter per step (all-gather twice, reduce-scatter; FSDP2 packs a unit's into one of each) instead of DDP's
+one all-reduce (itself a reduce-scatter plus an all-gather: FSDP moves 1.5x DDP's bytes).
 
 Usage (train.py --fsdp=True does this):
     model = FSDP(TransformerLM(...).to(device))            # every rank; rank 0's weights win
@@ -57,8 +54,7 @@ M_X = 2  # axes the FSDP dimension spans (a 3D torus: 2 for X, 1 for Y, as in th
 M_Y = 1  # axes the TP dimension spans
 # -----------------------------------------------------------------------------
 
-# torch 2.13 renamed all_gather_into_tensor / reduce_scatter_tensor to *_single (same arguments); older torch
-# (the GPU machine's 2.11) only has the old names
+# torch 2.13 renamed all_gather_into_tensor / reduce_scatter_tensor to *_single; older torch has only the old names
 _all_gather = getattr(dist, 'all_gather_single', None) or dist.all_gather_into_tensor
 _reduce_scatter = getattr(dist, 'reduce_scatter_single', None) or dist.reduce_scatter_tensor
 
@@ -67,14 +63,12 @@ _reduce_scatter = getattr(dist, 'reduce_scatter_single', None) or dist.reduce_sc
 # One sharded parameter, and a unit of them
 #
 # FSDP2 (torch.distributed.fsdp.fully_shard) shards every parameter on dim 0, Shard(0): rank r keeps rows
-# [r * rows, (r + 1) * rows) of it, dim 0 padded with zeros to a multiple of N. The shard replaces the parameter in
-# its module, under its own name, so module.named_parameters() and module.parameters() are the shards: an optimizer
-# built from them updates the fp32 master weights, and a rule like "weight decay on p.dim() >= 2" still holds,
-# since a shard keeps its parameter's number of dims. We do the same.
+# [r * rows, (r + 1) * rows), dim 0 zero-padded to a multiple of N. The shard replaces the parameter in its module,
+# under its name, so an optimizer built from module.parameters() updates the fp32 master weights, and a rule like
+# "weight decay on p.dim() >= 2" still holds (a shard keeps its number of dims). We do the same.
 
 class ShardedParam:
-    """
-    One parameter of a unit, sharded on dim 0.
+    """One parameter of a unit, sharded on dim 0.
       shard   nn.Parameter (rows, *shape[1:]) fp32: this rank's rows, registered in the module at the parameter's name
       full    (N * rows, *shape[1:]) param_dtype leaf: every rank's rows, gathered; its storage is freed (size 0) when
               not in use. The module computes with the view full[:shape[0]] (the padding rows cut off)
@@ -104,16 +98,14 @@ class ShardedParam:
 
 
 class Unit:
-    """A module sharded as one piece (a Transformer block, or the root): its ShardedParams are gathered and freed
-    together."""
+    """A module sharded as one piece (a block, or the root): its ShardedParams are gathered and freed together."""
 
     def __init__(self, module, params):
         self.module, self.params = module, params
 
 
 class FSDP(nn.Module):
-    """
-    FSDP(module, unit_modules=None, param_dtype=torch.bfloat16, prefetch=True)
+    """FSDP(module, unit_modules=None, param_dtype=torch.bfloat16, prefetch=True)
       unit_modules  the submodules to shard as units; default: the children of every nn.ModuleList (the blocks).
                     Everything else belongs to the root unit (gathered for the whole forward and backward).
       param_dtype   compute and communication dtype (bf16); master weights, gradients and optimizer stay fp32.
@@ -180,12 +172,10 @@ class FSDP(nn.Module):
                 continue
             sp.full.untyped_storage().resize_(sp.full.numel() * sp.full.element_size())  # re-allocate the storage
             sp.gather_src = sp.shard.detach().to(self.param_dtype)  # cast before sending: half the bytes in bf16
-            # Shard(0) gathered is a concatenation along dim 0, i.e. of the flat shards: (N * rows * ...,)
-            # NOTE: write through .data: it shares the storage but not the version counter, so autograd does not
-            # complain that tensors it saved for backward (views of full) were modified in place -- we refill them
-            # with the very same values on purpose.
-            # FSDP2 packs a unit's shards into one buffer for a single all-gather (then copies out); one call per
-            # parameter costs more launches and keeps this short (the trade-off of ddp.py's buckets).
+            # Shard(0) gathered is a concatenation of the flat shards: (N * rows * ...,). NOTE: write through .data
+            # (same storage, not the version counter), or autograd complains that the views of full it saved for
+            # backward were modified in place: we refill them with the very same values, on purpose.
+            # One call per parameter (FSDP2 packs a unit's into one buffer): more launches, shorter code (cf. ddp.py).
             sp.work = _all_gather(sp.full.data.view(-1), sp.gather_src.view(-1), async_op=True)
             sp.state = 'gathering'
         self.max_gathered = max(self.max_gathered,
@@ -214,21 +204,20 @@ class FSDP(nn.Module):
             sub.__dict__.pop(attr, None)  # outside forward, module.<attr> is the shard again
         sp.state = 'free'
 
-    def _neighbour(self, u, step):
-        if self._recording or u not in self._order:
-            return None
+    def _prefetch(self, u, step):
+        """Start the all-gather of the unit that runs after u: step +1 in forward, -1 in backward (reverse order)."""
+        if not self.prefetch or self._recording or u not in self._order:
+            return
         i = self._order.index(u) + step
-        return self._order[i] if 0 <= i < len(self._order) else None
+        if 0 <= i < len(self._order):
+            self._gather_async(self._order[i])  # overlaps the all-gather with u's compute
 
     # ---- hooks -------------------------------------------------------------------
     def _pre_forward(self, u):
         if self._recording:
             self._order.append(u)
         self._wait(u, set_views=True)
-        if self.prefetch:
-            nxt = self._neighbour(u, +1)  # the unit that will run next: overlap its all-gather with our compute
-            if nxt is not None:
-                self._gather_async(nxt)
+        self._prefetch(u, +1)
 
     def _post_forward(self, u, output):
         for sp in u.params:
@@ -241,10 +230,7 @@ class FSDP(nn.Module):
 
     def _pre_backward(self, u):
         self._wait(u, set_views=False)  # autograd already holds views of the full tensors: refill their storage
-        if self.prefetch:
-            prv = self._neighbour(u, -1)  # backward runs the units in reverse order
-            if prv is not None:
-                self._gather_async(prv)
+        self._prefetch(u, -1)
 
     def _grad_ready(self, sp):
         """All of sp's gradients have been summed into sp.full.grad: reduce-scatter it, free the gathered weight."""
@@ -274,26 +260,21 @@ class FSDP(nn.Module):
             else:
                 sp.shard.grad.add_(g)
         self._pending.clear()
-        for sp in self.params:
-            if sp.state != 'free':
-                self._free(sp)
+        for sp in self.params:  # whatever is still gathered (a prefetch nobody used) is freed
+            self._free(sp)
 
     @contextlib.contextmanager
     def no_sync(self):
-        """
-        Accepted for DDP compatibility, but FSDP still reduce-scatters on every micro-step: keeping unsharded
-        gradients until the last one would cost the full model's gradients in memory, which FSDP is there to avoid.
-        The shards' fp32 .grad accumulate across micro-steps, so the result is the same.
-        """
+        """Accepted for DDP compatibility, but FSDP still reduce-scatters on every micro-step: unsharded gradients
+        until the last one would cost the full model's gradients in memory. The shards' fp32 .grad accumulate
+        across micro-steps, so the result is the same."""
         yield
 
     # ---- checkpoints: full weights from the shards, and back --------------------------
     @torch.no_grad()
     def full_state_dict(self, rank0_only=True):
-        """
-        The unsharded model's state dict (original keys, fp32 master weights, tied weights shared), on CPU.
-        A collective: every rank must call it. Returns {} on ranks other than 0 when rank0_only.
-        """
+        """The unsharded model's state dict (original keys, fp32 master weights, tied weights shared), on CPU.
+        A collective: every rank must call it. Returns {} on ranks other than 0 when rank0_only."""
         params = {}
         for sp in self.params:
             full = torch.empty(sp.full.shape, dtype=torch.float32, device=sp.shard.device)
@@ -441,5 +422,3 @@ def main():
 if __name__ == '__main__':
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
     main()
-
-
