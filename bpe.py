@@ -244,8 +244,7 @@ def train_bpe(input_path, vocab_size, special_tokens, num_workers=None, progress
                     heapq.heappush(heap, (-c, order_keys[pair[0]], order_keys[pair[1]], *pair))
 
     # 4) final layout: special tokens, then bytes, then merges (the layout of the course's reference vocab)
-    vocab = {i: s.encode('utf-8') for i, s in enumerate(special_tokens)}
-    vocab.update({n_special + i: t for i, t in enumerate(token_bytes)})
+    vocab = dict(enumerate([s.encode('utf-8') for s in special_tokens] + token_bytes))
     if len(merges) < n_merges:
         print(f"warning: {input_path} ran out of pairs after {len(merges)} merges: the vocabulary has {len(vocab)} "
               f"tokens, not vocab_size={vocab_size} (give more text or a smaller vocab_size)", file=sys.stderr)
@@ -309,9 +308,7 @@ class Tokenizer:
     def __init__(self, vocab, merges, special_tokens=None):
         self.special_tokens = _check_special_tokens(special_tokens)
         self.vocab = dict(vocab)
-        self.token_to_id = {}
-        for i, t in sorted(self.vocab.items()):
-            self.token_to_id.setdefault(t, i)
+        self.token_to_id = {t: i for i, t in sorted(self.vocab.items(), reverse=True)}  # a repeated token: lowest id
         self._single = dict(self.token_to_id)  # fast path (tiktoken's): a pre-token that is a regular token
         # a special token whose bytes form a regular token keeps its id (GPT-2's '<|endoftext|>' is 50256); the
         # others get the next free ids (they never come out of the fast path: only the special-token split)

@@ -11,10 +11,9 @@ and train the tokenizer on the train documents only, for the same reason.
    parallel with '<|endoftext|>' after each document: <out_dir>/train.bin, val.bin, meta.json, tokenizer/.
 Re-running skips the finished steps (meta.json records a fingerprint of each step's inputs).
 
-Run:
+Run, then train:
     python data/docs/prepare.py                                # needs ../shared/data (or $LMSCRATCH_DATA)
     python data/docs/prepare.py --src=my_corpus.txt --out_dir=data/mine --vocab_size=8000
-then
     python train.py config/docs.py
 Without the shared data, data/pycode/prepare.py builds a corpus from the Python sources of this machine.
 """
@@ -56,8 +55,7 @@ def read_documents(path):
     text = raw.decode('utf-8', errors='replace')
     if text.count('\ufffd') > raw.count('\ufffd'.encode()):  # degrade loudly: the bad bytes are not silently lost
         print(f"warning: {path} is not valid UTF-8: bad byte sequences became U+FFFD", file=sys.stderr)
-    docs = [d.strip() for d in text.split(bpe.EOT)]
-    docs = [d for d in docs if d]
+    docs = [d.strip() for d in text.split(bpe.EOT) if d.strip()]
     if not docs:
         raise bpe.DataError(f"{path} holds no text (0 non-empty documents): nothing to train on")
     return docs, sha1
@@ -83,9 +81,8 @@ def prepare(src='', out_dir='', vocab_size=10000, tokenizer_dir='', val_fraction
     splits = {'train': [d for d, v in zip(docs, is_val) if not v], 'val': [d for d, v in zip(docs, is_val) if v]}
     print(f"{src}: {len(docs):,} documents -> {len(splits['train']):,} train, {len(splits['val']):,} val "
           f"(seed {seed})")
-    return bpe.build_token_folder(splits, os.path.abspath(out_dir or HERE),
-                                  vocab_size, src, tokenizer_dir, None, num_workers, progress,
-                                  source_sha1=src_sha1, seed=seed, val_fraction=val_fraction)
+    return bpe.build_token_folder(splits, os.path.abspath(out_dir or HERE), vocab_size, src, tokenizer_dir, None,
+                                  num_workers, progress, source_sha1=src_sha1, seed=seed, val_fraction=val_fraction)
 
 
 def main():

@@ -1,14 +1,11 @@
 """
 data/owt/prepare.py: the course's OpenWebText sample (CS336 A1: owt_train.txt / owt_valid.txt) as token files.
 
-1) the text: owt_{train,valid}.txt.gz downloaded from the course's Hugging Face copy (resumable: an interrupted
-   download continues where it stopped) and decompressed, or local files given with --src_train/--src_val;
+1) the text: owt_{train,valid}.txt.gz downloaded (resumable) from the course's Hugging Face copy, or local files
+   given with --src_train/--src_val. Offline (CI, no internet) it says so loudly and uses the shared English docs
+   corpus (../shared/data/text/docs_en.txt.gz: real web-page text, but 16 MB, not OpenWebText's 11 GB);
 2) bpe.build_token_folder: a 32K byte-level BPE trained on the train text, both splits encoded in parallel into
-   <out_dir>/train.bin, val.bin (uint16) and meta.json. Re-running skips the finished steps.
-
-Offline (CI, machines without internet): when the download fails, the script says so loudly and uses the shared
-English docs corpus (../shared/data/text/docs_en.txt.gz: real web-page text, but 16 MB, not OpenWebText's 11 GB),
-split by document. meta.json's 'source' says which text was used.
+   <out_dir>/train.bin, val.bin (uint16) and meta.json ('source' names the text). Re-running skips finished steps.
 
     python data/owt/prepare.py
     python data/owt/prepare.py --src_train=owt_train.txt --src_val=owt_valid.txt

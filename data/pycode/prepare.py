@@ -5,9 +5,8 @@ No download needed: the Python that runs this script carries its own corpus, the
 installed package (on the GPU machine: torch, scipy, sympy, jax, ... about 395 MB of distinct files). The file rules
 are those of the repo's pycode reference (ANCHORS: nanoGPT measured on the very same token files):
 1) files: every `.py` under the running Python's sysconfig `stdlib`, `purelib` and `platlib` paths (or under --src),
-   by real path (a file reached twice through a symlink counts once), sorted by that path. --max_mb caps the corpus
-   for a quick start: the files are taken in an order that does not depend on where Python is installed (the stdlib
-   first, then the packages, each by path relative to its root) until max_mb megabytes;
+   each once by real path, sorted. --max_mb caps the corpus for a quick start, taking the files in an order that does
+   not depend on where Python is installed (list_py_files);
 2) read as UTF-8 (undecodable files are counted and skipped), empty files dropped, exact duplicates dropped by content
    (the first path keeps it);
 3) split by file: validation = files whose content SHA-1 digest has a first byte divisible by 100 (~1.2%), so the
@@ -21,11 +20,10 @@ are those of the repo's pycode reference (ANCHORS: nanoGPT measured on the very 
 meta.json also records the manifest: Python version, roots, installed package versions, and the files and bytes left
 after each step. Re-running skips the finished steps when the files are the same.
 
-Run:
+Run, then train:
     python data/pycode/prepare.py --max_mb=8 --vocab_size=4096    # the Quickstart's corpus: seconds on a laptop
     python data/pycode/prepare.py                                  # everything (all cores; minutes for ~400 MB)
     python data/pycode/prepare.py --src=/path/to/some/repo --out_dir=data/myrepo --vocab_size=8192
-then
     python train.py config/pycode.py
 """
 import hashlib

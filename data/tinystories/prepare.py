@@ -1,15 +1,12 @@
 """
 data/tinystories/prepare.py: TinyStories (Eldan & Li 2023), the course's A1 data, as token files for train.py.
 
-1) the text: TinyStoriesV2-GPT4-{train,valid}.txt downloaded from the Hugging Face hub (resumable: an interrupted
-   download continues where it stopped), or local files given with --src_train/--src_val;
+1) the text: TinyStoriesV2-GPT4-{train,valid}.txt downloaded (resumable) from the Hugging Face hub, or local files
+   given with --src_train/--src_val. Offline (CI, no internet) it says so loudly and builds a small stand-in: the
+   shared TinyStories sample (../shared/data/a1, when present) plus stories generated from templates (simple English,
+   a small vocabulary); losses on it do not compare with the course's TinyStories numbers;
 2) bpe.build_token_folder: a 10K byte-level BPE trained on the train text, both splits encoded in parallel into
-   <out_dir>/train.bin, val.bin (uint16) and meta.json. Re-running skips the finished steps.
-
-Offline (CI, machines without internet): when the download fails, the script says so loudly and builds a small
-stand-in instead: the shared TinyStories sample (../shared/data/a1, 3.8 KB, when present) plus stories generated from
-templates (simple English with a small vocabulary, the spirit of TinyStories). meta.json's 'source' says which text
-was used; losses on the stand-in do not compare with the course's TinyStories numbers.
+   <out_dir>/train.bin, val.bin (uint16) and meta.json ('source' names the text). Re-running skips finished steps.
 
     python data/tinystories/prepare.py                  # download (online) or the offline stand-in
     python data/tinystories/prepare.py --src_train=TinyStoriesV2-GPT4-train.txt --src_val=TinyStoriesV2-GPT4-valid.txt
