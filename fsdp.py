@@ -337,8 +337,7 @@ def _map_tensors(obj, fn):
 #   sharded over N (states fully, activations half: every second layer): 16P/N + A * (1/2 + 1/(2N))
 # Compute-bound batch on an X (FSDP) x Y (TP) mesh, forward of one block, B tokens in total (Scaling Book, part 5):
 #   T_math = 2 matmuls * 2BDF FLOPs / (N C) = 4BDF / (X Y C)
-#   T_fsdp = all-gather of the block's bf16 weights, already split Y ways: 2 * 2DF / Y bytes over M_X axes
-#          = 4DF / (Y W M_X)
+#   T_fsdp = all-gather of the block's bf16 weights, split Y ways: 2 * 2DF / Y bytes over M_X axes = 4DF / (Y W M_X)
 #   T_tp   = all-gather + reduce-scatter of bf16 activations, B/X tokens of D: 4BD / (X W M_Y)
 #   T_math >= T_fsdp  <=>  B/N >= C / (W M_X Y)           (a per-device batch threshold)
 #   T_math >= T_tp    <=>  F >= Y C / (W M_Y)             (independent of the batch: holds or not)
@@ -404,8 +403,7 @@ def die(msg):
 
 
 def main():
-    """Print the calculator's worked example for the config globals (checked first: sizes and counts are whole
-    numbers >= 1, rates and memory positive, tokens >= 0)."""
+    """Print the calculator's worked example for the config globals (each checked first)."""
     for key in ('d_model', 'd_ff', 'num_blocks', 'X', 'Y', 'M_X', 'M_Y'):
         if not isinstance(globals()[key], int) or globals()[key] < 1:
             die(f"--{key}={globals()[key]!r}: must be a whole number >= 1")
