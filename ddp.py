@@ -379,16 +379,14 @@ def check_config():
         value = globals()[key]
         if not isinstance(value, int) or value < 1:
             die(f"--{key}={value!r}: must be a whole number >= 1")
-    if impl not in ('naive', 'flat', 'individual', 'bucketed'):
-        die(f"--impl={impl!r}: use naive, flat, individual or bucketed")
-    if not bucket_size_mb > 0:
-        die(f"--bucket_size_mb={bucket_size_mb!r}: must be > 0 (MiB per bucket)")
-    if model_size not in model_py.MODEL_SIZES:
-        die(f"--model_size={model_size!r}: use one of {', '.join(model_py.MODEL_SIZES)}")
-    if not learning_rate > 0:
-        die(f"--learning_rate={learning_rate!r}: must be > 0")
-    if backend not in ('auto', 'gloo', 'nccl'):
-        die(f"--backend={backend!r}: use auto, gloo or nccl")
+    rules = [('impl', impl in ('naive', 'flat', 'individual', 'bucketed'), "use naive, flat, individual or bucketed"),
+             ('bucket_size_mb', bucket_size_mb > 0, "must be > 0 (MiB per bucket)"),
+             ('model_size', model_size in model_py.MODEL_SIZES, f"use one of {', '.join(model_py.MODEL_SIZES)}"),
+             ('learning_rate', learning_rate > 0, "must be > 0"),
+             ('backend', backend in ('auto', 'gloo', 'nccl'), "use auto, gloo or nccl")]
+    for key, ok, fix in rules:  # in this order: the first broken rule is the one reported
+        if not ok:
+            die(f"--{key}={globals()[key]!r}: {fix}")
     if backend == 'nccl' and not torch.cuda.is_available():
         die("--backend=nccl needs CUDA GPUs, and none is visible: use --backend=gloo (or auto) on a CPU")
 

@@ -86,8 +86,7 @@ def prepare(src='', out_dir='', vocab_size=10000, tokenizer_dir='', val_fraction
 
 
 def main():
-    """The command: every setting is checked first (a mistake is one line on stderr, exit code 2, and nothing is
-    written), then prepare()."""
+    """The command: check every setting (a mistake: one line on stderr, exit 2, nothing written), then prepare()."""
     corpus, out = os.path.abspath(src or bpe.shared_data('text', 'docs_en.txt.gz')), os.path.abspath(out_dir or HERE)
     outputs = {os.path.join(out, name) for name in ('train.bin', 'val.bin', 'meta.json')}
     for ok, msg in [(os.path.isfile(corpus), f"source text not found: {corpus} (" + ("--src" if src else

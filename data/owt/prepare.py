@@ -58,8 +58,7 @@ def prepare(src_train='', src_val='', out_dir='', vocab_size=32000, offline=Fals
 
 
 def main():
-    """The command: every setting is checked first (a mistake is one line on stderr, exit code 2, and nothing is
-    written), then prepare()."""
+    """The command: check every setting (a mistake: one line on stderr, exit 2, nothing written), then prepare()."""
     for key, ok, fix in (('vocab_size', vocab_size > 256, "give at least 257 (256 bytes + '<|endoftext|>')"),
                          ('num_workers', num_workers >= 0, "give 0 (every core) or a number of processes")):
         if not ok:

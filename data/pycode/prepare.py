@@ -223,8 +223,7 @@ def package_versions():
 
 
 def main():
-    """The command: every setting is checked first (a mistake is one line on stderr, exit code 2, and nothing is
-    written), then prepare()."""
+    """The command: check every setting (a mistake: one line on stderr, exit 2, nothing written), then prepare()."""
     rules = {'src': (not src or os.path.isdir(src), f"--src={src!r} is not a folder: give one that holds .py files"),
              'max_mb': (max_mb >= 0, "give the megabytes of .py files to read, or 0 for all of them"),
              'vocab_size': (vocab_size > 256, "give at least 257 (256 bytes + '<|endoftext|>')"),

@@ -89,8 +89,7 @@ def prepare(src_train='', src_val='', out_dir='', vocab_size=10000, offline=Fals
 
 
 def main():
-    """The command: every setting is checked first (a mistake is one line on stderr, exit code 2, and nothing is
-    written), then prepare()."""
+    """The command: check every setting (a mistake: one line on stderr, exit 2, nothing written), then prepare()."""
     problems = [f"--vocab_size={vocab_size}: give at least 257 (256 bytes + '<|endoftext|>')"] * (vocab_size <= 256) \
         + [f"--generated_stories={generated_stories}: give 1 or more for the stand-in"] * (generated_stories < 1) \
         + [f"--num_workers={num_workers}: give 0 (every core) or a number of processes"] * (num_workers < 0)
