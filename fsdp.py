@@ -46,12 +46,12 @@ d_ff = 53248  # feed-forward width F
 num_blocks = 126  # number of (d_model -> d_ff -> d_model) blocks
 device_memory_gb = 95.0  # memory of one device in GB (TPU v5p: 95; H100: 80)
 tokens_per_device = 0  # tokens of activations per device for the memory figures (0 = weights/optimizer only)
-W_ici = 2 * 9e10  # interconnect bandwidth per device and axis direction pair, bytes/s (v5p ICI, bidirectional)
-C_flops = 4.6e14  # bf16 FLOP/s of one device (v5p)
-X = 16  # FSDP (data) axis size of the mesh
-Y = 4  # tensor-parallel (model) axis size of the mesh
-M_X = 2  # axes the FSDP dimension spans (a 3D torus: 2 for X, 1 for Y, as in the exercise)
-M_Y = 1  # axes the TP dimension spans
+ici_bandwidth = 2 * 9e10  # interconnect bandwidth per device and axis direction pair, bytes/s (v5p ICI, bidirectional)
+device_flops = 4.6e14  # bf16 FLOP/s of one device (v5p)
+mesh_x = 16  # FSDP (data) axis size of the mesh
+mesh_y = 4  # tensor-parallel (model) axis size of the mesh
+mesh_x_axes = 2  # axes the FSDP dimension spans (M_X; a 3D torus: 2 for X, 1 for Y, as in the exercise)
+mesh_y_axes = 1  # axes the TP dimension spans (M_Y)
 # -----------------------------------------------------------------------------
 
 # torch 2.13 renamed all_gather_into_tensor / reduce_scatter_tensor to *_single; older torch has only the old names
@@ -404,16 +404,16 @@ def die(msg):
 
 def main():
     """Print the calculator's worked example for the config globals (each checked first)."""
-    for key in ('d_model', 'd_ff', 'num_blocks', 'X', 'Y', 'M_X', 'M_Y'):
+    for key in ('d_model', 'd_ff', 'num_blocks', 'mesh_x', 'mesh_y', 'mesh_x_axes', 'mesh_y_axes'):
         if not isinstance(globals()[key], int) or globals()[key] < 1:
             die(f"--{key}={globals()[key]!r}: must be a whole number >= 1")
-    for key in ('device_memory_gb', 'W_ici', 'C_flops'):
+    for key in ('device_memory_gb', 'ici_bandwidth', 'device_flops'):
         if not globals()[key] > 0:
             die(f"--{key}={globals()[key]!r}: must be > 0")
     if not isinstance(tokens_per_device, int) or tokens_per_device < 0:
         die(f"--tokens_per_device={tokens_per_device!r}: must be a whole number >= 0 (0 = no activations)")
-    _, text = calculator_report(d_model, d_ff, num_blocks, device_memory_gb, tokens_per_device, W_ici, C_flops,
-                                X, Y, M_X, M_Y)
+    _, text = calculator_report(d_model, d_ff, num_blocks, device_memory_gb, tokens_per_device, ici_bandwidth,
+                                device_flops, mesh_x, mesh_y, mesh_x_axes, mesh_y_axes)
     print(text)
 
 

@@ -136,8 +136,8 @@ def write_bench_report(rows, world, device):
 def write_calculator_report():
     """fsdp.py's worked example with its default figures, one paragraph per question, as results/fsdp_calculator.md."""
     _, text = fsdp.calculator_report(fsdp.d_model, fsdp.d_ff, fsdp.num_blocks, fsdp.device_memory_gb,
-                                     fsdp.tokens_per_device, fsdp.W_ici, fsdp.C_flops, fsdp.X, fsdp.Y, fsdp.M_X,
-                                     fsdp.M_Y)
+                                     fsdp.tokens_per_device, fsdp.ici_bandwidth, fsdp.device_flops, fsdp.mesh_x,
+                                     fsdp.mesh_y, fsdp.mesh_x_axes, fsdp.mesh_y_axes)
     path = os.path.join(out_dir, 'fsdp_calculator.md')
     _atomic_write(path, text.replace('\n(', '\n\n(') + '\n')
     print(text)

@@ -326,7 +326,7 @@ def test_bench_fsdp_writes_tables(tmp_path):
 # (test_ddp.refused runs the script and checks all of that)
 
 @pytest.mark.parametrize('script,arg,key', [
-    ('fsdp.py', '--num_blocks=0', 'num_blocks'), ('fsdp.py', '--W_ici=-1.0', 'W_ici'),
+    ('fsdp.py', '--num_blocks=0', 'num_blocks'), ('fsdp.py', '--ici_bandwidth=-1.0', 'ici_bandwidth'),
     ('fsdp.py', '--tokens_per_device=-5', 'tokens_per_device'), ('bench/fsdp.py', '--mode=nope', 'mode'),
     ('bench/fsdp.py', '--bench_steps=0', 'bench_steps'), ('bench/fsdp.py', '--out_dir=notes.txt/fsdp', 'out_dir'),
     ('bench/fsdp.py', '--model_size=huge', 'model_size')])
