@@ -28,6 +28,7 @@ import ast as _ast
 import builtins as _builtins  # the script may have a config key named `compile`
 import difflib as _difflib
 import os as _os
+import signal as _signal
 import sys as _sys
 
 # The config keys are the script's lowercase globals of simple types that do not start with '_'. This file runs at
@@ -64,6 +65,8 @@ def _config_cast(key, value):
 
 def _config_help():
     # Show each key with its default and the comment next to its definition in the script.
+    if hasattr(_signal, 'SIGPIPE'):  # `--help | head` ends quietly, without a BrokenPipeError traceback
+        _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
     comments = {}
     script = globals().get('__file__')
     if script and _os.path.exists(script):

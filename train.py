@@ -140,16 +140,17 @@ def get_batch(data, batch_size, context_length, device):
     return w[:, :-1], w[:, 1:]  # (B, T) each
 
 class TokenSampler:
-    """get_batch, fast: a split that fits in a quarter of the free GPU memory goes there once, a batch is a gather;
-    else windows come from the memmap through pinned memory. The generator is checkpointed: resume draws the same."""
+    """get_batch, fast: a gather on the GPU if the split fits in 1/4 of its free memory, else pinned memmap reads."""
     def __init__(self, tokens, context_length, device, seed):
         self.T, self.device, self.n, self.tokens = context_length, torch.device(device), len(tokens), tokens
         self.on_gpu = self.device.type == 'cuda' and 4 * self.n < torch.cuda.mem_get_info(self.device)[0] / 4
         if self.on_gpu:
             self.tokens = torch.from_numpy(tokens.astype(np.int32)).to(self.device)  # int32: 4 bytes a token
         self.generator = torch.Generator(device=self.device if self.on_gpu else 'cpu').manual_seed(seed)
+
     def starts(self, n):
         return torch.randint(0, self.n - self.T, (n,), generator=self.generator, device=self.generator.device)
+
     def batch(self, starts):  # starts (B,) -> x, y (B, T) int64 on the device
         idx = starts[:, None] + torch.arange(self.T + 1, device=starts.device)  # (B, T+1)
         w = self.tokens[idx].long() if self.on_gpu else torch.from_numpy(self.tokens[idx.numpy()].astype(np.int64))
@@ -177,6 +178,7 @@ class AdamW(torch.optim.Optimizer):
         if min(lr, eps, weight_decay, *betas) < 0 or max(betas) >= 1:
             raise ValueError(f"bad AdamW hyperparameters: lr={lr}, betas={betas}, eps={eps}, wd={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, muon=False))
+
     @torch.no_grad()
     def step(self, closure=None):
         for group in [g for g in self.param_groups if not g['muon']]:
@@ -202,6 +204,7 @@ class Muon(AdamW):
     def __init__(self, param_groups, lr=0.02, momentum=0.95, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0):
         defaults = dict(lr=lr, momentum=momentum, betas=betas, eps=eps, weight_decay=weight_decay, muon=True)
         torch.optim.Optimizer.__init__(self, param_groups, defaults)
+
     @torch.no_grad()
     def step(self, closure=None):
         super().step()  # AdamW for the groups with muon=False
@@ -321,11 +324,10 @@ def check_config():
     positive = ('batch_size', 'gradient_accumulation_steps', 'context_length', 'max_iters', 'log_interval', 'muon_lr')
     nonneg = ('eval_interval', 'eval_interval_s', 'max_time_s', 'warmup_iters', 'weight_decay', 'grad_clip', 'eps',
               'min_lr', 'logit_softcap', 'temperature', 'num_samples', 'max_new_tokens')
-    g = globals()  # the config keys
-    rules = [(g[k] in v, f"--{k} must be one of {v}, got {g[k]!r}") for k, v in choices.items()]
-    rules += [(g[k] > 0, f"--{k} must be > 0, got {g[k]}") for k in positive]
-    rules += [(g[k] >= 0, f"--{k} must be >= 0, got {g[k]}") for k in nonneg]
-    rules += [(g[k] == -1 or g[k] > 0, f"--{k} must be > 0 or -1 (see its comment), got {g[k]}")
+    rules = [(globals()[k] in v, f"--{k} must be one of {v}, got {globals()[k]!r}") for k, v in choices.items()]
+    rules += [(globals()[k] > 0, f"--{k} must be > 0, got {globals()[k]}") for k in positive]
+    rules += [(globals()[k] >= 0, f"--{k} must be >= 0, got {globals()[k]}") for k in nonneg]
+    rules += [(globals()[k] == -1 or globals()[k] > 0, f"--{k} must be > 0 or -1 (see its comment), got {globals()[k]}")
               for k in ('eval_iters', 'vocab_size', 'embed_lr', 'head_lr')] + [
         (0 < cooldown_frac <= 1, f"--cooldown_frac must be in (0, 1], got {cooldown_frac}"),
         (0 < learning_rate >= min_lr, "--learning_rate must be > 0 and >= --min_lr"),
@@ -428,9 +430,8 @@ def main():
     master, device_type = rank == 0, 'cuda' if 'cuda' in dev else 'cpu'
     print0 = print if master else (lambda *a, **k: None)
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == 'bfloat16' else nullcontext()
-    # a step is batch_size x gradient_accumulation_steps sequences on any number of GPUs: N share the micro-steps
-    B, gas = batch_size, gradient_accumulation_steps
-    accum, B = (gas // world_size, B) if gas % world_size == 0 else (1, B * gas // world_size)  # or split them
+    B, gas = batch_size, gradient_accumulation_steps  # a step is B x gas sequences on any number of processes:
+    accum, B = (gas // world_size, B) if gas % world_size == 0 else (1, B * gas // world_size)  # they share or split
     if accum * B * world_size != batch_size * gas:
         die(f"make --gradient_accumulation_steps, or it times --batch_size, a multiple of {world_size} processes")
     tokens_per_iter = B * context_length * accum * world_size
@@ -511,8 +512,7 @@ def main():
             loss_accum += loss.detach()
         if custom_ddp:
             model.finish_gradient_synchronization()  # wait for the last all-reduces (ddp.py's and fsdp.py's wrappers)
-        # 3) clip the gradients, step, count
-        if grad_clip > 0:
+        if grad_clip > 0:  # 3) clip the gradients, step, count
             gradient_clipping([p for g in opt.param_groups for p in g['params']], grad_clip, sharded=use_fsdp)
         opt.step()
         opt.zero_grad(set_to_none=True)
