@@ -35,6 +35,7 @@ n_layer, n_head, n_embd, context, batch = 4, 16, 512, 256, 128  # the 4-layer sh
 nanogpt_lr = 2e-3  # the harness' default
 name = 'time_to_quality'  # results/<name>.md and .png
 out_root = 'out-ttq'  # run folders of ours
+reference = ''  # a results/<name>.json of an earlier call on the same machine whose curves join this report
 # -----------------------------------------------------------------------------
 
 
@@ -189,6 +190,8 @@ def main():
     if budget_s <= 0:
         die(f"--budget_s must be > 0, got {budget_s}")
     wanted = [r for r in runs.split(',') if r]
+    if reference and not os.path.exists(reference):
+        die(f"--reference={reference} not found: give the .json an earlier run of this benchmark wrote")
     if not wanted or set(wanted) - {'nanogpt', 'ours'}:
         die(f"--runs takes nanogpt and/or ours, got {runs!r}")
     anchors = anchors_dir or next((p for p in (os.path.join(ROOT, '..', 'shared', 'anchors', 'nanogpt'),
@@ -199,7 +202,7 @@ def main():
     import torch
     if not torch.cuda.is_available():
         die("this benchmark times GPU runs: no CUDA device found")
-    curves = {}
+    curves = json.load(open(reference)) if reference else {}
     if 'nanogpt' in wanted:
         curves['nanogpt'] = nanogpt_run(d, budget_s, anchors)
         torch.cuda.empty_cache()  # its model and optimizer are gone: give their memory back before ours starts
