@@ -33,7 +33,6 @@ leaderboard_warmup = 1000  # do_bench warmup (ms) for the leaderboard setting (t
 sweep_rep = 30  # do_bench rep (ms) per sweep point (keeps the 720-point sweep to a few minutes)
 tune_budget_s = 120.0  # wall-clock budget of --mode=tune, seconds
 tune_cases = 'all'  # 'all': every head dim and dtype | 'leaderboard': only bf16 d=64 at the leaderboard shape
-hopper = True  # also time flash_attn_hopper.py's Gluon forward on Hopper GPUs (new, issue 34: False if it hangs)
 out_dir = 'results'  # where the tables and plots go
 seed = 1337  # random inputs
 # -----------------------------------------------------------------------------
@@ -114,11 +113,6 @@ def run_leaderboard(rep, warmup):
     ]
     alone = [('flash_attn.py Triton', lambda q, k, v: FlashAttentionTriton.apply(q, k, v, True), 3),
              ('SDPA cuDNN backend', _sdpa_backend_fn(SDPBackend.CUDNN_ATTENTION), 4)]
-    if hopper and torch.cuda.get_device_capability()[0] >= 9:
-        from flash_attn_hopper import FlashAttentionHopper
-        gluon_fn = lambda q, k, v: FlashAttentionHopper.apply(q, k, v, True)  # noqa: E731
-        impls.insert(3, ('flash_attn_hopper.py Gluon fwd + Triton bwd, 3-D', lambda: gluon_fn, 3))
-        alone.append(('flash_attn_hopper.py Gluon fwd + Triton bwd', gluon_fn, 3))
     ref = None
     for name, make, ndim in impls:
         q, k, v = (q3, k3, v3) if ndim == 3 else (q4, k4, v4)
