@@ -1,10 +1,8 @@
 """
 model.py: a decoder-only Transformer language model written from torch primitives (CS336 assignment 1).
 
-Every building block is a few lines of torch: Linear, Embedding, RMSNorm, SwiGLU, rotary position embeddings, a
-stable softmax, scaled dot-product attention, causal multi-head self-attention, the pre-norm block, TransformerLM.
-Parameter names follow the course (`token_embeddings`, `layers.{i}.attn.q_proj`, `ffn.w1`, `ln_final`, `lm_head`).
-
+Every building block is a few lines of torch (Linear, Embedding, RMSNorm, SwiGLU, RoPE, softmax, attention, the
+pre-norm block); parameter names follow the course (`token_embeddings`, `layers.{i}.attn.q_proj`, `ffn.w1`, `lm_head`).
 Notable features:
 - attention switch: attn_impl='reference' (the readable path), 'sdpa' (torch's fused kernel) or 'flash' (the project's
   Triton FlashAttention-2, flash_attn.py); the course's ablations: norm='none', post_norm, pos_emb='nope', ffn='silu';
@@ -14,8 +12,7 @@ Notable features:
   with the decode step as a CUDA graph on CUDA (no Python or launch overhead per token).
 - `cross_entropy` via log-sum-exp; parameter and FLOP counting for MFU and scaling laws; `FusedLinearCrossEntropy`
   (CUDA, train.py's default): one Triton kernel over the logits computes the training loss and its gradient.
-
-Run `python model.py` for a smoke test; `python train.py --mode=sample --out_dir=...` samples from a checkpoint.
+Run `python model.py` for a smoke test (main()); `python train.py --mode=sample --out_dir=...` samples a checkpoint.
 """
 import math
 from dataclasses import dataclass, asdict, fields
@@ -188,8 +185,7 @@ class SwiGLU(nn.Module):
         self.w3 = Linear(d_model, d_ff, device, dtype)
 
     def forward(self, x):
-        # two matmuls, not one on torch.cat([w1, w3]), which copied both weights (and split their gradients) every
-        # step: results/train_throughput.md
+        # two matmuls: one on torch.cat([w1, w3]) copied both weights every step (results/train_throughput.md)
         return self.w2(silu(self.w1(x)) * self.w3(x))
 
 class MLP(nn.Module):
@@ -693,8 +689,12 @@ def model_args_from(model):
     """The kwargs that rebuild `model` (what train.py stores as checkpoint['model_args'])."""
     return {f.name: getattr(model.config, f.name) for f in fields(ModelConfig)}
 
-
-if __name__ == '__main__':
+def main():
+    """Smoke test: build a tiny model, count its parameters, decode greedily with the KV cache."""
     model = TransformerLM(vocab_size=1000, context_length=64, d_model=64, num_layers=2, num_heads=4)
     print(f"{count_parameters(model):,} parameters (excluding embeddings); {asdict(model.config)}")
     print(model.generate([[1, 2, 3], [4]], max_new_tokens=8, temperature=0, seed=0))
+
+
+if __name__ == '__main__':
+    main()

@@ -5,6 +5,7 @@ the KV cache against no-cache generation, checkpoints, and the counting helpers.
     python -m pytest tests/test_model.py -v
 """
 import math
+import os
 
 import pytest
 import torch
@@ -351,3 +352,18 @@ def test_relu2_zero_init_and_softcap():
     torch.testing.assert_close(capped(idx, targets=idx), F.cross_entropy(logits.flatten(0, 1), idx.flatten()))
     with pytest.raises(ValueError, match='ffn'):
         M.ModelConfig(ffn='gelu')
+
+
+def test_copy_of_model_alone_runs_main(tmp_path):
+    """Issue 29: model.py copied into an empty folder (no configurator.py, no repo on the path) imports quietly and its
+    main() runs: nanoGPT's model.py needs only torch, and so does ours."""
+    import shutil
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copy(os.path.join(root, 'model.py'), tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    r = subprocess.run([sys.executable, '-c', 'import model; model.main()'], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'parameters' in r.stdout and sorted(os.listdir(tmp_path)) in (['model.py'], ['__pycache__', 'model.py'])
