@@ -8,6 +8,7 @@ train.py: train model.py's Transformer LM on a folder of token files (CS336 assi
     python train.py --mode=eval --out_dir=out-quick        # full-validation loss and bits/byte of a checkpoint
 Library: `train.train({'max_iters': 100})` -> the summary dict. Throughput benchmarks: `python bench/train.py`.
 """
+import difflib
 import json
 import math
 import os
@@ -579,10 +580,11 @@ def main():
 
 def train(overrides=None):
     """The library entry: main() with some config keys changed for the call -> the summary dict."""
-    overrides = {{'save_checkpoint': 'write_checkpoint'}.get(k, k): v for k, v in (overrides or {}).items()}  # old name
-    for k in [k for k in overrides if k not in config][:1]:
-        close = __import__('difflib').get_close_matches(k, config, n=1)
-        die(f"unknown config key {k!r}" + (f"; did you mean {close[0]}?" if close else ''))
+    overrides = dict(overrides or {})
+    unknown = [k for k in overrides if k not in config]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], config, n=1)
+        die(f"unknown config key {unknown[0]!r}" + (f"; did you mean {close[0]}?" if close else ''))
     saved = {k: globals()[k] for k in overrides}
     globals().update(overrides)
     try:

@@ -247,7 +247,7 @@ def test_overhead_model():
 
 TRAIN_TINY = dict(compile=False, dtype='float32', device='cpu', d_model=32, num_layers=2, num_heads=2, d_ff=0,
                   context_length=16, batch_size=4, eval_iters=2, log_interval=1, warmup_iters=2, max_new_tokens=0,
-                  optimizer='adamw', max_iters=4, eval_interval=0, gradient_accumulation_steps=4, save_checkpoint=False)
+                  optimizer='adamw', max_iters=4, eval_interval=0, gradient_accumulation_steps=4, write_checkpoint=False)
 
 
 def make_token_folder(data_dir):
