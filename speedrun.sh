@@ -7,11 +7,10 @@
 #   2) tokenizer  bpe.py on the kept web text; data/docs/prepare.py and data/pycode/prepare.py encode the corpora
 #   3) pretrain   train.py (periodic validation, bits per byte, a sample at the end)
 #   4) sft        sft.py --mode=sft on worked traces in the <think>/<answer> format, from the pre-trained model
-#   5) grpo       grpo.py from the SFT model, rewards from the r1_zero grader
+#   5) grpo       grpo.py from the SFT model, rewards from the r1_zero grader, its lr chosen on validation
 #   6) eval       sft.py --mode=eval of base (also k-shot) -> SFT -> GRPO on the task's test and gen splits, GSM8K
 #   7) report     report.md: a table per stage, loss curves, accuracies, wall-clock, device and versions
 # The glue between the scripts (profiles, small data steps, the report) is bench/speedrun.py.
-#
 # Run:
 #   bash speedrun.sh                    # GPU profile when CUDA is there (else the CPU one)
 #   bash speedrun.sh --cpu              # tiny sizes: the whole chain in <= 10 minutes on 2 cores
@@ -21,9 +20,8 @@
 #   | --nproc=N (torchrun pre-training, same global batch) | --until=STAGE | --run_dir=DIR (runs/speedrun-<profile>)
 #   | --crawl=GLOB ($LMSCRATCH_DATA/a4/docs_crawl.warc.gz) | --publish=PREFIX (also PREFIX.md and PREFIX_*.png)
 #   | --pysrc=DIR (pycode source; default: the Python environment on GPU, a standard library sample on CPU)
-# Resume: each stage writes <run_dir>/<stage>/ and <stage>/DONE last; a finished stage is skipped, one without DONE
-# (interrupted) is wiped and redone. <run_dir>/config.env records the sizes: a folder made with another configuration
-# is refused unless --fresh. Logs: <run_dir>/logs/<stage>.jsonl (command, exit code, seconds) and <stage>.log.
+# Resume: a stage writes <run_dir>/<stage>/ and <stage>/DONE last: done stages are skipped, interrupted ones redone.
+# <run_dir>/config.env records the sizes: another configuration is refused unless --fresh. Logs: <run_dir>/logs/.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -170,14 +168,17 @@ stage_sft() {
         --log_interval=10 "${GEN[@]}"
 }
 
-# 5) GRPO from the SFT model on the task's training questions
+# 5) GRPO from the SFT model, once per rate in GRPO_LRS (same start, same seed); the best final VALIDATION accuracy
+#    chooses the rate and its run becomes grpo/out (lr_sweep.json: every rate); test and gen are not looked at here
 stage_grpo() {
-    run "$PY" grpo.py --init_from="$S/out/ckpt.pt" --out_dir="$1/out" "${COMMON[@]}" \
+    local lr
+    for lr in $GRPO_LRS; do run "$PY" grpo.py --init_from="$S/out/ckpt.pt" --out_dir="$1/lr$lr" "${COMMON[@]}" \
         --train_path="$D/task/train.jsonl" --val_path="$D/task/val.jsonl" --n_grpo_steps=$GRPO_STEPS \
         --time_budget_s=$GRPO_TIME_S --rollout_batch_size=$GRPO_ROLLOUT --group_size=$GRPO_GROUP \
-        --train_batch_size=$GRPO_TRAIN_BATCH --gradient_accumulation_steps=$GRPO_ACCUM --learning_rate=$GRPO_LR \
+        --train_batch_size=$GRPO_TRAIN_BATCH --gradient_accumulation_steps=$GRPO_ACCUM --learning_rate=$lr \
         --warmup_steps=$GRPO_WARMUP --sampling_temperature=$GRPO_TEMP --sampling_max_tokens=$MAX_NEW \
-        --eval_interval=$GRPO_EVAL_INTERVAL --eval_n=$GRPO_EVAL_N --gen_batch_size=$GEN_BATCH
+        --eval_interval=$GRPO_EVAL_INTERVAL --eval_n=$GRPO_EVAL_N --gen_batch_size=$GEN_BATCH; done
+    run "${GLUE[@]}" pick_lr "$1" "$GRPO_LRS"
 }
 
 # 6) Evaluation (greedy): base, SFT and GRPO on test and gen (r1_zero prompt) and GSM8K (every test question that fits
@@ -193,7 +194,6 @@ stage_eval() {
     if (( k > 0 )); then run "$PY" sft.py --mode=eval --init_from="$P/out/ckpt.pt" --out_dir="$1/base_fewshot" \
         "${COMMON[@]}" --fewshot=$k --train_path="$D/task/train.jsonl" --eval_paths="$splits" "${GEN[@]}"; fi
 }
-
 stage_report() { run "${GLUE[@]}" report "$RUN_DIR" "$PUBLISH"; }  # 7) reads only what the stages wrote
 
 for st in "${STAGES[@]}"; do stage "$st"; done

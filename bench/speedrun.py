@@ -11,6 +11,7 @@ between the scripts' commands, and the report. Each step is a subcommand that re
     python bench/speedrun.py pysrc DST MB           # a seeded sample of MB megabytes of the standard library
     python bench/speedrun.py mix TOK_DIR REPEAT     # web + pycode + task token files -> one folder for train.py
     python bench/speedrun.py fewshot TOKENIZER CTX MAX_NEW K TASK_DIR OUT      # the most shots (<= K) that fit
+    python bench/speedrun.py pick_lr GRPO_DIR 'LR LR ...'  # the best final validation accuracy -> GRPO_DIR/out
     python bench/speedrun.py report RUN_DIR [PUBLISH_PREFIX]                   # RUN_DIR/report.md (+ a copy)
 
 Every output is written to a temporary file first and then renamed: a killed step leaves no half-written file.
@@ -52,12 +53,11 @@ PROFILES = {
         # a policy that is right only some of the time (a longer SFT left GRPO nothing to gain)
         SFT_EXAMPLES=20000, SFT_ITERS=15, SFT_BATCH=32, SFT_ACCUM=1, SFT_LR=3e-4, SFT_WARMUP=5,
         SFT_EVAL_INTERVAL=5, SFT_EVAL_N=200,
-        # GRPO: 256 rollouts = 32 questions x 8 at temperature 0.7, on-policy; lr 3e-5 after a 25-step warm-up
-        # climbed smoothly where grpo.py's demo lr 1e-4 first halved the SFT policy's accuracy
-        # (results/speedrun_gpu_lr3e-5.md, read on the old held-out split; bench/grpo.py --mode=lr_sweep chooses
-        # on the validation split)
-        GRPO_STEPS=500, GRPO_TIME_S=280, GRPO_ROLLOUT=256, GRPO_GROUP=8, GRPO_TRAIN_BATCH=256, GRPO_ACCUM=2,
-        GRPO_LR=3e-5, GRPO_WARMUP=25, GRPO_TEMP=0.7, GRPO_EVAL_INTERVAL=25, GRPO_EVAL_N=256,
+        # GRPO: 256 rollouts = 32 questions x 8 at temperature 0.7, on-policy, after a 25-step warm-up; one run
+        # per rate in GRPO_LRS (space-separated), GRPO_TIME_S each, the final validation accuracy chooses one
+        # (3e-5 climbed smoothly where 1e-4 first halved the SFT policy's accuracy: results/speedrun_gpu_lr3e-5.md)
+        GRPO_STEPS=500, GRPO_TIME_S=150, GRPO_ROLLOUT=256, GRPO_GROUP=8, GRPO_TRAIN_BATCH=256, GRPO_ACCUM=2,
+        GRPO_LRS='1e-5 3e-5 1e-4', GRPO_WARMUP=25, GRPO_TEMP=0.7, GRPO_EVAL_INTERVAL=25, GRPO_EVAL_N=256,
         MAX_NEW=96, GEN_BATCH=512,
         # evaluation: the base model k-shot with the most shots <= FEWSHOT whose prompts fit the context (each shot
         # is a whole worked problem: few fit 256 tokens); GSM8K (every test question that fits) for these models
@@ -72,8 +72,8 @@ PROFILES = {
         SAMPLE_TOKENS=64,
         SFT_EXAMPLES=2000, SFT_ITERS=30, SFT_BATCH=16, SFT_ACCUM=1, SFT_LR=1e-3, SFT_WARMUP=3,
         SFT_EVAL_INTERVAL=-1, SFT_EVAL_N=50,
-        GRPO_STEPS=200, GRPO_TIME_S=60, GRPO_ROLLOUT=64, GRPO_GROUP=8, GRPO_TRAIN_BATCH=64, GRPO_ACCUM=1,
-        GRPO_LR=1e-4, GRPO_WARMUP=0, GRPO_TEMP=0.7, GRPO_EVAL_INTERVAL=-1, GRPO_EVAL_N=50,
+        GRPO_STEPS=200, GRPO_TIME_S=40, GRPO_ROLLOUT=64, GRPO_GROUP=8, GRPO_TRAIN_BATCH=64, GRPO_ACCUM=1,
+        GRPO_LRS='1e-4 3e-4', GRPO_WARMUP=0, GRPO_TEMP=0.7, GRPO_EVAL_INTERVAL=-1, GRPO_EVAL_N=50,
         MAX_NEW=32, GEN_BATCH=128, FEWSHOT=4, GSM8K_MODELS='grpo'),
 }
 # the test's size: the cpu profile made smaller, every stage in seconds; shows the chain works, not what it learns
@@ -82,7 +82,8 @@ PROFILES['tiny'] = dict(
     TASK_REPEAT=1,
     D_MODEL=32, N_LAYERS=2, N_HEADS=2, BATCH=8, MAX_ITERS=16, MAX_TIME_S=30, WARMUP=5, EVAL_INTERVAL=8, EVAL_ITERS=2,
     LOG_INTERVAL=4, SAMPLE_TOKENS=16, SFT_EXAMPLES=50, SFT_ITERS=4, SFT_BATCH=8, SFT_WARMUP=1, SFT_EVAL_N=16,
-    GRPO_STEPS=2, GRPO_TIME_S=30, GRPO_ROLLOUT=16, GRPO_GROUP=4, GRPO_TRAIN_BATCH=16, GRPO_LR=3e-4, GRPO_EVAL_N=16,
+    GRPO_STEPS=2, GRPO_TIME_S=30, GRPO_ROLLOUT=16, GRPO_GROUP=4, GRPO_TRAIN_BATCH=16, GRPO_LRS='3e-4 1e-3',
+    GRPO_EVAL_N=16,
     MAX_NEW=16, GEN_BATCH=64, FEWSHOT=1)
 # a 24 GB GPU: the gpu profile with 4x smaller micro-batches and 4x the accumulation (the same global batches)
 PROFILES['gpu24'] = dict(PROFILES['gpu'], BATCH=32, ACCUM=4, SFT_ACCUM=4, GRPO_ACCUM=8, GEN_BATCH=256)
@@ -290,6 +291,24 @@ def fewshot(tok_dir, ctx, max_new, k_max, task_dir, out):
 # -----------------------------------------------------------------------------
 # The report: reads only what the stages wrote
 
+def pick_lr(grpo_dir, lrs):
+    """GRPO ran once per rate into grpo_dir/lr<LR>/: the best final accuracy on the VALIDATION split (its last
+    evaluation; the first rate wins a tie) chooses the rate, whose folder becomes grpo_dir/out. Every rate's result
+    goes to grpo_dir/lr_sweep.json. The test and gen splits are not read: they are reported once, in the eval stage."""
+    rows = []
+    for lr in lrs.split():
+        log = os.path.join(grpo_dir, f'lr{lr}', 'grpo_log.jsonl')
+        evals = [r for r in map(json.loads, open(log)) if 'accuracy' in r] if os.path.exists(log) else []
+        if not evals:
+            die(f"{log}: no validation evaluation logged (did grpo.py run with --eval_n > 0?)")
+        steps = max([r['step'] for r in evals])
+        rows.append(dict(lr=lr, steps=steps, **{k: evals[-1][k] for k in ('accuracy', 'ci95', 'n')}))
+    best = max(rows, key=lambda r: r['accuracy'])  # max keeps the first of equal ones
+    write_atomic(os.path.join(grpo_dir, 'lr_sweep.json'), json.dumps(dict(chosen=best['lr'], runs=rows), indent=1))
+    os.replace(os.path.join(grpo_dir, f"lr{best['lr']}"), os.path.join(grpo_dir, 'out'))
+    print(f"lr {best['lr']} chosen on validation: " + ', '.join(f"{r['lr']}: {r['accuracy']:.3f}" for r in rows))
+
+
 def table(header, rows):
     """A Markdown table: first column left-aligned, the others right-aligned."""
     out = ['| ' + ' | '.join(header) + ' |',
@@ -476,15 +495,18 @@ def report(run_dir, publish=''):
     glog = jsonl('grpo/out/grpo_log.jsonl')
     steps = [r for r in glog if 'train_reward' in r]
     warm = '' if cfg.get('GRPO_WARMUP', '0') in ('0', '') else f" (linear warm-up over {cfg['GRPO_WARMUP']} steps)"
-    L += ['', '## 5. GRPO', '', f"`grpo.py` from the SFT checkpoint: {len(steps)} GRPO steps (time budget "
-          f"{cfg['GRPO_TIME_S']} s) of {cfg['GRPO_ROLLOUT']} rollouts ({cfg['GRPO_GROUP']} per question), "
-          f"temperature {cfg['GRPO_TEMP']}, reinforce_with_baseline, lr {cfg['GRPO_LR']}{warm}, up to "
-          f"{cfg['MAX_NEW']} new tokens; reward = the grader's answer reward. The lr is the profile's setting, not "
-          "chosen in this run (`bench/grpo.py --mode=lr_sweep` chooses it on the validation split); validation "
-          "accuracy below only follows the run."]
+    sweep = load('grpo/lr_sweep.json', {'chosen': '?', 'runs': []})
+    L += ['', '## 5. GRPO', '', f"`grpo.py` from the SFT checkpoint, once per learning rate (same start and seed, "
+          f"time budget {cfg['GRPO_TIME_S']} s each): {cfg['GRPO_ROLLOUT']} rollouts a step ({cfg['GRPO_GROUP']} "
+          f"per question), temperature {cfg['GRPO_TEMP']}, reinforce_with_baseline{warm}, up to {cfg['MAX_NEW']} new "
+          f"tokens; reward = the grader's answer reward. The final accuracy on the **validation** split chose "
+          f"lr **{sweep['chosen']}**; only that run is evaluated on test and gen (section 6)."]
+    L += [''] + table(['lr', 'GRPO steps', 'final validation accuracy', '95% interval', 'n'], [
+        (r['lr'] + (' (chosen)' if r['lr'] == sweep['chosen'] else ''), r['steps'], f"{100 * r['accuracy']:.1f}%",
+         f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}%", r['n']) for r in sweep['runs']])
     if steps:
-        L += ['', f"Training reward {steps[0]['train_reward']:.3f} at step 1 -> {steps[-1]['train_reward']:.3f} at "
-              f"step {steps[-1]['step']}; rollouts at "
+        L += ['', f"The chosen run: training reward {steps[0]['train_reward']:.3f} at step 1 -> "
+              f"{steps[-1]['train_reward']:.3f} at step {steps[-1]['step']}; rollouts at "
               f"{sum(r.get('rollout_tokens_per_s', 0) for r in steps) / len(steps):,.0f} tokens/s on average."]
     if plot_curves(steps, 'train_reward', [r for r in glog if 'accuracy' in r], J('report', 'grpo_curves.png'), 'GRPO'):
         image('report/grpo_curves.png', 'GRPO training reward and validation accuracy')
@@ -628,7 +650,7 @@ def publish_report(run_dir, md, images, publish):
 
 
 COMMANDS = {'profile': profile, 'cuda': cuda, 'crawl': crawl, 'rundir': rundir, 'pages': pages, 'webtext': webtext,
-            'pysrc': pysrc, 'mix': mix, 'fewshot': fewshot, 'report': report}
+            'pysrc': pysrc, 'mix': mix, 'fewshot': fewshot, 'pick_lr': pick_lr, 'report': report}
 
 if __name__ == '__main__':
     import inspect

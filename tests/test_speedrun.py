@@ -73,7 +73,7 @@ def test_every_stage_produced_its_outputs(tiny_run):
                 'tokenizer/tokenizer/merges.txt',
                 'tokenizer/tokens/train.bin', 'tokenizer/tokens/val.bin', 'tokenizer/tokens/meta.json',
                 'pretrain/out/ckpt.pt', 'pretrain/out/summary.json', 'pretrain/out/loss.png', 'sft/out/ckpt.pt',
-                'grpo/out/ckpt.pt', 'grpo/out/grpo_log.jsonl', 'eval/base/eval_test.jsonl', 'eval/sft/eval_test.jsonl',
+                'grpo/out/ckpt.pt', 'grpo/out/grpo_log.jsonl', 'grpo/lr_sweep.json', 'eval/base/eval_test.jsonl', 'eval/sft/eval_test.jsonl',
                 'eval/grpo/eval_test.jsonl', 'eval/grpo/eval_metrics.jsonl', 'eval/base/eval_gen.jsonl',
                 'eval/sft/eval_gen.jsonl', 'eval/grpo/eval_gen.jsonl', 'eval/base_fewshot/eval_metrics.jsonl',
                 'report.md', 'config.env']
@@ -204,6 +204,30 @@ def test_a_failing_stage_stops_the_run_and_names_its_log(tiny_run):
     assert all(os.path.exists(os.path.join(d, st, 'DONE')) for st in ('data', 'tokenizer', 'pretrain'))
     events = [json.loads(line) for line in open(os.path.join(d, 'logs', 'sft.jsonl'))]
     assert events[-1]['event'] == 'failed' and events[-2]['rc'] != 0
+
+
+def test_grpo_lr_is_chosen_on_validation_and_its_run_becomes_grpo_out(tiny_run, tmp_path):
+    """Issue 31: one GRPO run per rate; the best final VALIDATION accuracy picks one (the first of a tie), its folder
+    becomes grpo/out, lr_sweep.json keeps every rate; a run without a validation evaluation is a one-line error."""
+    sweep = json.load(open(os.path.join(tiny_run['dir'], 'grpo', 'lr_sweep.json')))
+    assert [r['lr'] for r in sweep['runs']] == ['3e-4', '1e-3'] and sweep['chosen'] in ('3e-4', '1e-3')
+    assert f"chose lr **{sweep['chosen']}**" in open(os.path.join(tiny_run['dir'], 'report.md')).read()
+    for lr, accs in (('1e-4', [0.5, 0.2]), ('3e-4', [0.1, 0.4]), ('1e-3', [0.3, 0.4])):  # the last evaluation counts
+        os.makedirs(tmp_path / f'lr{lr}')
+        rows = [dict(step=10 * i, accuracy=a, ci95=[0, 1], n=50) for i, a in enumerate(accs)] + [dict(step=9)]
+        (tmp_path / f'lr{lr}' / 'grpo_log.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    r = subprocess.run([sys.executable, 'bench/speedrun.py', 'pick_lr', str(tmp_path), '1e-4 3e-4 1e-3'],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    sweep = json.load(open(tmp_path / 'lr_sweep.json'))
+    assert sweep['chosen'] == '3e-4' and [x['steps'] for x in sweep['runs']] == [10, 10, 10]
+    assert sorted(os.listdir(tmp_path)) == ['lr1e-3', 'lr1e-4', 'lr_sweep.json', 'out']
+    os.makedirs(tmp_path / 'e' / 'lr1e-4')
+    (tmp_path / 'e' / 'lr1e-4' / 'grpo_log.jsonl').write_text('{"step": 1, "loss": 0.5}\n')
+    r = subprocess.run([sys.executable, 'bench/speedrun.py', 'pick_lr', str(tmp_path / 'e'), '1e-4'],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and 'no validation evaluation' in r.stderr and r.stderr.count('\n') == 1
+    assert os.listdir(tmp_path / 'e') == ['lr1e-4']
 
 
 def test_a_missing_or_empty_crawl_is_a_clear_error(tmp_path, data_dir):
