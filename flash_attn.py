@@ -7,8 +7,8 @@ a query tile stays on chip while key tiles stream past; an *online softmax* keep
 and the running sum l of exp(s - m), and rescales what it accumulated by exp(m_old - m_new) when the max grows.
 O = acc / l at the end, and only O and the logsumexp L = m + log(l) are saved. Algorithm 2 (backward) recomputes
 P = exp(S - L) tile by tile from Q, K and L instead of storing it. Top to bottom: 1) naive_attention, the
-reference; 2) FlashAttentionPytorch, Algorithm 1 with PyTorch tiles; 3) the Triton forward; 4) the Triton backward;
-5) FlashAttentionTriton, the autograd Function, and flash_attention(q, k, v) for model.py; 6) the command.
+reference; 2) FlashAttentionPytorch, Algorithm 1 in PyTorch; 3) the Triton forward; 4) the Triton backward;
+5) FlashAttentionTriton and flash_attention(q, k, v) for model.py; 6) the command. Hopper: flash_attn_hopper.py.
 
   python flash_attn.py                       # check both paths against naive attention on this device
   TRITON_INTERPRET=1 python flash_attn.py    # the same on CPU, the Triton kernels through Triton's interpreter
@@ -93,11 +93,8 @@ def _attn_bwd_compiled():
 
 
 class FlashAttentionPytorch(torch.autograd.Function):
-    """
-    FlashAttention-2 forward with PyTorch tiles: q, k, v of shape (batch, seq, d) (any leading dims work).
-    Saves exactly L (batch, n_queries), q, k, v, O for the backward.
-    Usage: o = FlashAttentionPytorch.apply(q, k, v, is_causal)
-    """
+    """FlashAttention-2 forward with PyTorch tiles: o = FlashAttentionPytorch.apply(q, k, v, is_causal) for q, k, v
+    of shape (batch, seq, d) (any leading dims work); saves exactly L (batch, n_queries), q, k, v, O (backward)."""
     tile_q = 32  # query tile (B_q in the paper); at least 16 per the course
     tile_k = 32  # key tile (B_k)
 
@@ -188,8 +185,7 @@ def _attn_fwd(Q, K, V, O, L,
     # programs in reverse so the heaviest start first and the light ones fill the tail (longest-processing-time-first)
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
-    off_b = (pid_bh // H).to(tl.int64)
-    off_h = (pid_bh % H).to(tl.int64)
+    off_b, off_h = (pid_bh // H).to(tl.int64), (pid_bh % H).to(tl.int64)
     qk_scale = tl.cast(qk_scale, tl.float32)  # NOTE inductor passes Python floats as fp64: cast, or s becomes fp64
     q_start = pid_m * BLOCK_M
     Q_ptr = tl.make_block_ptr(Q + off_b * sqb + off_h * sqh, shape=(T, HEAD_DIM), strides=(sqt, sqd),
@@ -205,9 +201,8 @@ def _attn_fwd(Q, K, V, O, L,
     q = tl.load(Q_ptr, boundary_check=(0,), padding_option='zero')  # (BLOCK_M, D), stays in registers
     # key range: [0, lo_mask) needs no mask; [lo_mask, hi) does (the diagonal, or the ragged tail)
     lo_mask, hi = (T // BLOCK_N) * BLOCK_N, T
-    if CAUSAL:
-        lo_mask = (q_start // BLOCK_N) * BLOCK_N
-        hi = tl.minimum(q_start + BLOCK_M, T)  # causal tile skipping: nothing past the last query
+    if CAUSAL:  # causal tile skipping: nothing past the last query
+        lo_mask, hi = (q_start // BLOCK_N) * BLOCK_N, tl.minimum(q_start + BLOCK_M, T)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_desc, V_desc, offs_m, 0, lo_mask, T, qk_scale,
                                BLOCK_N, False, CAUSAL)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_desc, V_desc, offs_m, lo_mask, hi, T, qk_scale,
@@ -232,8 +227,7 @@ def _attn_bwd_preprocess(O, DO, Delta, sob, soh, sot, sod, sdb, sdh, sdt, sdd, H
                          HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
     # Delta = rowsum(O * dO), (B, H, T) float32, once, instead of in every (key tile, query tile) pair
     pid_bh = tl.program_id(1)
-    off_b = (pid_bh // H).to(tl.int64)
-    off_h = (pid_bh % H).to(tl.int64)
+    off_b, off_h = (pid_bh // H).to(tl.int64), (pid_bh % H).to(tl.int64)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     rows = offs_m[:, None] < T
@@ -299,10 +293,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, L, Delta, DK, DV, DQacc,
     # With DQ_ATOMIC also this key tile's share of dQ, added into DQacc: fp32 (B*H, T, D), zeroed, unscaled.
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    off_b = (pid_bh // H).to(tl.int64)
-    off_h = (pid_bh % H).to(tl.int64)
-    qk_scale = tl.cast(qk_scale, tl.float32)  # fp64 under torch.compile (see _attn_fwd)
-    sm_scale = tl.cast(sm_scale, tl.float32)
+    off_b, off_h = (pid_bh // H).to(tl.int64), (pid_bh % H).to(tl.int64)
+    qk_scale, sm_scale = tl.cast(qk_scale, tl.float32), tl.cast(sm_scale, tl.float32)  # fp64 under torch.compile
     k_start = pid_n * BLOCK_N
     K_ptr = tl.make_block_ptr(K + off_b * skb + off_h * skh, shape=(T, HEAD_DIM), strides=(skt, skd),
                               offsets=(k_start, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
@@ -318,22 +310,19 @@ def _attn_bwd_dkdv(Q, K, V, DO, L, Delta, DK, DV, DQacc,
                                   offsets=(0, 0), block_shape=(BLOCK_M, HEAD_DIM), order=(1, 0))
         DO_ptr = tl.make_block_ptr(DO + off_b * sdb + off_h * sdh, shape=(T, HEAD_DIM), strides=(sdt, sdd),
                                    offsets=(0, 0), block_shape=(BLOCK_M, HEAD_DIM), order=(1, 0))
-    L += pid_bh.to(tl.int64) * T
-    Delta += pid_bh.to(tl.int64) * T
+    L, Delta = L + pid_bh.to(tl.int64) * T, Delta + pid_bh.to(tl.int64) * T  # this head's rows
     if DQ_ATOMIC:
         DQacc = tl.make_tensor_descriptor(DQacc + pid_bh.to(tl.int64) * T * HEAD_DIM, shape=[T, HEAD_DIM],
                                           strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
     k = tl.load(K_ptr, boundary_check=(0,), padding_option='zero')  # (BLOCK_N, D)
     v = tl.load(V_ptr, boundary_check=(0,), padding_option='zero')  # (BLOCK_N, D)
     offs_n = k_start + tl.arange(0, BLOCK_N)
-    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dk, dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32), tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     # query range: [lo_diag, hi_diag) straddles the diagonal (masked); [hi_diag, hi_full) is fully visible;
     # [max(hi_diag, hi_full), T) is the ragged tail (masked). Query tiles wholly before the keys are skipped.
     lo_diag, hi_diag = 0, 0
     if CAUSAL:
-        lo_diag = (k_start // BLOCK_M) * BLOCK_M
-        hi_diag = tl.minimum(tl.cdiv(k_start + BLOCK_N, BLOCK_M) * BLOCK_M, T)
+        lo_diag, hi_diag = (k_start // BLOCK_M) * BLOCK_M, tl.minimum(tl.cdiv(k_start + BLOCK_N, BLOCK_M) * BLOCK_M, T)
     hi_full = (T // BLOCK_M) * BLOCK_M
     dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, L, Delta, DQacc, offs_n, lo_diag, hi_diag, T, qk_scale,
                              BLOCK_M, True, CAUSAL, DQ_ATOMIC)
@@ -381,10 +370,8 @@ def _attn_bwd_dq(Q, K, V, DO, L, Delta, DQ,
     # grid: (query tiles, batch * heads), reversed like the forward; Q, dO, L, Delta of the tile stay in registers
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
-    off_b = (pid_bh // H).to(tl.int64)
-    off_h = (pid_bh % H).to(tl.int64)
-    qk_scale = tl.cast(qk_scale, tl.float32)  # fp64 under torch.compile (see _attn_fwd)
-    sm_scale = tl.cast(sm_scale, tl.float32)
+    off_b, off_h = (pid_bh // H).to(tl.int64), (pid_bh % H).to(tl.int64)
+    qk_scale, sm_scale = tl.cast(qk_scale, tl.float32), tl.cast(sm_scale, tl.float32)  # fp64 under torch.compile
     q_start = pid_m * BLOCK_M
     Q_ptr = tl.make_block_ptr(Q + off_b * sqb + off_h * sqh, shape=(T, HEAD_DIM), strides=(sqt, sqd),
                               offsets=(q_start, 0), block_shape=(BLOCK_M, HEAD_DIM), order=(1, 0))
@@ -402,8 +389,7 @@ def _attn_bwd_dq(Q, K, V, DO, L, Delta, DQ,
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     lo_mask, hi = (T // BLOCK_N) * BLOCK_N, T  # the key ranges of the forward
     if CAUSAL:
-        lo_mask = (q_start // BLOCK_N) * BLOCK_N
-        hi = tl.minimum(q_start + BLOCK_M, T)
+        lo_mask, hi = (q_start // BLOCK_N) * BLOCK_N, tl.minimum(q_start + BLOCK_M, T)
     dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_desc, V_desc, offs_m, 0, lo_mask, T, qk_scale, BLOCK_N, False, CAUSAL)
     dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_desc, V_desc, offs_m, lo_mask, hi, T, qk_scale, BLOCK_N, True, CAUSAL)
     dq = dq * sm_scale  # dQ = dS K / sqrt(d)
@@ -425,12 +411,9 @@ CONFIGS = {
                     'atomic_tma': (64, 128, 8, 4)},
     ('16bit', 128): {'fwd': (128, 128, 8, 3), 'dkdv': (64, 128, 8, 2), 'dq': (128, 64, 8, 3)},
     ('32bit', 16): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (64, 32, 4, 3)},
-    ('32bit', 32): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (64, 32, 4, 3),
-                    'atomic_tma': (32, 64, 4, 3)},
-    ('32bit', 64): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (128, 32, 8, 2),
-                    'atomic_tma': (32, 64, 4, 2)},
-    ('32bit', 128): {'fwd': (64, 32, 4, 3), 'dkdv': (32, 64, 4, 2), 'dq': (64, 32, 4, 2),
-                     'atomic_tma': (32, 64, 4, 2)},
+    ('32bit', 32): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (64, 32, 4, 3), 'atomic_tma': (32, 64, 4, 3)},
+    ('32bit', 64): {'fwd': (64, 64, 4, 3), 'dkdv': (32, 64, 4, 3), 'dq': (128, 32, 8, 2), 'atomic_tma': (32, 64, 4, 2)},
+    ('32bit', 128): {'fwd': (64, 32, 4, 3), 'dkdv': (32, 64, 4, 2), 'dq': (64, 32, 4, 2), 'atomic_tma': (32, 64, 4, 2)},
 }
 # Under the interpreter: small tiles, BLOCK_M != BLOCK_N, so short test sequences hit every tile kind
 INTERPRET_CONFIG = {'fwd': (32, 16, 4, 1), 'dkdv': (16, 32, 4, 1), 'dq': (32, 16, 4, 1)}
@@ -505,8 +488,7 @@ def flash_fwd(q, k, v, is_causal, cfg=None):
     """Launch the forward kernel. Returns o (like q) and L (q.shape[:-1], float32 natural-log logsumexp).
     cfg: (BLOCK_M, BLOCK_N, num_warps, num_stages), default CONFIGS' for this dtype and head dim."""
     BLOCK_M, BLOCK_N, num_warps, num_stages = cfg or _config('fwd', q)
-    T, D = q.shape[-2], q.shape[-1]
-    B, H = q.shape[0], (q.shape[1] if q.dim() == 4 else 1)
+    (T, D), B, H = q.shape[-2:], q.shape[0], (q.shape[1] if q.dim() == 4 else 1)
     k, v = _aligned(k, v)  # the tiles streamed through tensor descriptors
     o = torch.empty_like(q)  # keeps q's strides (e.g. a transposed view stays transposed)
     L = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)  # (B, [H,] T), contiguous
@@ -528,8 +510,7 @@ def flash_bwd(q, k, v, o, L, do, is_causal, mode=None, cfgs=None):
     atomic = mode == 'atomic_tma' and (torch.cuda.get_device_properties(q.device).major >= 9 if q.is_cuda
                                        else _interpreting())
     q, k, v, do = _aligned(q, k, v, do)
-    T, D = q.shape[-2], q.shape[-1]
-    B, H = q.shape[0], (q.shape[1] if q.dim() == 4 else 1)
+    (T, D), B, H = q.shape[-2:], q.shape[0], (q.shape[1] if q.dim() == 4 else 1)
     sm_scale = 1.0 / math.sqrt(D)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(L)  # (B, [H,] T) float32
@@ -591,10 +572,9 @@ TOL = {torch.float32: 2e-3, torch.float16: 5e-3, torch.bfloat16: 2e-2}  # relati
 
 def check(device, dtypes=(torch.bfloat16, torch.float32), shape=(1, 2, 72, 64), paths=('pytorch', 'triton')):
     """o, dq, dk, dv of each path vs naive attention in float64, causal and not: prints the max |error|s and
-    returns the worst relative error ||x - ref|| / ||ref|| as a multiple of TOL[dtype]."""
+    returns the worst relative error ||x - ref|| / ||ref|| as a multiple of TOL[dtype] (inf for NaNs)."""
     fns = {'pytorch': FlashAttentionPytorch.apply, 'triton': FlashAttentionTriton.apply, 'naive': naive_attention}
-    gen = torch.Generator().manual_seed(0)  # drawn on the CPU: the same inputs on every device
-    worst = 0.0
+    gen, worst = torch.Generator().manual_seed(0), 0.0  # inputs drawn on the CPU: the same on every device
     for dtype in dtypes:
         for causal in (False, True):
             q, k, v, do = (torch.randn(shape, generator=gen).to(device, dtype) for _ in range(4))
@@ -608,7 +588,7 @@ def check(device, dtypes=(torch.bfloat16, torch.float32), shape=(1, 2, 72, 64), 
                     continue
                 err = [(a.double() - b).abs().max().item() for a, b in zip(got, ref)]
                 rel = max(((a.double() - b).norm() / b.norm()).item() for a, b in zip(got, ref))
-                worst = max(worst, rel / TOL[dtype])
+                worst = max(worst, rel / TOL[dtype] if rel == rel else math.inf)  # NaN: max() would skip it
                 print(f"{name:7s} {str(dtype)[6:]:8s} causal={causal!s:5}: max |error| o {err[0]:.1e} "
                       f"dq {err[1]:.1e} dk {err[2]:.1e} dv {err[3]:.1e} (relative {rel:.1e})")
     return worst
@@ -630,10 +610,9 @@ def main():
         die(f"--head_dim={head_dim}: use one of {', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
     dev = device if device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
     paths = ('pytorch', 'triton') if dev == 'cuda' or _interpreting() else ('pytorch',)
-    shape = (1, 2, seq_len, head_dim)
-    print(f"q, k, v of shape {shape} on {dev}, checking {' and '.join(paths)}" + (
+    print(f"q, k, v of shape {(1, 2, seq_len, head_dim)} on {dev}, checking {' and '.join(paths)}" + (
         '' if len(paths) == 2 else ' (with TRITON_INTERPRET=1 the Triton kernels too, through the interpreter)'))
-    worst = check(dev, [DTYPES[name] for name in names], shape, paths)
+    worst = check(dev, [DTYPES[name] for name in names], (1, 2, seq_len, head_dim), paths)
     print(f"worst relative error: {worst:.2f}x the tolerance ({'ok' if worst < 1 else 'FAILED'})")
     if worst >= 1:
         sys.exit(1)
