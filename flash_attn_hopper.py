@@ -47,13 +47,9 @@ if HAS_GLUON:
 
     @gluon.jit
     def _compute_partition(q_smem, k_bufs, v_bufs, bars, o_desc, L, q_row, q_start, n_full, n_tiles, qk_scale,
-                           num_warps: gl.constexpr):
-        # 8 warps (two warpgroups of 64 rows): key tiles [0, n_tiles), tile j in stage j % stages, [n_full, n_tiles)
-        # masked; flash_attn.py's online softmax between S = Q K^T and O += P V; then O and L.
-        BLOCK_M: gl.constexpr = q_smem.type.shape[0]
-        HEAD_DIM: gl.constexpr = q_smem.type.shape[1]
-        num_stages: gl.constexpr = k_bufs.type.shape[0]
-        BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
+                           BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                           num_stages: gl.constexpr, num_warps: gl.constexpr):
+        # 8 warps, two warpgroups of 64 rows: flash_attn.py's online softmax between S = QK^T and O += PV; O and L
         # WGMMA accumulator layouts of S and O: warps stacked along M, instruction m16 x n x k16 (16-bit inputs)
         s_layout: gl.constexpr = gl.NVMMADistributedLayout([3, 0], [num_warps, 1], [16, BLOCK_N, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout([3, 0], [num_warps, 1], [16, HEAD_DIM, 16])
@@ -102,6 +98,7 @@ if HAS_GLUON:
         # grid (T // BLOCK_M, B * H), causal: the last query tile (most keys) first; q, k, v, o as (B*H*T, D) matrices
         BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
+        HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
         q_start = (gl.num_programs(0) - 1 - gl.program_id(0) if CAUSAL else gl.program_id(0)) * BLOCK_M
         kv_row = gl.program_id(1) * T
         # causal: key tiles up to the last query (BLOCK_M % BLOCK_N == 0), all but the last wholly below the diagonal
@@ -116,7 +113,7 @@ if HAS_GLUON:
             mbarrier.init(bars.index(s), count=1)
         gl.warp_specialize([  # Triton 3.6: [(default partition, args), (worker, args)], worker warps, worker registers
             (_compute_partition, (q_smem, k_bufs, v_bufs, bars, o_desc, L, kv_row + q_start, q_start, n_full, n_tiles,
-                                  qk_scale, num_warps)),
+                                  qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, num_warps)),
             (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, kv_row + q_start, kv_row,
                                n_tiles)),
         ], [1], [24])
@@ -145,9 +142,9 @@ def hopper_fwd(q, k, v, is_causal):
     if not supported(q, k, v):
         return flash_attn.flash_fwd(q, k, v, is_causal)
     (T, D), o, L = q.shape[-2:], torch.empty_like(q), torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
-    _attn_fwd_hopper[(T // BLOCK_M, q.numel() // (T * D))](*descriptors(q, k, v, o), L, T,
-                                                           flash_attn.LOG2E * D ** -0.5, is_causal, NUM_STAGES,
-                                                           num_warps=NUM_WARPS, maxnreg=MAXNREG)
+    grid = (T // BLOCK_M, q.numel() // (T * D))  # (query tiles, batch * heads)
+    _attn_fwd_hopper[grid](*descriptors(q, k, v, o), L, T, flash_attn.LOG2E * D ** -0.5, is_causal, NUM_STAGES,
+                           num_warps=NUM_WARPS, maxnreg=MAXNREG)
     return o, L
 
 

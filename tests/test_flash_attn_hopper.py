@@ -10,6 +10,7 @@ stage comes after both warpgroups' WGMMA waits. They also check that importing i
 and that anything it cannot run takes flash_attn.py's path. On a Hopper GPU the kernel itself is checked against naive
 attention, forward and gradients, and against flash_attn.py's forward at the course leaderboard shape.
 """
+import importlib.util
 import json
 import os
 import re
@@ -105,6 +106,21 @@ def test_import_under_the_interpreter(tmp_path):
     r = run(['-c', "import flash_attn_hopper as f, torch; q = torch.zeros(1, 128, 64, dtype=torch.bfloat16); "
                    "print(f.supported(q, q, q))"], tmp_path, interpret=True)
     assert r.returncode == 0 and r.stdout.strip() == 'False', r.stderr[-2000:]
+
+
+def test_bench_reports_a_hung_or_failing_kernel_as_a_row(monkeypatch):
+    # bench/flash_attn.py checks the kernel in a child process before timing it: a hang, a crash or a wrong result
+    # there comes back as one line for a 'failed' row (no '|' to break the table), and the other rows still run
+    spec = importlib.util.spec_from_file_location('bench_flash_attn', os.path.join(ROOT, 'bench', 'flash_attn.py'))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, 'hopper_timeout_s', 2)
+    for script, why in (("import time; time.sleep(60)", 'hung (no result in 2 s)'),
+                        ("raise AssertionError('d=64 | o error 0.5')", 'AssertionError: d=64 / o error 0.5'),
+                        ("print('ok')", None)):
+        monkeypatch.setattr(bench, 'HOPPER_CHECK', script)
+        assert bench._check_hopper() == why
+    assert [bench._fmt_ms(x) for x in ('failed: hung', 'OOM', None, 1.5)] == ['failed: hung', 'OOM', 'error', '1.500']
 
 
 def check_against_naive(shape, dtype, causal):
