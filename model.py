@@ -385,6 +385,8 @@ class KVCache:
     def advance(self, T):
         self.pos.add_(T)
 
+_BLOCK_REGION = getattr(torch.compiler, 'nested_compile_region', lambda f: f)(TransformerBlock.__call__)
+
 class TransformerLM(nn.Module):
     """token_embeddings -> num_layers x TransformerBlock -> ln_final -> lm_head, returning logits (no softmax)."""
 
@@ -394,6 +396,9 @@ class TransformerLM(nn.Module):
     # lowp_residual: under autocast the residual stream stays float32 (the embedding table is); this casts the
     # embedding output to bf16, halving the norms' and adds' traffic (nanochat: a bf16 table). Loss unchanged.
     lowp_residual = False
+    # compile_regions: under torch.compile, trace one block and stamp its compiled code out for every layer
+    # (torch.compiler.nested_compile_region, "hierarchical compilation"): compile time stops growing with depth.
+    compile_regions = False
 
     def __init__(self, vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=None,
                  rope_theta=10000.0, device=None, dtype=None, **options):
@@ -437,8 +442,10 @@ class TransformerLM(nn.Module):
         x = self.token_embeddings(idx)  # (B, T, C)
         if self.lowp_residual and torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
+        block = _BLOCK_REGION if self.compile_regions else nn.Module.__call__  # block(layer, ...) = layer(...)
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope=self.rope, token_positions=token_positions, kv_cache=kv_cache, layer_idx=i, mask=mask)
+            x = block(layer, x, rope=self.rope, token_positions=token_positions, kv_cache=kv_cache, layer_idx=i,
+                      mask=mask)
         if kv_cache is not None:
             kv_cache.advance(T)
         x = self.ln_final(x)
@@ -639,27 +646,20 @@ class TransformerLM(nn.Module):
         model.load_state_dict(ckpt['model'])
         return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model
 
-
 # -----------------------------------------------------------------------------
 # Counting parameters and FLOPs (for MFU and scaling laws)
 
 # The course's model sizes (CS336 A2, Table 1) that bench.py, ddp.py and fsdp.py measure; 'tiny' for CPU tests.
-MODEL_SIZES = {
-    'tiny': dict(d_model=64, d_ff=256, num_layers=2, num_heads=4),
-    'small': dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12),
-    'medium': dict(d_model=1024, d_ff=4096, num_layers=24, num_heads=16),
-    'large': dict(d_model=1280, d_ff=5120, num_layers=36, num_heads=20),
-    'xl': dict(d_model=1600, d_ff=6400, num_layers=48, num_heads=25),
-    '2.7B': dict(d_model=2560, d_ff=10240, num_layers=32, num_heads=32),
-}
+MODEL_SIZES = {name: dict(d_model=d, d_ff=4 * d, num_layers=n, num_heads=h) for name, d, n, h in (
+    ('tiny', 64, 2, 4), ('small', 768, 12, 12), ('medium', 1024, 24, 16), ('large', 1280, 36, 20),
+    ('xl', 1600, 48, 25), ('2.7B', 2560, 32, 32))}
 
 def count_parameters(model_or_config, exclude_embeddings=True):
     """Number of parameters. exclude_embeddings drops the input embedding table (a lookup costs no FLOPs), which is
     the count that goes into 6N FLOPs per token (like nanoGPT's, whose tied table is counted once as lm_head).
     Accepts a TransformerLM or a ModelConfig (then counted analytically, without building the model)."""
     if isinstance(model_or_config, nn.Module):
-        params = {id(p): p for p in model_or_config.parameters()}  # tied weights count once
-        n = sum(p.numel() for p in params.values())
+        n = sum(p.numel() for p in {id(p): p for p in model_or_config.parameters()}.values())  # tied: counted once
         cfg = model_or_config.config
         if exclude_embeddings and not cfg.tie_embeddings:
             n -= model_or_config.token_embeddings.weight.numel()
@@ -694,7 +694,6 @@ def main():
     model = TransformerLM(vocab_size=1000, context_length=64, d_model=64, num_layers=2, num_heads=4)
     print(f"{count_parameters(model):,} parameters (excluding embeddings); {asdict(model.config)}")
     print(model.generate([[1, 2, 3], [4]], max_new_tokens=8, temperature=0, seed=0))
-
 
 if __name__ == '__main__':
     main()
