@@ -123,6 +123,15 @@ def test_bench_reports_a_hung_or_failing_kernel_as_a_row(monkeypatch):
     assert [bench._fmt_ms(x) for x in ('failed: hung', 'OOM', None, 1.5)] == ['failed: hung', 'OOM', 'error', '1.500']
 
 
+@pytest.mark.parametrize('arg', ['--hopper_timeout_s=0', '--hopper=maybe'])
+def test_bench_refuses_bad_hopper_settings(tmp_path, arg):
+    # issue 32: one line naming the setting, exit code 2, no traceback, nothing written
+    r = run([os.path.join('bench', 'flash_attn.py'), arg, f'--out_dir={tmp_path / "out"}'], tmp_path)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert arg.split('=')[0] in lines[0] and not (tmp_path / 'out').exists()
+
+
 def check_against_naive(shape, dtype, causal):
     g = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(shape, generator=g).to(DEVICE, dtype) for _ in range(4))
