@@ -103,7 +103,13 @@ def demo_base_and_sft(preset='cpu', out_dir='out-sft-demo', seed=0, log=print, d
     qs = {k: [to_q(p) for p in v] for k, v in splits.items()}
     sft_set = [{**q, 'response': sft.r1_response(q['trace'], q['ground_truth'])}
                for q in qs['train'][:P['sft_examples']]]
-    shots = qs['train'][-P['fewshot']:] if P['fewshot'] else []  # training problems, in the pre-training format
+    # k-shot: the last k training problems in the pre-training format, k the most (<= fewshot) whose prompts leave
+    # room for max_new_tokens in the context on every evaluated split (bytes: a few worked problems fill it)
+    room, k = P['model']['context_length'] - P['max_new_tokens'], P['fewshot']
+    while k and max(len(tok.encode(sft.fewshot_prompt(qs['train'][-k:], q['question'])))
+                    for s in ('val', 'test', 'gen') for q in qs[s]) > room:
+        k -= 1
+    shots = qs['train'][-k:] if k else []
     fewshot_q = {k: [{**q, 'prompt': sft.fewshot_prompt(shots, q['question'])} for q in v] for k, v in qs.items()}
     gen = dict(max_new_tokens=P['max_new_tokens'], seed=seed, batch_size=P['gen_batch_size'], dtype=dtype)
 
@@ -130,8 +136,8 @@ def demo_base_and_sft(preset='cpu', out_dir='out-sft-demo', seed=0, log=print, d
     results['sft'] = {'val': h_sft['evals'][-1]}
     sft_path = os.path.join(out_dir, 'sft.pt')
     sft.save_ckpt(sft_path, model)
-    return dict(model=model, tok=tok, qs=qs, fewshot_q=fewshot_q, sft_set=sft_set, h_pre=h_pre, h_sft=h_sft,
-                results=results, make_eval=make_eval, sft_path=sft_path, gen=gen)
+    return dict(model=model, tok=tok, qs=qs, fewshot_q=fewshot_q, shots=len(shots), sft_set=sft_set, h_pre=h_pre,
+                h_sft=h_sft, results=results, make_eval=make_eval, sft_path=sft_path, gen=gen)
 
 
 def write_md(path, lines):
@@ -193,7 +199,7 @@ def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0
          f"TransformerLM {P['model']}, bytes, {count_parameters(model):,} non-embedding parameters. Greedy decoding; "
          f"accuracy [95% Wilson interval].", "",
          "| model | val | test | gen | format rate (test) |", "|---|---:|---:|---:|---:|"]
-    names = {'base': 'base, r1_zero prompt', 'base_fewshot': f"base, {P['fewshot']}-shot plain prompt",
+    names = {'base': 'base, r1_zero prompt', 'base_fewshot': f"base, {D['shots']}-shot plain prompt",
              'sft': f"SFT ({D['h_sft']['steps']} steps, {len(D['sft_set'])} traces)",
              'sft_more': f"SFT + {ei_steps} more SFT steps", 'ei': f"SFT + expert iteration ({ei_steps} steps)"}
     for k, label in names.items():

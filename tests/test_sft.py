@@ -570,13 +570,14 @@ def test_expert_iteration_keeps_correct_rollouts(trained, byte_tok, tmp_path, be
     assert len(sft.read_jsonl(str(tmp_path / 'ei_steps.jsonl'))) == 1
 
 
-def test_demo_pipeline_runs(tmp_path, monkeypatch, bench_sft):
-    tiny = dict(model=dict(d_model=32, num_layers=1, num_heads=2, context_length=512),
+@pytest.mark.parametrize('ctx, fewshot, shots', [(512, 2, 2), (400, 4, 1)])  # 4 shots of bytes overflow 400
+def test_demo_pipeline_runs(tmp_path, monkeypatch, bench_sft, ctx, fewshot, shots):
+    tiny = dict(model=dict(d_model=32, num_layers=1, num_heads=2, context_length=ctx),
                 template='User: {question}\nAssistant: <think>', task=dict(min_steps=1, max_steps=1, max_number=9),
                 n_train=300, n_val=10, n_test=10,
                 pretrain=dict(max_iters=5, batch_size=8, gradient_accumulation_steps=1, learning_rate=3e-3),
                 sft_examples=32, sft=dict(max_iters=6, batch_size=8, gradient_accumulation_steps=2, learning_rate=1e-3),
-                ei=dict(n_steps=2, questions_per_step=4, rollouts=2), ei_lr=3e-4, fewshot=2, gsm8k_n=2,
+                ei=dict(n_steps=2, questions_per_step=4, rollouts=2), ei_lr=3e-4, fewshot=fewshot, gsm8k_n=2,
                 gen_batch_size=16, max_new_tokens=16)
     monkeypatch.setitem(bench_sft.DEMO_PRESETS, 'tiny', tiny)
     # an untrained model is never right: accept every rollout so that the EI and matched-SFT branches both train
@@ -587,5 +588,5 @@ def test_demo_pipeline_runs(tmp_path, monkeypatch, bench_sft):
     assert {'base', 'base_fewshot', 'sft', 'ei', 'sft_more'} <= set(res)
     assert {'val', 'test', 'gen'} <= set(res['sft']) and 'ci95' in res['ei']['test']
     md = (tmp_path / 'res' / 'sft_demo_tiny.md').read_text()
-    assert '| SFT + 2 more SFT steps |' in md and 'base, 2-shot plain prompt' in md
+    assert '| SFT + 2 more SFT steps |' in md and f'base, {shots}-shot plain prompt' in md  # the most that fit
     assert (tmp_path / 'out' / 'sft.pt').exists() and (tmp_path / 'out' / 'ei_steps.jsonl').exists()
