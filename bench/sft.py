@@ -191,7 +191,8 @@ def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0
         ctx = model.config.context_length
         gsm = [p for p in sft.load_problems(path, r1) if len(tok.encode(p['prompt'])) + 32 <= ctx]
         gsm = gsm[:P['gsm8k_n']] if P['gsm8k_n'] > 0 else gsm
-        results['ei']['gsm8k'] = sft.evaluate(model, tok, gsm, sft.question_only_reward_fn, **D['gen'])
+        if gsm:  # the r1_zero prompt alone is ~420 bytes: at a small byte context none may fit
+            results['ei']['gsm8k'] = sft.evaluate(model, tok, gsm, sft.question_only_reward_fn, **D['gen'])
     # 6) the report
     L = [f"# sft.py demo, preset '{preset}' ({torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'}, "
          f"{time.time() - t0:.0f} s)", "", f"Command: `python bench/sft.py --mode=demo --demo_preset={preset}`. Task "
@@ -211,6 +212,8 @@ def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0
     if 'gsm8k' in results['ei']:
         L += ["", f"GSM8K test ({results['ei']['gsm8k']['n']} questions that fit the context), EI model: "
                   f"{interval(results['ei']['gsm8k'])}."]
+    elif os.path.exists(path) and P['gsm8k_n']:
+        L += ["", "GSM8K: no test question's r1_zero prompt leaves room for an answer in this context; not evaluated."]
     L += ["", "Log:", "", "```"] + lines + ["```"]
     write_md(os.path.join(results_dir, f'sft_demo_{preset}.md'), L)
     return results
