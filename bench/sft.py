@@ -78,7 +78,8 @@ DEMO_PRESETS = {'cpu': dict(
     template='User: {question}\nAssistant: <think>',  # r1_zero's ending: its 420-byte preamble makes CPU steps slow
     task=dict(min_steps=1, max_steps=1, max_number=9), n_train=4000, n_val=50, n_test=100, sft_examples=128,
     pretrain=dict(max_iters=1500, batch_size=32, gradient_accumulation_steps=1, learning_rate=3e-3),
-    sft=dict(max_iters=40, batch_size=16, gradient_accumulation_steps=1, learning_rate=1e-3),
+    # SFT lr chosen on the validation split: 3e-3 reached 6% (format 60%), 1e-3 0% (format 2%) in 40 steps
+    sft=dict(max_iters=40, batch_size=16, gradient_accumulation_steps=1, learning_rate=3e-3),
     ei=dict(n_steps=2, questions_per_step=32, rollouts=4), ei_lr=3e-4, fewshot=4, gsm8k_n=4, gen_batch_size=128,
     max_new_tokens=48)}
 DEMO_PRESETS['gpu'] = {**DEMO_PRESETS['cpu'], 'template': 'r1_zero', 'n_train': 60000, 'n_val': 500, 'n_test': 500,
