@@ -73,19 +73,24 @@ def cross_entropy(logits, targets, ignore_index=-100):
 
 if triton is not None:
     @triton.jit
-    def _cross_entropy_kernel(X, stride_x, Y, Loss, Inv_n, ignore_index, V: tl.constexpr, BLOCK: tl.constexpr):
-        # one program per row of X (N, V) logits: loss[row] and, in place, X[row] <- d mean-loss / d X[row].
-        # V is a compile-time constant (one vocabulary per model): fixed loop bounds, one compilation.
+    def _softcap(x, CAP: tl.constexpr):  # CAP tanh(x / CAP), tanh(u) = 2 sigmoid(2u) - 1; -inf (padding) stays
+        return tl.where(x > float('-inf'), CAP * (2 * tl.sigmoid(2 * x / CAP) - 1), x) if CAP > 0 else x
+
+    @triton.jit
+    def _cross_entropy_kernel(X, stride_x, Y, Loss, Inv_n, ignore_index, V: tl.constexpr, BLOCK: tl.constexpr,
+                              CAP: tl.constexpr):
+        # one program per row of X (N, V) logits: loss[row] and, in place, X[row] <- d mean-loss / d X[row], of the
+        # logits z, or with CAP > 0 of z' = CAP tanh(z / CAP); V is a compile-time constant: fixed loop bounds
         row = tl.program_id(0).to(tl.int64)
         X += row * stride_x
         cols = tl.arange(0, BLOCK)
         # pass 1: online log-sum-exp over blocks of the row (Milakov & Gimelshein 2018): keep the running max m and
         # the running sum s of exp(x - m); a new block rescales s by exp(m_old - m_new)
-        x = tl.load(X + cols, mask=cols < V, other=float('-inf')).to(tl.float32)
+        x = _softcap(tl.load(X + cols, mask=cols < V, other=float('-inf')).to(tl.float32), CAP)
         m = tl.max(x, 0)
         s = tl.sum(tl.exp(x - m), 0)
         for off in range(BLOCK, V, BLOCK):
-            x = tl.load(X + off + cols, mask=off + cols < V, other=float('-inf')).to(tl.float32)
+            x = _softcap(tl.load(X + off + cols, mask=off + cols < V, other=float('-inf')).to(tl.float32), CAP)
             m_new = tl.maximum(m, tl.max(x, 0))
             s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
             m = m_new
@@ -93,32 +98,34 @@ if triton is not None:
         y = tl.load(Y + row)
         valid = y != ignore_index
         y = tl.where(valid, y, 0)
-        x_y = tl.load(X + y).to(tl.float32)  # read before pass 2 overwrites it
+        x_y = _softcap(tl.load(X + y).to(tl.float32), CAP)  # read before pass 2 overwrites it
         tl.store(Loss + row, tl.where(valid, lse - x_y, 0.0))  # -log softmax(x)[y]
         scale = tl.where(valid, tl.load(Inv_n), 0.0)  # 1/n for the mean; ignored rows get no gradient
         # pass 2: the gradient, written over the logits
         for off in range(0, V, BLOCK):
             c = off + cols
-            x = tl.load(X + c, mask=c < V, other=0.0).to(tl.float32)
-            g = tl.exp(x - lse)  # softmax
-            g = tl.where(c == y, g - 1.0, g) * scale
+            x = _softcap(tl.load(X + c, mask=c < V, other=0.0).to(tl.float32), CAP)
+            g = tl.where(c == y, tl.exp(x - lse) - 1.0, tl.exp(x - lse)) * scale  # softmax - onehot
+            g = g * (1 - (x / CAP) * (x / CAP)) if CAP > 0 else g  # d z' / d z of the soft cap
             tl.store(X + c, g.to(X.dtype.element_ty), mask=c < V)
 
 FUSED_CE_BLOCK, FUSED_CE_WARPS = 4096, 8  # columns per step of a row, warps per row
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
     """mean cross-entropy of (h @ w^T) against targets, ignoring targets == ignore_index; h (N, C), w (V, C),
-    targets (N,). The same value as cross_entropy(h @ w.t(), targets); the logits never leave this function."""
+    targets (N,). The same value as cross_entropy(h @ w.t(), targets), or with softcap > 0 as cross_entropy of
+    softcap * tanh(h @ w.t() / softcap); the logits never leave this function."""
 
     @staticmethod
-    def forward(ctx, h, w, targets, ignore_index=-100):
+    def forward(ctx, h, w, targets, ignore_index=-100, softcap=0.0):
         logits = h @ w.t()  # (N, V), overwritten below by its own gradient
         N, V = logits.shape
         n = (targets != ignore_index).sum().clamp(min=1)
         inv_n = (1.0 / n.float()).reshape(1)  # stays on the device: no sync
         row_loss = torch.empty(N, dtype=torch.float32, device=h.device)
         _cross_entropy_kernel[(N,)](logits, logits.stride(0), targets, row_loss, inv_n, ignore_index, V=V,
-                                    BLOCK=min(FUSED_CE_BLOCK, triton.next_power_of_2(V)), num_warps=FUSED_CE_WARPS)
+                                    BLOCK=min(FUSED_CE_BLOCK, triton.next_power_of_2(V)), CAP=float(softcap),
+                                    num_warps=FUSED_CE_WARPS)
         ctx.save_for_backward(logits, h, w)
         return row_loss.sum() * inv_n[0]
 
@@ -127,7 +134,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         grad_logits, h, w = ctx.saved_tensors  # grad_logits (N, V): d loss / d logits for grad_loss == 1
         dh = (grad_logits @ w) * grad_loss.to(h.dtype)  # (N, C)
         dw = (grad_logits.t() @ h) * grad_loss.to(w.dtype)  # (V, C)
-        return dh, dw, None, None
+        return dh, dw, None, None, None
 
 
 # -----------------------------------------------------------------------------
@@ -195,8 +202,7 @@ class MLP(nn.Module):
     def __init__(self, d_model, d_ff, act='silu', device=None, dtype=None):
         super().__init__()
         self.act = act
-        self.w1 = Linear(d_model, d_ff, device, dtype)
-        self.w2 = Linear(d_ff, d_model, device, dtype)
+        self.w1, self.w2 = Linear(d_model, d_ff, device, dtype), Linear(d_ff, d_model, device, dtype)
 
     def forward(self, x):
         h = self.w1(x)  # (..., d_ff)
@@ -216,8 +222,7 @@ class RotaryPositionalEmbedding(nn.Module):
         self.register_buffer('sin_cached', angles.sin(), persistent=False)
 
     def forward(self, x, token_positions):
-        cos = self.cos_cached[token_positions]  # (..., T, d_k/2)
-        sin = self.sin_cached[token_positions]
+        cos, sin = self.cos_cached[token_positions], self.sin_cached[token_positions]  # (..., T, d_k/2) each
         x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # even and odd entries, each (..., T, d_k/2)
         # (x1 + i x2) * (cos + i sin): the 2-D rotation of each pair
         out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (..., T, d_k/2, 2)
@@ -230,8 +235,7 @@ class CausalMultiHeadSelfAttention(nn.Module):
     def __init__(self, cfg, device=None, dtype=None):
         super().__init__()
         self.num_heads, self.num_kv_heads = cfg.num_heads, cfg.num_kv_heads
-        self.d_k = cfg.d_model // cfg.num_heads
-        self.attn_impl = cfg.attn_impl
+        self.d_k, self.attn_impl = cfg.d_model // cfg.num_heads, cfg.attn_impl
         self.q_proj = Linear(cfg.d_model, cfg.num_heads * self.d_k, device, dtype)
         self.k_proj = Linear(cfg.d_model, cfg.num_kv_heads * self.d_k, device, dtype)
         self.v_proj = Linear(cfg.d_model, cfg.num_kv_heads * self.d_k, device, dtype)
@@ -245,9 +249,7 @@ class CausalMultiHeadSelfAttention(nn.Module):
         nh, nkv, hs = self.num_heads, self.num_kv_heads, self.d_k
         # three matmuls rather than one on torch.cat of the weights, which copied them every step (see SwiGLU)
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, nh hs), (B, T, nkv hs) x 2
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        q, k, v = (t.view(B, T, -1, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs), (B, nkv, T, hs) x 2
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:  # positions rotate queries and keys, never values
@@ -450,10 +452,9 @@ class TransformerLM(nn.Module):
             kv_cache.advance(T)
         x = self.ln_final(x)
         cap = self.config.logit_softcap
-        # the fused loss kernel takes the raw logits x W^T: with a soft cap the plain path below runs instead
         if targets is not None and self.fused_loss and x.is_cuda and triton is not None \
-                and self.config.attn_impl != 'reference' and not cap:
-            return self._fused_loss(x, targets)
+                and self.config.attn_impl != 'reference':
+            return self._fused_loss(x, targets, cap)
         logits = self.lm_head(x)  # (B, T, V)
         if cap:
             # logit soft-capping (Gemma 2, Team et al. 2024; modded-nanogpt's records, 30 then 15): cap tanh(z / cap)
@@ -469,7 +470,7 @@ class TransformerLM(nn.Module):
         return logits
 
     @torch.compiler.disable
-    def _fused_loss(self, x, targets):
+    def _fused_loss(self, x, targets, cap):
         # the GPU training loss (see FusedLinearCrossEntropy), with the bf16 operands autocast would give the matmul.
         # Left out of torch.compile's graph (one graph break, at the very end): traced, the kernel's in-place
         # overwrite of the logits was functionalized into a full copy of them first
@@ -477,7 +478,7 @@ class TransformerLM(nn.Module):
         if torch.is_autocast_enabled(h.device.type):
             dt = torch.get_autocast_dtype(h.device.type)
             h, w = h.to(dt), w.to(dt)
-        return FusedLinearCrossEntropy.apply(h, w, targets.flatten(), -100)
+        return FusedLinearCrossEntropy.apply(h, w, targets.flatten(), -100, cap)
 
     # -------------------------------------------------------------------------
     # Generation

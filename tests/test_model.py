@@ -251,12 +251,13 @@ def test_forward_loss_matches_readable_cross_entropy():
         torch.testing.assert_close(model(x, targets=y), M.cross_entropy(model(x), y))
 
 
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
-def test_fused_linear_cross_entropy_matches_torch(dtype, monkeypatch):
+@pytest.mark.parametrize('dtype, cap', [(torch.float32, 0.0), (torch.bfloat16, 0.0), (torch.float32, 15.0),
+                                        (torch.bfloat16, 15.0)])
+def test_fused_linear_cross_entropy_matches_torch(dtype, cap, monkeypatch):
     """The GPU training loss (Triton; on a CPU through TRITON_INTERPRET=1, set in conftest.py): loss and both
     gradients against F.cross_entropy, with ignored targets, a vocabulary that is not a multiple of the column
     block (ragged last block), a row whose logits are huge (the log-sum-exp must not overflow) and an upstream
-    gradient != 1 (the backward scales by it)."""
+    gradient != 1 (the backward scales by it); with a soft cap, against cross_entropy(cap * tanh(logits / cap))."""
     if M.triton is None:
         pytest.skip("triton is not installed")
     monkeypatch.setattr(M, 'FUSED_CE_BLOCK', 64)  # several blocks per row
@@ -268,11 +269,12 @@ def test_fused_linear_cross_entropy_matches_torch(dtype, monkeypatch):
         h[5] *= 300  # logits of order 1e3: exp() overflows without the max subtraction
     y = torch.randint(0, V, (N,))
     y[[2, 7]] = -100
-    loss = M.FusedLinearCrossEntropy.apply(h, w, y, -100)
+    loss = M.FusedLinearCrossEntropy.apply(h, w, y, -100, cap)
     (2.5 * loss).backward()
     gh, gw = h.grad, w.grad
     h.grad = w.grad = None
-    ref = F.cross_entropy((h @ w.t()).float(), y)  # bf16 logits, like the kernel's input
+    logits = (h @ w.t()).float()  # bf16 logits, like the kernel's input
+    ref = F.cross_entropy(cap * torch.tanh(logits / cap) if cap else logits, y)
     (2.5 * ref).backward()
     assert torch.isfinite(loss)
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.05, rtol=0.02)
@@ -282,12 +284,41 @@ def test_fused_linear_cross_entropy_matches_torch(dtype, monkeypatch):
     assert gh[2].abs().sum() == 0 and gh[7].abs().sum() == 0  # ignored rows get no gradient
 
 
+SM90_COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import model as M
+sig = {'X': '*bf16', 'stride_x': 'i64', 'Y': '*i64', 'Loss': '*fp32', 'Inv_n': '*fp32', 'ignore_index': 'i32',
+       'V': 'constexpr', 'BLOCK': 'constexpr', 'CAP': 'constexpr'}
+for cap in (0.0, 15.0):
+    k = triton.compile(ASTSource(M._cross_entropy_kernel, sig, {'V': 16384, 'BLOCK': 4096, 'CAP': cap}),
+                       target=GPUTarget('cuda', 90, 32), options={'num_warps': 8})
+    assert 'cubin' in k.asm
+print('ok')
+"""
+
+
+def test_fused_loss_kernel_compiles_for_sm90(tmp_path):
+    """The interpreter runs the kernel as Python; this compiles it as the GPU would (Triton's front end, PTX, ptxas
+    for an H100), with and without the soft cap: constexpr branches and ops the interpreter forgives fail here.
+    In a child process without TRITON_INTERPRET and with an empty cache."""
+    import subprocess
+    import sys
+    if M.triton is None or not sys.platform.startswith('linux'):
+        pytest.skip("needs triton's CUDA backend (Linux wheels)")
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env.update(TRITON_CACHE_DIR=str(tmp_path), PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(M.__file__))))
+    r = subprocess.run([sys.executable, '-c', SM90_COMPILE], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == 'ok', r.stderr[-2000:]
+
+
 def test_model_fused_loss_path_matches_default():
     """TransformerLM._fused_loss (what forward(idx, targets) uses on CUDA) gives the default path's loss and
-    gradients, including through autocast's casts and a tied lm_head."""
+    gradients, including through autocast's casts, a tied lm_head and a soft cap."""
     if M.triton is None:
         pytest.skip("triton is not installed")
-    for kw in ({}, {'tie_embeddings': True}):
+    for kw in ({}, {'tie_embeddings': True}, {'logit_softcap': 2.0}):
         model = tiny(**kw)
         x, y = torch.randint(0, 97, (2, 20)), torch.randint(0, 97, (2, 20))
         y[1, :4] = -100
@@ -300,13 +331,13 @@ def test_model_fused_loss_path_matches_default():
         model(x)  # the same forward, up to ln_final's output h
         hook.remove()
         h = seen[0]
-        loss = model._fused_loss(h, y)
+        loss = model._fused_loss(h, y, model.config.logit_softcap)
         loss.backward()
         torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
         for g, p in zip(ref_grads, model.parameters()):
             torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
     with torch.autocast('cpu', dtype=torch.bfloat16):  # the cast branch: bf16 operands, float32 master weights
-        loss = model._fused_loss(h.detach(), y)
+        loss = model._fused_loss(h.detach(), y, model.config.logit_softcap)
     assert loss.dtype == torch.float32 and abs(loss.item() - ref.item()) < 0.05
 
 
