@@ -54,11 +54,11 @@ PROFILES = {
         SFT_EXAMPLES=20000, SFT_ITERS=15, SFT_BATCH=32, SFT_ACCUM=1, SFT_LR=3e-4, SFT_WARMUP=5,
         SFT_EVAL_INTERVAL=5, SFT_EVAL_N=200,
         # GRPO: 256 rollouts = 32 questions x 8 at temperature 0.7, on-policy, after a 25-step warm-up; one run
-        # per rate in GRPO_LRS (space-separated), GRPO_TIME_S each (3 x ~150 s with loading and evaluations: the
+        # per rate in GRPO_LRS (space-separated), GRPO_TIME_S each (2 x ~150 s with loading and evaluations: the
         # stage fits a 10-minute call), the final validation accuracy chooses one
         # (3e-5 climbed smoothly where 1e-4 first halved the SFT policy's accuracy: results/speedrun_gpu_lr3e-5.md)
         GRPO_STEPS=500, GRPO_TIME_S=130, GRPO_ROLLOUT=256, GRPO_GROUP=8, GRPO_TRAIN_BATCH=256, GRPO_ACCUM=2,
-        GRPO_LRS='1e-5 3e-5 1e-4', GRPO_WARMUP=25, GRPO_TEMP=0.7, GRPO_EVAL_INTERVAL=25, GRPO_EVAL_N=256,
+        GRPO_LRS='3e-5 1e-4', GRPO_WARMUP=25, GRPO_TEMP=0.7, GRPO_EVAL_INTERVAL=25, GRPO_EVAL_N=256,
         MAX_NEW=96, GEN_BATCH=512,
         # evaluation: the base model k-shot with the most shots <= FEWSHOT whose prompts fit the context (each shot
         # is a whole worked problem: few fit 256 tokens); GSM8K (every test question that fits) for these models
