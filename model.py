@@ -387,8 +387,6 @@ class KVCache:
     def advance(self, T):
         self.pos.add_(T)
 
-_BLOCK_REGION = getattr(torch.compiler, 'nested_compile_region', lambda f: f)(TransformerBlock.__call__)
-
 class TransformerLM(nn.Module):
     """token_embeddings -> num_layers x TransformerBlock -> ln_final -> lm_head, returning logits (no softmax)."""
 
@@ -398,9 +396,6 @@ class TransformerLM(nn.Module):
     # lowp_residual: under autocast the residual stream stays float32 (the embedding table is); this casts the
     # embedding output to bf16, halving the norms' and adds' traffic (nanochat: a bf16 table). Loss unchanged.
     lowp_residual = False
-    # compile_regions: under torch.compile, trace one block and stamp its compiled code out for every layer
-    # (torch.compiler.nested_compile_region, "hierarchical compilation"): compile time stops growing with depth.
-    compile_regions = False
 
     def __init__(self, vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=None,
                  rope_theta=10000.0, device=None, dtype=None, **options):
@@ -444,10 +439,8 @@ class TransformerLM(nn.Module):
         x = self.token_embeddings(idx)  # (B, T, C)
         if self.lowp_residual and torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        block = _BLOCK_REGION if self.compile_regions else nn.Module.__call__  # block(layer, ...) = layer(...)
         for i, layer in enumerate(self.layers):
-            x = block(layer, x, rope=self.rope, token_positions=token_positions, kv_cache=kv_cache, layer_idx=i,
-                      mask=mask)
+            x = layer(x, rope=self.rope, token_positions=token_positions, kv_cache=kv_cache, layer_idx=i, mask=mask)
         if kv_cache is not None:
             kv_cache.advance(T)
         x = self.ln_final(x)

@@ -84,7 +84,6 @@ min_lr = 1e-4  # ~= learning_rate/10 per Chinchilla; every group ends at the sam
 device = 'auto'  # 'auto' (cuda if available) | 'cpu' | 'cuda' | 'cuda:1' ...
 dtype = 'bfloat16'  # 'bfloat16' (autocast, float32 master weights) | 'float32'
 compile = True  # torch.compile the model (the first iterations are slow while it compiles)
-compile_regions = False  # with compile: compile one block once for every layer (model.py), cutting compile time
 cpu_threads = 0  # torch threads on a CPU; 0 = torch's default. On a busy machine 1 can be many times faster
 seed = 1337  # initial weights and the batches drawn
 ddp_impl = 'torch'  # under torchrun: 'torch' (DistributedDataParallel) or ddp.py's naive|flat|individual|bucketed
@@ -102,7 +101,7 @@ top_p = 0.95  # nucleus sampling: draw from the fewest tokens holding top_p of t
 config = MappingProxyType({k: v for k, v in globals().items()  # the defaults, read-only, for library callers
                            if k.islower() and not k.startswith('_') and isinstance(v, (bool, int, float, str))})
 RESUMABLE_KEYS = ('max_iters', 'max_time_s', 'eval_interval', 'eval_interval_s', 'eval_iters', 'log_interval', 'mode',
-                  'resume', 'overwrite', 'write_checkpoint', 'compile', 'compile_regions', 'cpu_threads', 'device',
+                  'resume', 'overwrite', 'write_checkpoint', 'compile', 'cpu_threads', 'device',
                   'out_dir', 'ckpt_path', 'peak_flops', 'prompt', 'num_samples', 'max_new_tokens', 'temperature',
                   'top_p')  # what a resumed run may change
 OPTIMIZERS = ('adamw', 'torch_adamw', 'muon')
@@ -366,8 +365,7 @@ def build_model(cfg, vocab, dev):
     except ValueError as e:
         die(f"{e} (set the config key of that name)")
     model = TransformerLM(**model_args).to(dev)
-    model.fused_loss, model.lowp_residual, model.compile_regions = (cfg[k] for k in ('fused_loss', 'lowp_residual',
-                                                                                     'compile_regions'))
+    model.fused_loss, model.lowp_residual = cfg['fused_loss'], cfg['lowp_residual']
     return model, model_args
 
 def log_row(path, row, keep_until_iter=None):

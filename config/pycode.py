@@ -7,7 +7,6 @@
 # help at this scale; each is A/B-measured on the H100 (results/), and the plain recipe is one flag per switch away:
 #   --optimizer=torch_adamw --weight_decay=0.1 --embed_lr=-1 --head_lr=-1   (AdamW everywhere at learning_rate)
 #   --lr_schedule=cosine   --ffn=swiglu --d_ff=1344   --qk_norm=False   --zero_init_proj=False   --logit_softcap=0
-# Not yet A/B-timed on the H100, so off: --compile_regions=True (one block compiled once: less compile time)
 data_dir = 'data/pycode'
 out_dir = 'out-pycode'
 vocab_size = -1  # from meta.json (16K)

@@ -5,7 +5,6 @@ the KV cache against no-cache generation, checkpoints, and the counting helpers.
     python -m pytest tests/test_model.py -v
 """
 import math
-import re
 import os
 
 import pytest
@@ -400,28 +399,3 @@ def test_copy_of_model_alone_runs_main(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'parameters' in r.stdout and sorted(os.listdir(tmp_path)) in (['model.py'], ['__pycache__', 'model.py'])
 
-
-def test_compile_regions_traces_one_block_for_every_layer_and_changes_nothing():
-    """compile_regions: under torch.compile the 3 blocks become 3 calls of ONE nested subgraph (compiled once), and
-    loss and gradients are those of the eager model (aot_eager: the same graph capture as inductor, no C++ build)."""
-    torch.manual_seed(0)
-    model = M.TransformerLM(vocab_size=50, context_length=16, d_model=32, num_layers=3, num_heads=2, qk_norm=True)
-    x, y = torch.randint(0, 50, (2, 16)), torch.randint(0, 50, (2, 16))
-    model(x, y).backward()
-    ref = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model.compile_regions = True
-    torch._dynamo.reset()
-    graphs = []
-
-    def recorder(gm, example_inputs):  # keep dynamo's graph, run it as aot_eager
-        graphs.append(gm)
-        return torch._dynamo.lookup_backend('aot_eager')(gm, example_inputs)
-    loss = torch.compile(model, backend=recorder)(x, y)
-    code = graphs[0].code
-    called = re.findall(r"invoke_subgraph\(\w+, '(\w+)'", code)  # the name of the subgraph each call runs
-    assert len(called) == 3 and len(set(called)) == 1, code
-    loss.backward()
-    assert torch.allclose(loss, model.__class__.forward(model, x, y), atol=1e-6)
-    for g, r in zip((p.grad for p in model.parameters()), ref):
-        assert torch.allclose(g, r, atol=1e-5)
