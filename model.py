@@ -105,7 +105,8 @@ if triton is not None:
         for off in range(0, V, BLOCK):
             c = off + cols
             x = _softcap(tl.load(X + c, mask=c < V, other=0.0).to(tl.float32), CAP)
-            g = tl.where(c == y, tl.exp(x - lse) - 1.0, tl.exp(x - lse)) * scale  # softmax - onehot
+            p = tl.exp(x - lse)  # softmax
+            g = tl.where(c == y, p - 1.0, p) * scale  # softmax - onehot
             g = g * (1 - (x / CAP) * (x / CAP)) if CAP > 0 else g  # d z' / d z of the soft cap
             tl.store(X + c, g.to(X.dtype.element_ty), mask=c < V)
 

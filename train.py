@@ -101,9 +101,8 @@ top_p = 0.95  # nucleus sampling: draw from the fewest tokens holding top_p of t
 config = MappingProxyType({k: v for k, v in globals().items()  # the defaults, read-only, for library callers
                            if k.islower() and not k.startswith('_') and isinstance(v, (bool, int, float, str))})
 RESUMABLE_KEYS = ('max_iters', 'max_time_s', 'eval_interval', 'eval_interval_s', 'eval_iters', 'log_interval', 'mode',
-                  'resume', 'overwrite', 'write_checkpoint', 'compile', 'cpu_threads', 'device',
-                  'out_dir', 'ckpt_path', 'peak_flops', 'prompt', 'num_samples', 'max_new_tokens', 'temperature',
-                  'top_p')  # what a resumed run may change
+                  'resume', 'overwrite', 'write_checkpoint', 'compile', 'cpu_threads', 'device', 'out_dir', 'ckpt_path',
+                  'peak_flops', 'prompt', 'num_samples', 'max_new_tokens', 'temperature', 'top_p')  # resume may change
 OPTIMIZERS = ('adamw', 'torch_adamw', 'muon')
 
 def die(msg):  # a user error: one line on stderr naming the key or file and the fix, exit status 2, no traceback

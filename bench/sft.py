@@ -106,11 +106,11 @@ def demo_base_and_sft(preset='cpu', out_dir='out-sft-demo', seed=0, log=print, d
                for q in qs['train'][:P['sft_examples']]]
     # k-shot: the last k training problems in the pre-training format, k the most (<= fewshot) whose prompts leave
     # room for max_new_tokens in the context on every evaluated split (bytes: a few worked problems fill it)
-    room, k = P['model']['context_length'] - P['max_new_tokens'], P['fewshot']
-    while k and max(len(tok.encode(sft.fewshot_prompt(qs['train'][-k:], q['question'])))
-                    for s in ('val', 'test', 'gen') for q in qs[s]) > room:
-        k -= 1
-    shots = qs['train'][-k:] if k else []
+    room, n_shots = P['model']['context_length'] - P['max_new_tokens'], P['fewshot']
+    while n_shots and max(len(tok.encode(sft.fewshot_prompt(qs['train'][-n_shots:], q['question'])))
+                          for s in ('val', 'test', 'gen') for q in qs[s]) > room:
+        n_shots -= 1
+    shots = qs['train'][-n_shots:] if n_shots else []
     fewshot_q = {k: [{**q, 'prompt': sft.fewshot_prompt(shots, q['question'])} for q in v] for k, v in qs.items()}
     gen = dict(max_new_tokens=P['max_new_tokens'], seed=seed, batch_size=P['gen_batch_size'], dtype=dtype)
 
