@@ -186,7 +186,7 @@ def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0
         if name == 'base' and 'base_fewshot' in results:
             for split in ('test', 'gen'):
                 results['base_fewshot'][split] = make_eval(m, split, f'base_fewshot_{split}', True)(0)
-    path = os.path.join(sft.DATA, 'a5', 'gsm8k', 'test.jsonl')
+    path, gsm = os.path.join(sft.DATA, 'a5', 'gsm8k', 'test.jsonl'), None  # gsm: the questions that fit, if any
     if os.path.exists(path) and P['gsm8k_n']:
         r1 = sft.load_prompt_template('r1_zero')
         ctx = model.config.context_length
@@ -213,7 +213,7 @@ def run_demo(preset='cpu', out_dir='out-sft-demo', results_dir='results', seed=0
     if 'gsm8k' in results['ei']:
         L += ["", f"GSM8K test ({results['ei']['gsm8k']['n']} questions that fit the context), EI model: "
                   f"{interval(results['ei']['gsm8k'])}."]
-    elif os.path.exists(path) and P['gsm8k_n']:
+    elif gsm == []:
         L += ["", "GSM8K: no test question's r1_zero prompt leaves room for an answer in this context; not evaluated."]
     L += ["", "Log:", "", "```"] + lines + ["```"]
     write_md(os.path.join(results_dir, f'sft_demo_{preset}.md'), L)
