@@ -5,6 +5,8 @@ both scored on the WHOLE validation split (non-overlapping windows, bits per byt
     python data/pycode/prepare.py                                      # the token files both runs read
     python bench/time_to_quality.py --data_dir=data/pycode --budget_s=300
     python bench/time_to_quality.py --runs=ours --variants='muon:;adamw:--optimizer=adamw' --budget_s=100  # A/B
+    python bench/time_to_quality.py --config='config/pycode.py config/pycode_gpt2s.py' --n_layer=12 --n_head=12 \
+        --n_embd=768 --context=1024 --batch=32 --nanogpt_lr=6e-4 --name=time_to_quality_gpt2s  # GPT-2 small's shape
 
 The nanoGPT run is the reference harness `../shared/anchors/nanogpt_train.py` (nanoGPT's unmodified model.py, its
 AdamW at lr 2e-3, a cosine by wall-clock to 10% with 2% warm-up, the clock started after compile), with one change:
@@ -28,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 data_dir = 'data/pycode'  # a token folder (train.bin, val.bin, meta.json) written by data/*/prepare.py
 budget_s = 300.0  # wall-clock seconds of training per run
 runs = 'nanogpt,ours'  # which runs: nanogpt | ours (comma-separated)
-config = 'config/pycode.py'  # train.py config of our run
+config = 'config/pycode.py'  # train.py config file(s) of our run, space-separated (later ones override)
 variants = 'ours:'  # ours' variants, 'name:flags;name:flags' (flags are extra train.py --key=value arguments)
 anchors_dir = ''  # folder with nanoGPT's model.py ('' = ../shared/anchors/nanogpt beside the checkout, or .gpu/)
 n_layer, n_head, n_embd, context, batch = 4, 16, 512, 256, 128  # the 4-layer shape, the same for both runs
@@ -123,7 +125,7 @@ def nanogpt_run(d, budget, anchors):
 
 def ours_run(d, budget, flags, out_dir):
     """train.py as a subprocess; its log.jsonl's full-validation records make the curve."""
-    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), config, f'--data_dir={d}', f'--out_dir={out_dir}',
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), *config.split(), f'--data_dir={d}', f'--out_dir={out_dir}',
            f'--max_time_s={budget}', f'--eval_interval_s={budget / 10}', '--overwrite=True', *flags.split()]
     print('$', ' '.join(cmd), flush=True)
     r = subprocess.run(cmd, cwd=ROOT)
