@@ -42,9 +42,10 @@ device = 'cuda' if torch.cuda.is_available() else 'cpu'  # cpu | cuda
 dtype = 'bfloat16'  # autocast dtype on cuda: bfloat16 | float32
 # -----------------------------------------------------------------------------
 
-# The course's instruction-tuning template, as in shared/data/a5/prompts/alpaca_sft.prompt (the tests compare)
+# The course's instruction-tuning template, as in shared/data/a5/prompts/alpaca_sft.prompt (the tests compare) less
+# that file's final newline: end-of-text follows the response's last token (the course's packed-data fixture)
 ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
-                   "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n{response}\n")
+                   "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n{response}")
 
 
 def alpaca(instruction, response):
@@ -95,11 +96,12 @@ def compute_per_instance_dpo_loss(lm, lm_ref, tokenizer, beta, prompt, response_
     eot = sft.pad_id_of(tokenizer)
     resp = [tokenizer.encode(alpaca(prompt, r)[len(prefix):]) + [eot] for r in (response_chosen, response_rejected)]
     b = sft.collate_prompt_and_output([tokenizer.encode(prefix)] * 2, resp, eot)
-    dev = next(lm.parameters()).device
+    dev = next(lm.parameters()).device  # the reference may sit on another device (the course: a GPU each)
 
-    def logps(model):  # (2,): summed response log-probs of chosen and rejected
-        lp = sft.get_response_log_probs(model, b['input_ids'].to(dev), b['labels'].to(dev))['log_probs']
-        return sft.masked_normalize(lp, b['response_mask'].to(dev), 1.0, dim=-1)
+    def logps(model):  # (2,): summed response log-probs of chosen and rejected, on the policy's device
+        d = next(model.parameters()).device
+        lp = sft.get_response_log_probs(model, b['input_ids'].to(d), b['labels'].to(d))['log_probs']
+        return sft.masked_normalize(lp, b['response_mask'].to(d), 1.0, dim=-1).to(dev)
     pi = logps(lm)
     with torch.no_grad():  # the reference is frozen: no graph through it
         ref = logps(lm_ref)
@@ -176,8 +178,8 @@ def main():
     except (ValueError, OSError) as e:
         die(str(e))
     ctx = model.config.context_length  # a sequence is the template, the longer response and end-of-text
-    long = [i + 1 for i, p in enumerate(pairs) if len(tok.encode(alpaca(p['prompt'], max(p['chosen'], p['rejected'],
-                                                                                         key=len)))) >= ctx]
+    long = [i + 1 for i, p in enumerate(pairs)  # tokens, not characters: 'é' is 2 byte tokens
+            if max(len(tok.encode(alpaca(p['prompt'], r))) for r in (p['chosen'], p['rejected'])) >= ctx]
     if not pairs or long:
         die(f"{train_path}: pair {long[0]} is longer than the model's context ({ctx} tokens)" if long else
             f"{train_path} has no preference pairs")

@@ -77,8 +77,9 @@ def die(msg):
 # 1) The course's SFT helpers (exact semantics: grpo.py and the tests rely on them)
 
 def pad_id_of(tokenizer):
-    """Padding id: end-of-text when the tokenizer has one, else 0. Its value never matters (padding is masked)."""
-    return getattr(tokenizer, 'eot_id', None) or 0
+    """End-of-text as padding (ours: eot_id; Hugging Face's: pad_token_id, eos_token_id), else 0; masked in losses."""
+    ids = [getattr(tokenizer, a, None) for a in ('eot_id', 'pad_token_id', 'eos_token_id')]
+    return next((i for i in ids if i is not None), 0)
 
 
 def tokenize_prompt_and_output(prompt_strs, output_strs, tokenizer):
@@ -124,8 +125,7 @@ def get_response_log_probs(model, input_ids, labels, return_token_entropy=False)
 
 def masked_normalize(tensor, mask, normalize_constant, dim=None):
     """sum(tensor * mask) over dim (all elements when None) / normalize_constant."""
-    masked = tensor * mask.to(tensor.dtype)
-    return (masked.sum() if dim is None else masked.sum(dim=dim)) / normalize_constant
+    return (tensor * mask.to(tensor.dtype)).sum(dim=dim) / normalize_constant
 
 
 def sft_microbatch_train_step(policy_log_probs, response_mask, gradient_accumulation_steps, normalize_constant=1.0):
@@ -140,10 +140,14 @@ def sft_microbatch_train_step(policy_log_probs, response_mask, gradient_accumula
 # 2) Graders: r1_zero (strict format, exact numbers), few-shot, GSM8K, MMLU; 95% intervals
 
 def last_boxed(s):
-    """Content of the last \\boxed{...} (or \\fbox{...}), braces inside allowed one level deep (\\frac{1}{2});
-    None if there is none or its braces do not close."""
-    found = re.findall(r'\\(?:boxed|fbox)\{((?:[^{}]|\{[^{}]*\})*)\}', s)
-    return found[-1] if found else None
+    """The last \\boxed{...} or \\fbox{...}'s content, nested braces counted (\\frac{\\sqrt{3}}{2}); else None."""
+    i = max(s.rfind('\\boxed{'), s.rfind('\\fbox{'))
+    depth, start = 1, s.find('{', i) + 1
+    for k in range(start, len(s) if i >= 0 else 0):
+        depth += (s[k] == '{') - (s[k] == '}')
+        if depth == 0:
+            return s[start:k]
+    return None
 
 
 def normalize_answer(answer):
@@ -194,13 +198,11 @@ def reward(answer, ground_truth):
 
 
 def r1_zero_reward_fn(response, ground_truth):
-    """The course's r1_zero reward. The prompt ends with 'Assistant: <think>'; a well-formed response is ' reasoning
-    </think> <answer> 18 </answer>', strictly: '</think> <answer>' (one space) and a later '</answer>'. The answer is
-    between the last '<answer>' and the '</answer>' after it (a \\boxed{} inside is unwrapped)."""
-    after = response.split('<answer>')[-1]
-    if '</think> <answer>' not in response or '</answer>' not in after:
+    """The course's r1_zero reward of a response ' steps </think> <answer> 18 </answer>': strict '</think> <answer>' and
+    '</answer>'; the answer is all after the last '<answer>' less '</answer>' (as the course's); \\boxed{} unwrapped."""
+    if '</think> <answer>' not in response or '</answer>' not in response:
         return reward(None, ground_truth)
-    answer = after.split('</answer>')[0]
+    answer = response.split('<answer>')[-1].replace('</answer>', '')
     return reward(last_boxed(answer) or '' if '\\boxed' in answer else answer, ground_truth)
 
 
@@ -211,11 +213,9 @@ def parse_gsm8k_response(model_output):
 
 
 def parse_mmlu_response(mmlu_example, model_output):
-    """The course's MMLU parser: the letter A-D after 'The correct answer is', else the one option letter standing
-    alone in the output; None otherwise (no letter, or several)."""
+    """The course's MMLU parser: the letter A-D right after 'The correct answer is' (its prompt's form), else None."""
     m = re.search(r'The correct answer is\s*\(?([A-D])\b', model_output)
-    letters = set(re.findall(r'(?<![A-Za-z])[A-D](?![A-Za-z])', model_output))
-    return m.group(1) if m else (letters.pop() if len(letters) == 1 else None)
+    return m.group(1) if m else None
 
 
 def question_only_reward_fn(response, ground_truth):

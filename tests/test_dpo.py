@@ -32,7 +32,8 @@ class Bigram(torch.nn.Module):
 
 
 def test_alpaca_template_is_the_course_file(data_dir):
-    assert open(f'{data_dir}/a5/prompts/alpaca_sft.prompt').read() == dpo.ALPACA_TEMPLATE
+    assert open(f'{data_dir}/a5/prompts/alpaca_sft.prompt').read() == dpo.ALPACA_TEMPLATE + '\n'  # its last line end
+    assert dpo.alpaca('Say hi', 'hi').endswith('### Response:\nhi')  # end-of-text comes right after the response
 
 
 def test_packed_dataset_and_batches(tmp_path):
@@ -64,8 +65,8 @@ def test_per_instance_dpo_loss_matches_log_probs_summed_by_hand():
     pol, ref, tok = Bigram(), Bigram(scale=0.5), sft.byte_tokenizer()
 
     def seq_lp(model, prompt, resp):  # sum over the response's tokens (and end-of-text) of log p(token | previous)
-        prefix = tok.encode(dpo.alpaca(prompt, resp).rsplit(resp + '\n', 1)[0])  # the template up to the response
-        ids = prefix + tok.encode(resp + '\n') + [tok.eot_id]
+        prefix = tok.encode(dpo.alpaca(prompt, resp).rsplit(resp, 1)[0])  # the template up to the response
+        ids = prefix + tok.encode(resp) + [tok.eot_id]
         return sum(torch.log_softmax(model.table[ids[i - 1]], 0)[ids[i]] for i in range(len(prefix), len(ids)))
     loss = dpo.compute_per_instance_dpo_loss(pol, ref, tok, 0.1, 'Say hi', 'hi there', 'go away')
     z = 0.1 * ((seq_lp(pol, 'Say hi', 'hi there') - seq_lp(ref, 'Say hi', 'hi there')) -
@@ -106,7 +107,8 @@ def test_dpo_training_prefers_chosen(tmp_path):
 
 @pytest.mark.parametrize('args,word', [(['--beta=0'], 'beta'), (['--train_path=nope.jsonl'], 'train_path'),
                                        (['--train_path={d}/bad.jsonl'], "missing key(s) ['rejected']"),
-                                       (['--out_dir={d}'], 'overwritten'), (['--init_from={d}/small.pt'], 'longer')])
+                                       (['--out_dir={d}'], 'overwritten'), (['--init_from={d}/small.pt'], 'longer'),
+                                       (['--train_path={d}/wide.jsonl'], 'pair 1 is longer')])
 def test_cli_refuses_bad_input(tmp_path, args, word):
     d = tmp_path / 'in'
     d.mkdir()
@@ -117,6 +119,8 @@ def test_cli_refuses_bad_input(tmp_path, args, word):
                                                      num_heads=2))  # the Alpaca template alone is longer than 32
     sft.write_jsonl(str(d / 'prefs.jsonl'), [{'prompt': 'a', 'chosen': 'b', 'rejected': 'c'}])
     sft.write_jsonl(str(d / 'bad.jsonl'), [{'prompt': 'a', 'chosen': 'b'}])
+    # the rejected response has fewer characters but more tokens ('é' is 2 bytes): 141 + 120 tokens > context 256
+    sft.write_jsonl(str(d / 'wide.jsonl'), [{'prompt': 'a', 'chosen': 'x' * 110, 'rejected': 'é' * 60}])
     before = sorted((p, os.path.getmtime(d / p)) for p in os.listdir(d))
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'dpo.py'), f'--init_from={d}/ckpt.pt',
                         f'--train_path={d}/prefs.jsonl', f'--out_dir={tmp_path}/o', '--device=cpu',

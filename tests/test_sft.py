@@ -156,7 +156,9 @@ R1 = [  # (response, ground truth, format, answer)
     (" t </think> <answer> \\boxed{4 </answer>", "4", 1, 0),  # unbalanced \boxed
     (" t </think> <answer> 1,000 </answer>", 1000, 1, 1),  # int ground truth
     (" t </think> <answer> 7 </answer>", ["6", "7"], 1, 1),  # any of several ground truths
-    (" t </think> <answer> 4 </answer> more text", "4", 1, 1),  # text after </answer> is ignored
+    (" t </think> <answer> 4 </answer> then 5", "4", 1, 0),  # as in the course's grader: text after </answer> counts
+    (" t </think> <answer> 1 </answer> x <answer> 18", "18", 1, 1),  # ...and the answer follows the last <answer>
+    (" t </think> <answer> \\boxed{\\frac{\\sqrt{3}}{2}} </answer>", "\\frac{\\sqrt{3}}{2}", 1, 1),  # nested braces
     (" t </think> <answer> </answer>", "0", 1, 0),  # empty answer
 ]
 
@@ -184,8 +186,8 @@ def test_course_parsers():
           'options': ['100', '1', '10', 'unknown'], 'answer': 'A'}
     assert sft.parse_mmlu_response(ex, "The correct answer is B. There are 1 human polyomaviruses known.") == 'B'
     assert sft.parse_mmlu_response(ex, "The correct answer is 10000 polyomaviruses.") is None
-    assert sft.parse_mmlu_response(ex, "I would pick (C) here.") == 'C'
-    assert sft.parse_mmlu_response(ex, "A or B, hard to say") is None
+    assert sft.parse_mmlu_response(ex, "The correct answer is (C).") == 'C'
+    assert sft.parse_mmlu_response(ex, "A total of 10 are known. The answer is probably B") is None  # not 'A'
 
 
 def test_wilson_interval():
