@@ -38,17 +38,14 @@ _CONFIG_TYPES = (int, float, bool, str, tuple, list, dict, type(None))
 _config_keys = [k for k, v in list(globals().items())
                 if k.islower() and not k.startswith('_') and isinstance(v, _CONFIG_TYPES)]
 
-
 def _config_fail(msg):
     print(f"config error: {msg}", file=_sys.stderr)
     _sys.exit(2)
-
 
 def _config_unknown(key):
     close = _difflib.get_close_matches(key, _config_keys, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else " Run with --help to list every key."
     _config_fail(f"unknown config key '{key}'.{hint}")
-
 
 def _config_cast(key, value):
     """Convert value to the type of the default of key, or stop with a clear message."""
@@ -61,7 +58,6 @@ def _config_cast(key, value):
         return type(default)(value)
     _config_fail(f"--{key} expects {type(default).__name__} (default {default!r}), "
                  f"got {type(value).__name__} {value!r}")
-
 
 def _config_help():
     # Show each key with its default and the comment next to its definition in the script.
@@ -81,7 +77,6 @@ def _config_help():
         print(f"  --{k:<{width}} = {globals()[k]!r:<24} {comments.get(k, '')}")
     _sys.exit(0)
 
-
 if __name__ == '__main__':
     for _arg in _sys.argv[1:]:
         if _arg in ('-h', '--help'):
@@ -93,13 +88,17 @@ if __name__ == '__main__':
                 _path = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), _arg)
             if not _os.path.exists(_path):
                 _config_fail(f"config file '{_arg}' not found (looked in the current directory and next to the script)")
+            if _os.path.isdir(_path):  # `python train.py config`: name the config files it holds
+                _config_fail(f"'{_arg}' is a folder: name one of its files ({', '.join(sorted(_os.listdir(_path)))})")
             _before = {k: globals()[k] for k in _config_keys}
             _file_globals = dict(globals())
             try:  # compiled under its own name, so that an error points at the config file and line, not <string>
-                _code = _builtins.compile(open(_path, encoding='utf-8').read(), _path, 'exec')
+                exec(_builtins.compile(open(_path, encoding='utf-8').read(), _path, 'exec'), _file_globals)
             except SyntaxError as _e:
                 _config_fail(f"{_path}, line {_e.lineno}: {_e.msg} (a config file is Python: key = value lines)")
-            exec(_code, _file_globals)
+            except Exception as _e:  # a NameError, an unreadable file...: where and what, not a traceback
+                _tb = _e.__traceback__.tb_next  # the config file's own frame, when running it raised
+                _config_fail(f"{_path}{f', line {_tb.tb_lineno}' if _tb else ''}: {type(_e).__name__}: {_e}")
             for _k, _v in _file_globals.items():
                 if _k.startswith('_') or not isinstance(_v, _CONFIG_TYPES):
                     continue  # modules, functions, private helpers of the config file

@@ -122,8 +122,8 @@ def load_tokens(data_dir, split, context_length=0, vocab=-1):
         ok = meta['dtype'] in ('uint16', 'uint32') and isinstance(meta['vocab_size'], int)
     except (ValueError, UnicodeDecodeError, KeyError, TypeError):
         ok = False
-    if not ok:
-        die(f"{meta_path} is corrupt (it needs JSON with vocab_size and dtype uint16|uint32): delete it and {fix}")
+    if not ok or meta.get('complete') is False:  # False: bpe.py stopped while re-encoding (old .bin, new tokenizer)
+        die(f"{meta_path} is {'half built' if ok else 'corrupt (it needs vocab_size, dtype uint16|uint32)'}: {fix}")
     if os.path.getsize(path) % np.dtype(meta['dtype']).itemsize or not os.path.getsize(path):
         die(f"{path} is not a whole number of {meta['dtype']} tokens (truncated, or not meta.json's dtype): {fix}")
     # one memmap for the run (nanoGPT re-creates it per batch against a leak: stackoverflow.com/questions/45132940)
@@ -285,8 +285,8 @@ def load_checkpoint(src, model, optimizer=None):
 
 def read_checkpoint(path):
     """torch.load of a train.py checkpoint, or one line saying why it cannot be one (missing, empty, truncated)."""
-    if not os.path.exists(path):
-        die(f"checkpoint {path} not found: train first (train.py writes <out_dir>/ckpt.pt) or fix --out_dir")
+    if not os.path.isfile(path):
+        die(f"checkpoint file {path} not found: train first (train.py writes <out_dir>/ckpt.pt) or fix --out_dir")
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as e:  # EOFError, RuntimeError or UnpicklingError, depending on where the file breaks off
@@ -338,7 +338,8 @@ def check_config():
         (not device.startswith('cuda') or torch.cuda.is_available(), f"--device={device} but CUDA is not available"),
         (not (fsdp and (optimizer == 'muon' or embed_lr > 0 or head_lr > 0)),
          "--fsdp=True shards matrices into flat vectors: use --optimizer=adamw|torch_adamw, no embed_lr/head_lr"),
-        (not (resume and overwrite), "--resume=True continues a run, --overwrite=True replaces it: pick one")]
+        (not (resume and overwrite), "--resume=True continues a run, --overwrite=True replaces it: pick one"),
+        (mode != 'sample' or min(num_samples, max_new_tokens) > 0, "--mode=sample: --num_samples/--max_new_tokens > 0")]
     for msg in [msg for ok, msg in rules if not ok][:1]:
         die(msg)
 
@@ -412,11 +413,14 @@ def sample_or_eval():
     with torch.autocast('cuda', dtype=torch.bfloat16) if 'cuda' in dev and dtype == 'bfloat16' else nullcontext():
         if mode == 'sample':
             return sample_text(model, ckpt.get('tokenizer_dir'), ckpt.get('eot_id'))
-        tokens, meta = load_tokens(run.get('data_dir', data_dir), 'val')
+        eval_dir = data_dir if data_dir != config['data_dir'] else run.get('data_dir', data_dir)  # --data_dir wins
+        tokens, meta = load_tokens(eval_dir, 'val')
+        if meta['vocab_size'] > model.config.vocab_size:  # re-prepared with a larger vocabulary since the checkpoint
+            die(f"{eval_dir}: vocab_size {meta['vocab_size']} > the checkpoint's: pass its run's --data_dir or retrain")
         nats, n = evaluate_full(model, tokens, model.config.context_length, run.get('batch_size', batch_size), dev)
-    res = dict(val_loss=nats / n, val_bpb=nats / math.log(2) / meta['val_bytes'] if meta.get('val_bytes') else None)
-    print(f"{path}, all validation ({n:,} tokens): loss {nats / n:.4f}, bits/byte {res['val_bpb'] or 0:.4f}")
-    return res
+    bpb = nats / math.log(2) / meta['val_bytes'] if meta.get('val_bytes') else None  # cc_filter.py's folders: none
+    print(f"{path}, all validation ({n:,} tokens): loss {nats / n:.4f}, bits/byte {'%.4f' % bpb if bpb else 'n/a'}")
+    return dict(val_loss=nats / n, val_bpb=bpb)
 # -----------------------------------------------------------------------------
 # Training
 def main():
@@ -460,6 +464,8 @@ def main():
 
     # 3) Model, optimizer, resume
     raw_model, model_args = build_model(run_config, vocab, dev)
+    for k, v in [(k, v) for k, v in (ckpt['model_args'] if ckpt else {}).items() if model_args.get(k, v) != v][:1]:
+        die(f"--resume: the checkpoint's {k}={v}, {data_dir} gives {model_args[k]}: re-prepare it, or a new --out_dir")
     print0(f"{count_parameters(raw_model) / 1e6:.2f}M parameters (without embeddings); {tokens_per_iter:,} tokens per "
            f"iteration: {world_size} process(es) x {accum} x {B} x {context_length}")
     model = torch.compile(raw_model) if compile else raw_model  # fuses the many small ops (norms, RoPE, loss)
@@ -473,10 +479,7 @@ def main():
     iter_num, elapsed = (ckpt['iter_num'], ckpt.get('elapsed_s', 0.0)) if ckpt else (0, 0.0)
     t_start -= elapsed  # resuming: the clock goes on from the checkpoint's
     if ckpt:  # the weights, the optimizer's moments (FSDP's stay sharded, unsaved) and the RNGs: the same batches
-        if use_fsdp:
-            model.load_full_state_dict(ckpt['model'])
-        else:
-            load_checkpoint(ckpt, raw_model, opt)
+        model.load_full_state_dict(ckpt['model']) if use_fsdp else load_checkpoint(ckpt, raw_model, opt)
         torch.set_rng_state(ckpt['rng']['torch'])
         train_sampler.generator.set_state(ckpt['rng']['sampler'])
     log_path = outputs['log.jsonl'] if master and out_dir else ''
@@ -543,7 +546,8 @@ def main():
             bpb = nats / math.log(2) / meta['val_bytes'] * (len(val_tokens) - 1) / n if meta.get('val_bytes') else None
             row = dict(iter=iter_num, tokens=iter_num * tokens_per_iter, elapsed_s=round(elapsed, 3),
                        val_loss=nats / n, val_bpb=bpb, full=full)  # bpb of the split, from the tokens scored
-            print0(f"eval at iter {iter_num} ({elapsed:.1f} s): val loss {nats / n:.4f}, {bpb or 0:.4f} bits/byte")
+            print0(f"eval at iter {iter_num} ({elapsed:.1f} s): val loss {nats / n:.4f}, "
+                   f"{'%.4f' % bpb if bpb else 'n/a'} bits/byte")
             log_row(log_path, row)
             save = write_checkpoint and out_dir and (done or not timed)  # timed evaluations only score
             state = model.full_state_dict() if use_fsdp and save else raw_model  # FSDP: a collective, all ranks call it
@@ -560,7 +564,7 @@ def main():
     summary = dict(final, iters=iter_num, eval_s=off_clock, tokens_per_s=final['tokens'] / elapsed,
                    n_params=count_parameters(raw_model), world_size=world_size, sample=None)
     print0(f"done: {iter_num} iterations, {elapsed:.1f} s (+{off_clock:.1f} s evaluating); the whole validation split: "
-           f"loss {final['val_loss']:.4f}, {final['val_bpb'] or 0:.4f} bits/byte")
+           f"loss {final['val_loss']:.4f}, {'%.4f' % final['val_bpb'] if final['val_bpb'] else 'n/a'} bits/byte")
     if master and max_new_tokens > 0 and num_samples > 0 and not use_fsdp:
         with autocast:
             summary['sample'] = sample_text(raw_model.eval(), tokenizer_dir, meta.get('eot_id'))[0]
@@ -569,7 +573,8 @@ def main():
         with open(outputs['summary.json'] + '.tmp', 'w') as f:
             json.dump(summary, f, indent=1)
         os.replace(outputs['summary.json'] + '.tmp', outputs['summary.json'])
-        args = ' '.join(sys.argv[1:]) if os.path.basename(sys.argv[0]) == 'train.py' else f'--out_dir={out_dir}'
+        args = ' '.join(a for a in sys.argv[1:] if not a.startswith(('--resume=', '--overwrite='))) \
+            if os.path.basename(sys.argv[0]) == 'train.py' else f'--out_dir={out_dir}'
         print(f"wrote {', '.join(p for p in outputs.values() if os.path.exists(p))}\n"
               f"resume (after raising --max_iters): python train.py {args} --resume=True\n"
               f"sample again: python train.py --mode=sample --out_dir={out_dir} --prompt='...'")
@@ -581,10 +586,8 @@ def main():
 def train(overrides=None):
     """The library entry: main() with some config keys changed for the call -> the summary dict."""
     overrides = dict(overrides or {})
-    unknown = [k for k in overrides if k not in config]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], config, n=1)
-        die(f"unknown config key {unknown[0]!r}" + (f"; did you mean {close[0]}?" if close else ''))
+    for key, close in [(k, difflib.get_close_matches(k, config, n=1)) for k in overrides if k not in config][:1]:
+        die(f"unknown config key {key!r}" + (f"; did you mean {close[0]}?" if close else ''))
     saved = {k: globals()[k] for k in overrides}
     globals().update(overrides)
     try:

@@ -106,3 +106,16 @@ def test_constants_are_not_keys(tmp_path):
     (tmp_path / 'ok.py').write_text('batch_size = 2\n')  # the script's constants, seen by the file, stay untouched
     rc, out, err = run(tmp_path, 'ok.py')
     assert rc == 0 and result(out)[0] == 2, err
+
+
+def test_config_file_that_raises_or_is_a_folder(tmp_path):
+    # a config file that fails while running, or a folder given for a file: one line naming it, exit status 2
+    (tmp_path / 'undef.py').write_text('batch_size = 16\nlearning_rate = undefined_name\n')
+    rc, out, err = run(tmp_path, 'undef.py')
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and 'Traceback' not in err, err
+    assert 'undef.py, line 2' in err and 'NameError' in err and 'undefined_name' in err
+    (tmp_path / 'configs').mkdir()
+    (tmp_path / 'configs' / 'small.py').write_text('batch_size = 2\n')
+    rc, out, err = run(tmp_path, 'configs')
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and 'Traceback' not in err, err
+    assert 'folder' in err and 'small.py' in err

@@ -313,6 +313,10 @@ def bad_cases(data, tmp):
     with open(os.path.join(empty_meta, 'meta.json'), 'w') as f:
         f.write('{}')
     short = make_data(os.path.join(tmp, 'short'), n=12)
+    half = make_data(os.path.join(tmp, 'half'))  # an interrupted re-prepare: bpe.py wrote complete: false
+    meta = json.load(open(os.path.join(half, 'meta.json')))
+    with open(os.path.join(half, 'meta.json'), 'w') as f:
+        json.dump(dict(meta, complete=False), f)
     zero = os.path.join(tmp, 'zero_ckpt')
     os.makedirs(zero)
     open(os.path.join(zero, 'ckpt.pt'), 'wb').close()
@@ -336,15 +340,19 @@ def bad_cases(data, tmp):
             ('short', [f'--data_dir={short}'], 'context_length'),
             ('resume_none', [f'--out_dir={tmp}/none', '--resume=True'], 'not found'),
             ('resume_zero', [f'--out_dir={zero}', '--resume=True'], 'empty or truncated'),
-            ('sample_zero', [f'--out_dir={zero}', '--mode=sample'], 'empty or truncated'),
+            ('sample_zero', [f'--out_dir={zero}', '--mode=sample', '--max_new_tokens=5'], 'empty or truncated'),
             ('eval_zero', [f'--ckpt_path={zero}/ckpt.pt', '--mode=eval'], 'empty or truncated'),
-            ('typo', ['--lerning_rate=1'], 'learning_rate')]
+            ('typo', ['--lerning_rate=1'], 'learning_rate'),
+            ('half_built', [f'--data_dir={half}'], 'half built'),
+            ('sample_none', ['--mode=sample', '--num_samples=0'], 'num_samples'),
+            ('sample_no_tokens', ['--mode=sample', '--max_new_tokens=0'], 'max_new_tokens'),
+            ('ckpt_dir', [f'--ckpt_path={zero}', '--mode=eval'], 'not found')]
 
 
 SUBPROCESS_CASES = ['accum0', 'iters-5', 'batch0', 'log0', 'optimizer', 'no_data', 'corrupt_meta', 'resume_none',
                     'resume_zero', 'sample_zero', 'eval_zero', 'typo']
 IN_PROCESS_CASES = ['schedule', 'ffn', 'heads', 'eval_iters0', 'mode', 'min_lr', 'resume+overwrite', 'odd_bytes',
-                    'vocab', 'meta_keys', 'short']
+                    'vocab', 'meta_keys', 'short', 'half_built', 'sample_none', 'sample_no_tokens', 'ckpt_dir']
 
 
 @pytest.fixture(scope='module')
@@ -405,3 +413,50 @@ def test_a_run_is_never_clobbered(data, tmp_path, capsys):
         assert snapshot(tmp_path) == before  # the run untouched
     assert T.train(dict(cfg, overwrite=True, max_iters=3))['iters'] == 3  # replaced on request
     assert json.load(open(tmp_path / 'summary.json'))['iters'] == 3
+
+
+def test_checkpoint_and_re_prepared_data_out_of_step(data, tmp_path, capsys):
+    """The data folder re-prepared with another vocab_size since the checkpoint: eval and resume refuse in one line,
+    and an explicit --data_dir wins over the checkpoint's in --mode=eval."""
+    folder = make_data(tmp_path / 'd')
+    cfg = dict(TINY, data_dir=folder, max_iters=2, eval_interval=0, out_dir=str(tmp_path / 'run'))
+    T.train(cfg)
+    capsys.readouterr()
+    own = T.train(dict(mode='eval', out_dir=cfg['out_dir'], device='cpu'))  # the checkpoint's data_dir
+    other = T.train(dict(mode='eval', out_dir=cfg['out_dir'], device='cpu', data_dir=make_data(tmp_path / 'o', seed=2)))
+    assert other['val_loss'] != own['val_loss']  # another folder, another loss: --data_dir was read
+    with pytest.raises(SystemExit) as e:  # an explicit --data_dir is read, not the checkpoint's
+        T.train(dict(mode='eval', out_dir=cfg['out_dir'], device='cpu', data_dir=str(tmp_path / 'nothing')))
+    assert e.value.code == 2 and 'nothing' in capsys.readouterr().err
+    make_data(folder, vocab=300, seed=1)  # re-prepared with a larger vocabulary
+    before = snapshot(tmp_path)
+    for again, words in ((dict(mode='eval', out_dir=cfg['out_dir'], device='cpu'), ['vocab_size 300', '--data_dir']),
+                         (dict(cfg, max_iters=4, resume=True), ['vocab_size=64', '300', '--out_dir'])):
+        with pytest.raises(SystemExit) as e:
+            T.train(again)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and all(w in err for w in words), err
+    assert snapshot(tmp_path) == before
+
+
+def test_resume_hint_drops_resume_and_overwrite(data, tmp_path, capsys, monkeypatch):
+    """The printed resume command works: no --overwrite=True (refused with --resume), no second --resume=True."""
+    cfg = dict(TINY, data_dir=data, max_iters=2, eval_interval=0, out_dir=str(tmp_path))
+    for overrides in (dict(cfg, overwrite=True), dict(cfg, max_iters=4, resume=True)):
+        monkeypatch.setattr(sys, 'argv', ['train.py', *cli(overrides)])
+        T.train(overrides)
+        hint = [line for line in capsys.readouterr().out.splitlines() if line.startswith('resume')][0]
+        assert hint.count('--resume=True') == 1 and '--overwrite' not in hint and '--max_iters=' in hint, hint
+
+
+def test_no_val_bytes_prints_n_a(data, tmp_path, capsys):
+    """A token folder without val_bytes (cc_filter.py's): bits/byte is n/a, never 0.0000."""
+    folder = make_data(tmp_path / 'd')
+    meta = json.load(open(tmp_path / 'd' / 'meta.json'))
+    with open(tmp_path / 'd' / 'meta.json', 'w') as f:
+        json.dump({k: v for k, v in meta.items() if k != 'val_bytes'}, f)
+    s = T.train(dict(TINY, data_dir=folder, max_iters=2, eval_interval=0, out_dir=str(tmp_path / 'run')))
+    assert s['val_bpb'] is None
+    assert T.train(dict(mode='eval', out_dir=str(tmp_path / 'run'), device='cpu'))['val_bpb'] is None
+    out = capsys.readouterr().out
+    assert '0.0000 bits/byte' not in out and 'n/a bits/byte' in out and 'bits/byte n/a' in out, out
