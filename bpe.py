@@ -51,6 +51,7 @@ out_dir = 'out/tokenizer'  # train: folder for vocab.json, merges.txt, special_t
 tokenizer_dir = ''  # encode: folder written by train mode
 output = ''  # encode: path of the flat token file (uint16, or uint32 when the vocab needs it)
 num_workers = 0  # processes for pre-tokenization and encoding; 0 = every core of this machine
+overwrite = False  # replace an existing tokenizer (train) or --output (encode); else they are refused
 # -----------------------------------------------------------------------------
 
 # GPT-2's pre-tokenizer: contractions, letters (with one optional leading space), numbers, punctuation runs,
@@ -113,8 +114,7 @@ def _map_file_chunks(fn, path, num_workers, desc, progress, ordered=True):
         raise FileNotFoundError(f"text not found: {path!r} (give a UTF-8 text file)")
     n = num_cores(num_workers)
     cuts = find_chunk_boundaries(path, min(CHUNK_BYTES, max(1 << 16, os.path.getsize(path) // (4 * n) + 1)))
-    jobs = [(path, a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-    n_bad = 0
+    jobs, n_bad = [(path, a, b) for a, b in zip(cuts, cuts[1:]) if b > a], 0
     with tqdm(total=cuts[-1], unit='B', unit_scale=True, desc=desc, disable=not progress) as bar:
         for result, bad, nbytes in parallel_map(fn, jobs, min(n, max(1, len(jobs))), ordered):
             n_bad += bad
@@ -167,12 +167,9 @@ def _merge_word(word, a, b, new):
     """word (sequence of ids) with every non-overlapping (a, b), left to right, replaced by new."""
     out, i, n = [], 0, len(word)
     while i < n:
-        if word[i] == a and i + 1 < n and word[i + 1] == b:
-            out.append(new)
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
+        hit = word[i] == a and i + 1 < n and word[i + 1] == b  # the pair starts at i: both become new
+        out.append(new if hit else word[i])
+        i += 2 if hit else 1
     return tuple(out)
 
 def train_bpe(input_path, vocab_size, special_tokens, num_workers=None, progress=True):
@@ -194,8 +191,7 @@ def train_bpe(input_path, vocab_size, special_tokens, num_workers=None, progress
         raise DataError(f"{input_path} holds no text to train on (it is empty or only special tokens)")
 
     # 2) each distinct pre-token as a tuple of ids (internal ids: byte b is id b, merge k is id 256+k)
-    words = [tuple(w.encode('utf-8')) for w in word_counts]
-    counts = list(word_counts.values())
+    words, counts = [tuple(w.encode('utf-8')) for w in word_counts], list(word_counts.values())
     pair_counts = defaultdict(int)  # (a, b) -> how often a is followed by b, over the whole corpus
     where = defaultdict(set)  # (a, b) -> indices of the words that contain it (may hold stale entries)
     for wi, (word, cnt) in enumerate(zip(words, counts)):
@@ -272,10 +268,10 @@ def _from_printable(s):
     return bytes(BYTE_DECODER[c] for c in s)  # a KeyError: s is not in GPT-2's printable byte encoding
 
 def _write_atomic(path, chunks):
-    """Write chunks (bytes, or numpy arrays of ids) to a temporary file next to path, then rename it: a reader never
-    sees half a file, and an error or a kill leaves no partial output. Returns the total length of the chunks."""
+    """Write chunks (bytes, or numpy arrays of ids) to path.tmp, then rename it: a reader never sees half a file, an
+    error leaves no partial output, and the .tmp a kill leaves is replaced by the next write. Returns the length."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp, n = f"{path}.tmp{os.getpid()}", 0
+    tmp, n = f"{path}.tmp", 0
     try:
         with open(tmp, 'wb') as f:
             for chunk in chunks:
@@ -337,8 +333,7 @@ class Tokenizer:
             vocab = {int(i): _from_printable(s) for s, i in json.load(f).items()}
         with open(merges_path, encoding='utf-8') as f:
             lines = [line.rstrip('\n').split(' ') for line in f if line.strip('\n') and not line.startswith('#version')]
-        bad = [' '.join(parts) for parts in lines if len(parts) != 2]
-        if bad:
+        if bad := [' '.join(parts) for parts in lines if len(parts) != 2]:
             raise ValueError(f"{merges_path}: expected two tokens separated by a space, got {bad[0]!r}")
         return cls(vocab, [(_from_printable(a), _from_printable(b)) for a, b in lines], special_tokens)
 
@@ -439,9 +434,8 @@ def encode_file(tokenizer_dir, input_path, output_path, num_workers=None, progre
     global _worker_tokenizer
     t0 = time.time()
     _worker_tokenizer = Tokenizer.from_dir(tokenizer_dir)
-    chunks = _map_file_chunks(_encode_chunk, input_path, num_workers, f'encode {os.path.basename(input_path)}',
-                              progress)
-    n_tokens = _write_atomic(output_path, chunks)
+    n_tokens = _write_atomic(output_path, _map_file_chunks(_encode_chunk, input_path, num_workers,
+                                                           f'encode {os.path.basename(input_path)}', progress))
     return {'n_tokens': n_tokens, 'dtype': token_dtype(_worker_tokenizer.vocab_size),
             'n_bytes': os.path.getsize(input_path), 'time_s': time.time() - t0}
 
@@ -478,12 +472,13 @@ def shared_data(*parts):
     default = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'data')
     return os.path.abspath(os.path.join(os.environ.get('LMSCRATCH_DATA', default), *parts))
 
-def gunzip(path):
-    """path.gz -> path (decompressed once, to a temporary name first); other files are returned as they are."""
-    out = path[:-3] if path.endswith('.gz') else path
-    if out != path and not os.path.exists(out):
+def gunzip(path, out_dir=''):
+    """path.gz -> out_dir/name (default: beside it), through a temporary name; other paths are returned as they are."""
+    out = os.path.join(out_dir or os.path.dirname(path), os.path.basename(path)[:-3]) if path.endswith('.gz') else path
+    if out != path and (not os.path.exists(out) or os.stat(out).st_mtime_ns != os.stat(path).st_mtime_ns):
         with gzip.open(path, 'rb') as src:
             _write_atomic(out, iter(lambda: src.read(1 << 24), b''))  # 16 MB at a time
+        os.utime(out, ns=(time.time_ns(), os.stat(path).st_mtime_ns))  # the .gz's: another mtime = a new .gz
     return out
 
 def download(url, path, timeout=30):
@@ -509,7 +504,8 @@ def text_splits(src_train, src_val, urls, raw_dir, name, fallback, offline=False
     if src_train or src_val:
         if not all(p and os.path.isfile(p) and os.path.getsize(p) for p in (src_train, src_val)):
             raise DataError(f"--src_train={src_train!r} --src_val={src_val!r}: give both, as non-empty text files")
-        return {'train': gunzip(src_train), 'val': gunzip(src_val)}, f"local files {src_train}, {src_val}"
+        return {s: gunzip(p, os.path.join(raw_dir, s)) for s, p in (('train', src_train), ('val', src_val))}, \
+            f"local files {src_train}, {src_val}"  # a .gz is decompressed into raw_dir/<split>/, never beside it
     if not offline:
         try:
             os.makedirs(raw_dir, exist_ok=True)
@@ -540,7 +536,10 @@ def build_token_folder(splits, out_dir, vocab_size, source, tokenizer_dir='', bp
     meta.json: vocab_size, dtype, eot_id, tokenizer_dir, source, meta_extra, splits {docs, bytes, tokens}, val_bytes
     (bits/byte = loss / ln 2 * val_tokens / val_bytes), each step's input fingerprint: a re-run skips what is done."""
     meta_path = os.path.join(out_dir, 'meta.json')
-    old = json.load(open(meta_path)) if os.path.isfile(meta_path) else {}
+    try:
+        old = json.load(open(meta_path))  # what an earlier run did
+    except (OSError, ValueError):  # none, or a broken meta.json: nothing counts as done
+        old = {}
     done, steps = old.get('steps', {}), {}
     # 1) the tokenizer, trained on train text only
     tok_dir = os.path.abspath(tokenizer_dir) if tokenizer_dir else os.path.join(out_dir, 'tokenizer')
@@ -582,9 +581,8 @@ def build_token_folder(splits, out_dir, vocab_size, source, tokenizer_dir='', bp
             meta['splits'][split] = {'bytes': os.path.getsize(x), 'tokens': n}
         write_meta()  # a killed run resumes after the last finished split
     # 3) the summary
-    meta['val_bytes'] = meta['splits']['val']['bytes']
-    meta['bytes_per_token'] = round(meta['splits']['train']['bytes'] / max(1, meta['splits']['train']['tokens']), 4)
-    meta['complete'] = True
+    meta.update(val_bytes=meta['splits']['val']['bytes'], complete=True,
+                bytes_per_token=round(meta['splits']['train']['bytes'] / max(1, meta['splits']['train']['tokens']), 4))
     write_meta()
     print(', '.join(f"{k}.bin: {s['tokens']:,} tokens ({s['bytes']:,} bytes)" for k, s in meta['splits'].items())
           + f"; {meta['bytes_per_token']:.2f} bytes per token, vocab {meta['vocab_size']}, {dtype}, in {out_dir}")
@@ -607,12 +605,14 @@ def main():
     checks = [(num_workers >= 0, f"--num_workers={num_workers}: give 0 (every core) or a number of processes"),
               (os.path.isfile(input) and os.path.getsize(input), f"--input={input!r}: no such file, or empty"),
               (not {os.path.realpath(p) for p in written} & {os.path.realpath(p) for p in inputs},
-               f"the output would overwrite an input ({input}): write elsewhere")]
+               f"the output would overwrite an input ({input}): write elsewhere"),
+              (overwrite or not any(map(os.path.isfile, written)), (f"--output={output!r} exists" if mode == 'encode'
+               else f"--out_dir={out_dir!r} holds a tokenizer") + ": give --overwrite=True to replace it")]
     if mode == 'train':
         checks += [(not os.path.isfile(out_dir), f"--out_dir={out_dir!r} is a file: give a folder for the tokenizer")]
     else:
-        checks += [(os.path.isfile(inputs[2]), f"--tokenizer_dir={tokenizer_dir!r} holds no merges.txt: train one "
-                    f"first with python bpe.py --input=<text> --out_dir=<folder>"),
+        checks += [(all(map(os.path.isfile, inputs[1:3])), f"--tokenizer_dir={tokenizer_dir!r} holds no vocab.json "
+                    f"and merges.txt: train one first with python bpe.py --input=<text> --out_dir=<folder>"),
                    (output and not os.path.isdir(output), f"--output={output!r}: give the token file to write")]
     for ok, msg in checks:
         if not ok:
@@ -629,8 +629,7 @@ def main():
         print(f"summary: {time.time() - t0:.2f}s, longest token {len(longest)} bytes: {longest!r}")
     else:
         s = encode_file(tokenizer_dir, input, output, num_workers)
-        print(f"wrote {output}: {s['n_tokens']:,} {s['dtype']} tokens from {s['n_bytes']:,} bytes in "
-              f"{s['time_s']:.1f}s")
+        print(f"wrote {output}: {s['n_tokens']:,} {s['dtype']} tokens of {s['n_bytes']:,} bytes in {s['time_s']:.1f}s")
 
 if __name__ == '__main__':
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())

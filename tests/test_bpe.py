@@ -4,7 +4,9 @@ Tests of bpe.py: the course's reference merges, tiktoken equality, streaming, sp
     python -m pytest tests/test_bpe.py -v
 """
 import glob
+import gzip
 import json
+import signal
 import os
 import random
 import shutil
@@ -287,6 +289,13 @@ def test_cli_train_and_encode(tmp_path, data_dir):
     assert r.returncode == 0, r.stderr
     tok = bpe.Tokenizer.from_dir(str(tmp_path / 'tok'))
     assert np.fromfile(tmp_path / 'c.bin', dtype=np.uint16).tolist() == tok.encode(open(corpus).read())
+    for args in ([f'--input={corpus}', '--vocab_size=280', f'--out_dir={tmp_path / "tok"}'],  # newuser 11: on request
+                 ['--mode=encode', f'--tokenizer_dir={tmp_path / "tok"}', f'--input={corpus}',
+                  f'--output={tmp_path / "c.bin"}']):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, 'bpe.py'), '--overwrite=True', '--num_workers=1'] + args,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    assert bpe.Tokenizer.from_dir(str(tmp_path / 'tok')).vocab_size == 280
 
 
 def test_copy_alone_trains_from_its_globals(tmp_path):
@@ -309,6 +318,40 @@ def test_copy_alone_trains_from_its_globals(tmp_path):
     r = subprocess.run([sys.executable, '-c', 'import bpe'], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and r.stdout == '' and sorted(os.listdir(tmp_path)) == ['bpe.py', 'text.txt', 'tok']
+
+
+def test_local_gz_is_decompressed_into_raw_dir_not_beside_it(tmp_path):
+    """newuser 1: a local .gz (maybe in the read-only shared data) is decompressed into raw_dir/<split>/, never next
+    to it; a .gz replaced since (another mtime) is decompressed again instead of using the old copy."""
+    src = tmp_path / 'shared'
+    src.mkdir()
+    gz = src / 'docs.txt.gz'
+    gz.write_bytes(gzip.compress(b'old text\n'))
+    splits, _ = bpe.text_splits(str(gz), str(gz), {}, str(tmp_path / 'raw'), 'x', None)
+    assert os.listdir(src) == ['docs.txt.gz']
+    assert splits == {s: str(tmp_path / 'raw' / s / 'docs.txt') for s in ('train', 'val')}
+    assert open(splits['train']).read() == 'old text\n' and not glob.glob(str(tmp_path / 'raw' / '*' / '*.tmp*'))
+    gz.write_bytes(gzip.compress(b'new text\n'))
+    os.utime(gz, ns=(gz.stat().st_atime_ns, gz.stat().st_mtime_ns + 10**9))
+    splits, _ = bpe.text_splits(str(gz), str(gz), {}, str(tmp_path / 'raw'), 'x', None)
+    assert open(splits['val']).read() == 'new text\n' and os.listdir(src) == ['docs.txt.gz']
+
+
+def test_killed_build_leaves_no_temp_file_after_a_rerun(tmp_path):
+    """newuser 12: a prepare killed while writing train.bin leaves a temporary file; the rerun must not keep it."""
+    bpe.save_tokenizer({i: bytes([i]) for i in range(256)}, [], ['<|endoftext|>'], str(tmp_path / 'tok'))
+    docs, out = ['some text %d' % i for i in range(100)], str(tmp_path / 'out')
+    code = (f"import os, signal, sys; sys.path.insert(0, {ROOT!r}); import bpe\n"
+            "def dying(fn, jobs, n, ordered=True):\n"
+            "    yield fn(jobs[0])\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)  # killed with half of train.bin written\n"
+            "bpe.parallel_map = dying\n"
+            f"bpe.build_token_folder({{'train': {docs!r}, 'val': ['v']}}, {out!r}, 300, 's', {str(tmp_path / 'tok')!r},"
+            " progress=False)\n")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL and glob.glob(os.path.join(out, 'train.bin.tmp*')), r.stderr
+    meta = bpe.build_token_folder({'train': docs, 'val': ['v']}, out, 300, 's', str(tmp_path / 'tok'), progress=False)
+    assert meta['complete'] and sorted(os.listdir(out)) == ['meta.json', 'train.bin', 'val.bin']
 
 
 # -----------------------------------------------------------------------------
@@ -372,6 +415,8 @@ def cli_folder(tmp_path):
     (tmp_path / 'text.txt').write_text('hello world, hello there\n' * 50, encoding='utf-8')
     (tmp_path / 'empty.txt').write_text('', encoding='utf-8')
     bpe.save_tokenizer({i: bytes([i]) for i in range(256)}, [], ['<|endoftext|>'], str(tmp_path / 'tok'))
+    (tmp_path / 'half').mkdir()  # a tokenizer folder without its vocab.json
+    (tmp_path / 'half' / 'merges.txt').write_text('', encoding='utf-8')
     return tmp_path
 
 
@@ -384,7 +429,10 @@ BPE_BAD = [  # (arguments, a piece of the one-line message)
     (['--input=text.txt', '--out_dir=text.txt'], 'is a file'),
     (['--input=tok/vocab.json', '--out_dir=tok'], 'would overwrite an input'),
     (['--mode=decode', '--input=text.txt'], "use 'train' or 'encode'"),
-    (['--mode=encode', '--input=text.txt', '--tokenizer_dir=nothing', '--output=o.bin'], 'holds no merges.txt'),
+    (['--mode=encode', '--input=text.txt', '--tokenizer_dir=nothing', '--output=o.bin'], 'and merges.txt'),
+    (['--mode=encode', '--input=text.txt', '--tokenizer_dir=half', '--output=o.bin'], 'holds no vocab.json'),  # 7b
+    (['--input=text.txt', '--out_dir=tok'], '--out_dir=\'tok\' holds a tokenizer: give --overwrite=True'),  # 11
+    (['--mode=encode', '--input=text.txt', '--tokenizer_dir=tok', '--output=empty.txt'], 'give --overwrite=True'),
     (['--mode=encode', '--input=text.txt', '--tokenizer_dir=tok', '--output=text.txt'], 'would overwrite an input'),
     (['--mode=encode', '--input=text.txt', '--tokenizer_dir=tok', '--output=tok/vocab.json'], 'overwrite an input'),
     (['--mode=encode', '--input=text.txt', '--tokenizer_dir=tok'], '--output'),

@@ -465,6 +465,19 @@ def test_changed_setting_is_redone(crawl, cfg, tmp_path):
     assert len(docs) == every['counts']['kept'] and {d['lang'] for d in docs} != {'en'}
 
 
+def test_tokenize_off_removes_the_stale_token_folder(crawl, cfg, tmp_path):
+    """newuser 5: a --tokenize=False run over a tokenized one leaves no train.bin/val.bin/meta.json or tokens/*.bin
+    behind (train.py would train on them, though they no longer match docs/)."""
+    out = str(tmp_path / 'out')
+    cc_filter.run_pipeline(str(crawl / 'a.warc.wet.gz'), out, cfg, num_workers=1, progress=False)
+    assert os.path.exists(os.path.join(out, 'train.bin')) and os.listdir(os.path.join(out, 'tokens'))
+    report = cc_filter.run_pipeline(str(crawl / 'a.warc.wet.gz'), out, dict(cfg, tokenize=False), num_workers=1,
+                                    progress=False)
+    assert report['processed'] == 1 and 'tokens' not in report
+    assert not [n for n in ('train.bin', 'val.bin', 'meta.json') if os.path.exists(os.path.join(out, n))]
+    assert os.listdir(os.path.join(out, 'tokens')) == [] and os.listdir(os.path.join(out, 'docs'))
+
+
 def test_quality_training_is_reproducible(tmp_path):
     """Same data and seed, same model bytes, even trained three times in one process (fastText alone is not)."""
     examples = [('wiki', t) for t in GOOD * 5] + [('cc', t) for t in BAD * 5]

@@ -3,6 +3,7 @@ Tests of data/docs/prepare.py and data/pycode/prepare.py on small corpora made i
 
     python -m pytest tests/test_data.py -v
 """
+import gzip
 import hashlib
 import importlib.util
 import json
@@ -114,6 +115,26 @@ def test_docs_deterministic_and_resumable(tmp_path, docs_src, capsys):
     assert (tmp_path / 'a' / 'val.bin').read_bytes() == val_before and m4['complete']
     assert os.stat(tmp_path / 'a' / 'train.bin').st_mtime_ns == stamp['train.bin']
     assert os.stat(tmp_path / 'a' / 'tokenizer' / 'merges.txt').st_mtime_ns == stamp['tokenizer/merges.txt']
+
+
+def test_docs_rebuilds_over_a_broken_meta_json(tmp_path, docs_src):
+    """newuser 7d: a corrupt meta.json (an earlier run's record) counts as nothing done, not a JSONDecodeError."""
+    kw = dict(vocab_size=300, val_fraction=0.1, seed=1, progress=False)
+    m1 = docs_prep.prepare(docs_src[0], str(tmp_path / 'a'), **kw)
+    (tmp_path / 'a' / 'meta.json').write_text('{"vocab_size": 3', encoding='utf-8')
+    m2 = docs_prep.prepare(docs_src[0], str(tmp_path / 'a'), **kw)
+    assert m2['complete'] and _strip_timing(m2) == _strip_timing(m1)
+    assert json.load(open(tmp_path / 'a' / 'meta.json'))['complete']
+
+
+def test_arith_refuses_a_file_as_out_dir(tmp_path):
+    """newuser 7f: data/arith/prepare.py --out_dir=<a file>: one line, exit 2, the file unchanged."""
+    (tmp_path / 'f').write_text('mine', encoding='utf-8')
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'data', 'arith', 'prepare.py'),
+                        f'--out_dir={tmp_path / "f"}', '--n_train=5', '--n_val=1', '--n_test=1', '--n_gen=1'],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'is a file' in r.stderr, r.stderr
+    assert os.listdir(tmp_path) == ['f'] and (tmp_path / 'f').read_text(encoding='utf-8') == 'mine'
 
 
 def test_docs_bad_input(tmp_path):
@@ -296,6 +317,9 @@ def bad_inputs(tmp_path):
     """A folder with the inputs of the refusals: a corpus, a one-document text, an empty file, a folder of empty .py."""
     (tmp_path / 'corpus.txt').write_text(f'\n{EOT}\n'.join(_make_docs(10)), encoding='utf-8')
     (tmp_path / 'one.txt').write_text('a single document', encoding='utf-8')
+    gz = gzip.compress(f'\n{EOT}\n'.join(_make_docs(10)).encode())
+    (tmp_path / 'cut.txt.gz').write_bytes(gz[:len(gz) // 2])  # an interrupted copy
+    (tmp_path / 'plain.txt.gz').write_text('not gzip', encoding='utf-8')
     (tmp_path / 'empty.txt').write_text('', encoding='utf-8')
     (tmp_path / 'py').mkdir()
     (tmp_path / 'py' / 'empty.py').write_text('', encoding='utf-8')
@@ -312,6 +336,8 @@ PREPARE_BAD = [  # (script, arguments, a piece of the one-line message); out_dir
     ('docs', ['--src=corpus.txt', '--num_workers=-3'], '--num_workers=-3'),
     ('docs', ['--src=corpus.txt', '--out_dir=corpus.txt'], 'is a file'),
     ('docs', ['--src=one.txt'], 'at least 2 documents'),
+    ('docs', ['--src=cut.txt.gz'], 'cut.txt.gz: not a complete gzip file'),  # newuser 7c
+    ('docs', ['--src=plain.txt.gz'], 'plain.txt.gz: not a complete gzip file'),
     ('pycode', ['--src=missing'], 'is not a folder'),
     ('pycode', ['--src=py', '--progress=False'], 'no usable .py file'),  # found after reading: no bars
     ('pycode', ['--src=py', '--max_mb=-1'], '--max_mb=-1'),

@@ -80,8 +80,7 @@ def make_problem(rng, n_steps, max_n):
             traces.append(s[2])
             x = s[3]
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    sentences.append("How many {i} does {n} have now?")
-    question = ' '.join(sentences).replace('{n}', name).replace('{i}', item)
+    question = ' '.join(sentences + ["How many {i} does {n} have now?"]).replace('{n}', name).replace('{i}', item)
     return {'question': question, 'trace': ' '.join(traces), 'answer': str(x)}, tuple(key)
 
 
@@ -138,6 +137,8 @@ def main():
     if max_steps < min_steps:
         die(f"--max_steps={max_steps} must be >= --min_steps={min_steps}")
     d = out_dir or os.path.dirname(os.path.abspath(__file__))
+    if os.path.isfile(d):
+        die(f"--out_dir={d!r} is a file: give a folder for the splits")
     try:
         splits = make_splits(n_train, n_val, n_test, n_gen, seed, min_steps, max_steps, max_number)
     except ValueError as e:
@@ -145,9 +146,8 @@ def main():
     os.makedirs(d, exist_ok=True)
     for name, probs in splits.items():
         write_atomic(os.path.join(d, f'{name}.jsonl'), ''.join(json.dumps(p) + '\n' for p in probs))
-    docs, rng = [], random.Random(seed)
-    for _ in range(pretrain_repeat):
-        docs += rng.sample(splits['train'], len(splits['train']))
+    rng = random.Random(seed)  # each repeat is another shuffle of the training problems
+    docs = [p for _ in range(pretrain_repeat) for p in rng.sample(splits['train'], len(splits['train']))]
     write_atomic(os.path.join(d, 'pretrain.txt'), '\n<|endoftext|>\n'.join(pretrain_text(p) for p in docs))
     print(f"wrote {d}/: " + ', '.join(f"{k}.jsonl ({len(v)})" for k, v in splits.items())
           + f", pretrain.txt ({len(docs)} documents)")

@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import os
 import sys
+import zlib
 
 import numpy as np
 
@@ -45,13 +46,15 @@ def read_documents(path):
     """The documents of a text file (gzip if it ends in .gz), split on '<|endoftext|>', stripped of surrounding
     whitespace, empty ones dropped. Returns (docs, sha1 of the file's bytes)."""
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"source text not found: {path!r}. Give --src=<a .txt or .txt.gz file whose "
-                                f"documents are separated by {bpe.EOT}>, or put the shared data at ../shared/data "
-                                f"(or set LMSCRATCH_DATA)")
+        raise FileNotFoundError(f"source text not found: {path!r}. Give --src=<a .txt or .txt.gz file, documents "
+                                f"separated by {bpe.EOT}>, or put the shared data at ../shared/data or $LMSCRATCH_DATA")
     with open(path, 'rb') as f:
         raw = f.read()
     sha1 = hashlib.sha1(raw).hexdigest()
-    raw = gzip.decompress(raw) if path.endswith('.gz') else raw
+    try:  # a .gz cut short (an interrupted copy or download), corrupt, or not gzip at all: one line, no traceback
+        raw = gzip.decompress(raw) if path.endswith('.gz') else raw
+    except (OSError, EOFError, zlib.error) as e:
+        raise bpe.DataError(f"{path}: not a complete gzip file ({e}): copy or download it again") from None
     text = raw.decode('utf-8', errors='replace')
     if text.count('\ufffd') > raw.count('\ufffd'.encode()):  # degrade loudly: the bad bytes are not silently lost
         print(f"warning: {path} is not valid UTF-8: bad byte sequences became U+FFFD", file=sys.stderr)
