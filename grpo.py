@@ -461,7 +461,6 @@ def main():
     cfg = default_config()
     problem = check_config(cfg) or next(((k, f"{k}={cfg[k]!r} must be {want}") for k, ok, want in (
         ('dtype', dtype in ('bfloat16', 'float32'), 'bfloat16 or float32'),
-        ('device', not device.startswith('cuda') or torch.cuda.is_available(), 'cpu: this machine has no GPU'),
         ('init_from', os.path.isfile(init_from), "an existing checkpoint (sft.py's out-sft/ckpt.pt)"),
         ('train_path', os.path.isfile(train_path), 'an existing JSONL of questions (data/arith/prepare.py)'),
         ('val_path', not val_path or os.path.isfile(val_path), "an existing JSONL (or '' for no validation)"))
@@ -480,9 +479,9 @@ def main():
         val_q = sft.load_problems(val_path, template) if val_path else []
         ctx = policy.config.context_length
         long = [p for p in train_q + val_q if len(tok.encode(p['prompt'])) >= ctx]
-        if not train_q or long:
-            raise ValueError(f"{train_path}: no questions" if not train_q else f"{len(long)} prompts have no room "
-                             f"in the model's context ({ctx} tokens): use a shorter --prompt_template")
+        if long:  # (an empty split is refused by load_problems)
+            raise ValueError(f"{len(long)} prompts have no room in the model's context ({ctx} tokens): use a shorter "
+                             f"--prompt_template")
     except (ValueError, OSError) as e:
         die(str(e))
     print(f"GRPO: {len(train_q)} training questions, {len(val_q)} validation, {loss_type}, "

@@ -154,8 +154,7 @@ def normalize_answer(answer):
     """A final answer as a comparable string (Hendrycks et al.'s MATH normalization, simplified): no \\boxed, \\text,
     $, %, degrees, 'x =', thousands separators, trailing units ('18 apples' -> '18') or spaces; \\frac{a}{b} -> a/b."""
     s = str(answer).strip()
-    boxed = last_boxed(s)
-    s = boxed if boxed is not None else s
+    s = boxed if (boxed := last_boxed(s)) is not None else s
     s = re.sub(r'\\(text|textbf|mbox|mathrm|mathbf)\{([^{}]*)\}', r'\2', s)
     s = re.sub(r'\{,\}|\\[!,;:%$]|\\left|\\right|\\displaystyle|\^\{?\\circ\}?|[$%]', '', s)  # spacing, units, $
     s = s.replace('\\ ', ' ').replace('dfrac', 'frac').replace('tfrac', 'frac').strip().rstrip('.').strip()
@@ -275,8 +274,7 @@ BUILTIN_PROMPTS = {
                "the answer. The reasoning process is enclosed within <think> </think> and answer is enclosed within "
                "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer "
                "here </answer>.\nUser: {question}\nAssistant: <think>",
-    'question_only': '{question}',
-}
+    'question_only': '{question}'}
 
 
 def load_prompt_template(name):
@@ -319,6 +317,8 @@ def load_problems(path, template, shots=()):
             out.append({k: r[k] for k in ('prompt', 'response', 'ground_truth') if k in r})
         else:
             raise ValueError(f"{path}: record {i + 1} needs 'question' + 'answer', or 'prompt' + 'response'")
+    if not out:  # an empty split would train without validation, or report accuracy nan
+        raise ValueError(f"{path}: no problems; give a JSONL of {{question, answer}} (data/arith/prepare.py's splits)")
     return out
 
 
@@ -341,6 +341,9 @@ def byte_tokenizer():
 def load_policy(path, device='cpu', tokenizer_dir=''):
     """(model, tokenizer) from a model.py checkpoint (train.py's or ours). The tokenizer: tokenizer_dir, else the one
     the checkpoint names, else byte-level if it says so (a 257-token vocabulary)."""
+    gpus, dev = torch.cuda.device_count(), str(device)  # as train.py: cpu, or cuda[:N] naming a GPU of this machine
+    if dev != 'cpu' and not (re.fullmatch(r'cuda(:\d+)?', dev) and int(dev[5:] or 0) < gpus):
+        raise ValueError(f"--device={dev!r} must be cpu" + (f" or cuda[:N], N < {gpus}" if gpus else ": no GPU here"))
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=False)
         model = TransformerLM(**ckpt['model_args'])
@@ -359,10 +362,8 @@ def load_policy(path, device='cpu', tokenizer_dir=''):
 def amp(device, dtype='bfloat16'):
     """bf16 autocast on CUDA (weights stay fp32 for the optimizer), off on CPU. NOTE cache_enabled=False: else a CUDA
     graph captured inside (model.py's decode step) keeps reading autocast's cached bf16 weights after the next step."""
-    device = torch.device(device)
-    if device.type == 'cuda' and dtype == 'bfloat16':
-        return torch.autocast('cuda', dtype=torch.bfloat16, cache_enabled=False)
-    return torch.autocast(device.type, enabled=False)
+    kind = torch.device(device).type
+    return torch.autocast(kind, torch.bfloat16, enabled=kind == 'cuda' and dtype == 'bfloat16', cache_enabled=False)
 
 
 def finish(tokenizer, toks, stop=(), min_tokens=0):
@@ -530,7 +531,6 @@ def main():
         ('learning_rate', learning_rate > 0, '> 0'), ('grad_clip', grad_clip >= 0, '>= 0 (0 = off)'),
         ('fewshot', fewshot >= 0, '>= 0'), ('eval_n', eval_n > 0 or eval_n == -1, '> 0 or -1 (all)'),
         ('dtype', dtype in ('bfloat16', 'float32'), 'bfloat16 or float32'),
-        ('device', not device.startswith('cuda') or torch.cuda.is_available(), 'cpu: this machine has no GPU'),
         ('batch_size', batch_size % max(1, gradient_accumulation_steps) == 0, 'a multiple of the accumulation steps'),
         ('init_from', init_from, 'a checkpoint path (train.py writes out/ckpt.pt)'),
         ('train_path', train_path or (mode == 'eval' and not fewshot), 'a JSONL file for --mode=sft and --fewshot'),

@@ -129,7 +129,11 @@ def rundir(run_dir, fresh):
     --fresh (fresh=1) wipes a speedrun folder, never another one; a folder made with other sizes or inputs is
     refused, as is a non-empty folder without config.env."""
     text, path = sys.stdin.read(), os.path.join(run_dir, 'config.env')
-    os.makedirs(run_dir, exist_ok=True)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:  # run_dir (or a folder above it) is a file, or not writable
+        die(f"--run_dir={run_dir}: {'a file, not a folder' if os.path.isfile(run_dir) else e.strerror}: "
+            f"give an empty or new folder")
     if fresh == '1':
         if os.listdir(run_dir) and not os.path.exists(path):
             die(f"--fresh: {run_dir} is not empty and has no config.env: not a speedrun folder, not wiping it")

@@ -108,8 +108,13 @@ def test_dpo_training_prefers_chosen(tmp_path):
 @pytest.mark.parametrize('args,word', [(['--beta=0'], 'beta'), (['--train_path=nope.jsonl'], 'train_path'),
                                        (['--train_path={d}/bad.jsonl'], "missing key(s) ['rejected']"),
                                        (['--out_dir={d}'], 'overwritten'), (['--init_from={d}/small.pt'], 'longer'),
-                                       (['--train_path={d}/wide.jsonl'], 'pair 1 is longer')])
+                                       (['--train_path={d}/wide.jsonl'], 'pair 1 is longer'),
+                                       (['--device=gpu'], "--device='gpu' must be cpu"),  # a typo
+                                       (['--device=cuda'], "--device='cuda' must be cpu"),  # on a CPU machine
+                                       (['--device=cuda:7'], "--device='cuda:7' must be cpu")])  # no such GPU
 def test_cli_refuses_bad_input(tmp_path, args, word):
+    if args[0].startswith('--device=cuda') and torch.cuda.device_count() > int(args[0][14:] or 0):
+        pytest.skip(f'this machine has {args[0][9:]}')
     d = tmp_path / 'in'
     d.mkdir()
     from model import TransformerLM

@@ -293,7 +293,9 @@ BAD = [(['--group_size=3'], 'rollout_batch_size'), (['--loss_type=ppo'], 'loss_t
        (['--learning_rate=0'], 'learning_rate'), (['--train_path=nope.jsonl'], 'train_path'),
        (['--train_path={d}/bad.jsonl'], 'record 2'), (['--init_from={d}/train.jsonl'], 'not a readable'),
        (['--eval_n=0'], 'eval_n'), (['--out_dir={d}/has_ckpt'], 'exists'),
-       ([], 'no room')]  # the default r1_zero prompt is longer than the tiny model's 32-token context
+       ([], 'no room'),  # the default r1_zero prompt is longer than the tiny model's 32-token context
+       (['--val_path={d}/empty.jsonl'], 'empty.jsonl: no problems'),  # not a run without validation
+       (['--train_path={d}/empty.jsonl'], 'empty.jsonl: no problems'), (['--device=gpu'], "--device='gpu' must be")]
 
 
 @pytest.mark.parametrize('args,word', BAD)
@@ -301,6 +303,7 @@ def test_cli_refuses_bad_input(cli_files, tmp_path, args, word):
     d = cli_files
     os.makedirs(d / 'has_ckpt', exist_ok=True)
     (d / 'has_ckpt' / 'ckpt.pt').write_bytes(b'keep')
+    (d / 'empty.jsonl').write_text('')
     base = [f'--init_from={d}/model.pt', f'--train_path={d}/train.jsonl', '--device=cpu', f'--out_dir={tmp_path}/o',
             '--rollout_batch_size=8', '--group_size=4', '--train_batch_size=8', '--gradient_accumulation_steps=1',
             '--sampling_max_tokens=4']

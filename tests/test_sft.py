@@ -521,6 +521,10 @@ BAD = [  # (arguments, a word the one-line message must contain)
     (['--mode=sft', '--train_path={d}/test.jsonl'], 'fit context_length=96'),
     (['--mode=sft', '--train_path={d}/test.jsonl', '--out_dir={d}/has_ckpt'], 'exists'),
     (['--mode=sft', '--train_path={d}/test.jsonl', '--device=cuda:7'], 'device'),
+    (['--mode=eval', '--eval_paths={d}/test.jsonl', '--device=gpu'], "--device='gpu' must be cpu"),  # a typo
+    (['--mode=eval', '--eval_paths={d}/empty.jsonl'], 'empty.jsonl: no problems'),  # not accuracy nan%
+    (['--mode=sft', '--train_path={d}/test.jsonl', '--val_path={d}/empty.jsonl'], 'empty.jsonl: no problems'),
+    (['--mode=sft', '--train_path={d}/empty.jsonl'], 'empty.jsonl: no problems'),
 ]
 
 
@@ -529,6 +533,7 @@ def test_cli_refuses_bad_input(cli_files, tmp_path, args, word):
     d = cli_files
     (d / 'bad.jsonl').write_text('{"question": "1+1", "answer": "2"}\n{oops\n')
     (d / 'empty.pt').write_bytes(b'')
+    (d / 'empty.jsonl').write_text('\n')  # a split with no problems (a blank line only)
     sft.write_jsonl(str(d / 'eval_metrics.jsonl'), [{'question': '1+1', 'answer': '2'}])
     os.makedirs(d / 'has_ckpt', exist_ok=True)
     (d / 'has_ckpt' / 'ckpt.pt').write_bytes(b'keep')

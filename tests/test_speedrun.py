@@ -267,3 +267,16 @@ def test_a_folder_that_is_not_a_run_is_refused_untouched(tmp_path, data_dir):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and 'no config.env' in lines[0], r.stderr
     assert os.listdir(other) == ['notes.txt'] and (other / 'notes.txt').read_text() == 'keep me'
+
+
+@pytest.mark.parametrize('sub', ['', 'below'])
+def test_a_run_dir_that_is_a_file_is_a_one_line_error(tmp_path, data_dir, sub):
+    """--run_dir naming a file (or a folder below a file): exit code 2, one line, the file untouched."""
+    crawl = tmp_path / 'c.warc.gz'
+    crawl.write_bytes(b'x')
+    f = tmp_path / 'afile'
+    f.write_text('keep me')
+    r = speedrun('--tiny', f'--run_dir={f / sub if sub else f}', f'--crawl={crawl}', data_dir=data_dir)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and '--run_dir=' in lines[0], r.stderr
+    assert 'Traceback' not in r.stderr and f.read_text() == 'keep me'
