@@ -46,13 +46,13 @@ DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float32': torch
 # 1) The reference: naive attention, O(T^2) memory
 
 def naive_attention(q, k, v, is_causal=False):
-    """softmax(q k^T / sqrt(d) + mask) v for (..., T, d) inputs; materializes the (T, T) score matrix."""
-    T, d = q.shape[-2], q.shape[-1]
-    s = (q @ k.transpose(-2, -1)) / math.sqrt(d)  # (..., T, T)
-    if is_causal:
-        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)  # True above the diagonal
+    """softmax(q k^T / sqrt(d) + mask) v for q (..., Tq, d), k and v (..., Tk, d); materializes the (Tq, Tk) scores."""
+    Tq, Tk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    s = (q @ k.transpose(-2, -1)) / math.sqrt(d)  # (..., Tq, Tk)
+    if is_causal:  # query i sees keys j <= i
+        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).triu(1)  # True above the diagonal
         s = s.masked_fill(mask, float('-inf'))
-    return torch.softmax(s.float(), dim=-1).to(v.dtype) @ v  # (..., T, d)
+    return torch.softmax(s.float(), dim=-1).to(v.dtype) @ v  # (..., Tq, d)
 
 
 # -----------------------------------------------------------------------------
@@ -66,21 +66,20 @@ def _attn_bwd_recompute(q, k, v, o, L, do, is_causal):
         dV = P^T dO                   dP = dO V^T                   dS = P * (dP - D)
         dQ = dS K / sqrt(d)           dK = dS^T Q / sqrt(d)
     (dS = P * (dP - D) is the softmax Jacobian-vector product: D_i = sum_j P_ij dP_ij = rowsum(dO_i * O_i).)
-    Works on (..., T, d); torch.compile fuses the elementwise parts on the GPU.
+    Works on queries (..., Tq, d) and keys (..., Tk, d); torch.compile fuses the elementwise parts on the GPU.
     """
     dtype = torch.promote_types(q.dtype, torch.float32)  # fp32 math for bf16/fp16, fp64 stays fp64 (gradcheck)
     q, k, v, o, do = (x.to(dtype) for x in (q, k, v, o, do))
     scale = 1.0 / math.sqrt(q.shape[-1])
-    D = (o * do).sum(-1, keepdim=True)  # (..., T, 1)
-    s = (q @ k.transpose(-2, -1)) * scale  # (..., T, T)
-    if is_causal:
-        T = q.shape[-2]
-        idx = torch.arange(T, device=q.device)
-        s = s + torch.where(idx[None, :] > idx[:, None], MASK_VALUE, 0.0).to(dtype)  # -1e6 above the diagonal
-    p = torch.exp(s - L.to(dtype).unsqueeze(-1))  # (..., T, T), rows sum to 1
-    dv = p.transpose(-2, -1) @ do  # (..., T, d)
-    dp = do @ v.transpose(-2, -1)  # (..., T, T)
-    ds = p * (dp - D)  # (..., T, T)
+    D = (o * do).sum(-1, keepdim=True)  # (..., Tq, 1)
+    s = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk)
+    if is_causal:  # query i sees keys j <= i (the course's mask, also when Tq != Tk)
+        rows, cols = torch.arange(q.shape[-2], device=q.device), torch.arange(k.shape[-2], device=q.device)
+        s = s + torch.where(cols[None, :] > rows[:, None], MASK_VALUE, 0.0).to(dtype)  # -1e6 above the diagonal
+    p = torch.exp(s - L.to(dtype).unsqueeze(-1))  # (..., Tq, Tk), rows sum to 1
+    dv = p.transpose(-2, -1) @ do  # (..., Tk, d)
+    dp = do @ v.transpose(-2, -1)  # (..., Tq, Tk)
+    ds = p * (dp - D)  # (..., Tq, Tk)
     dq = (ds @ k) * scale
     dk = (ds.transpose(-2, -1) @ q) * scale
     return dq, dk, dv
@@ -94,14 +93,16 @@ def _attn_bwd_compiled():
 
 class FlashAttentionPytorch(torch.autograd.Function):
     """FlashAttention-2 forward with PyTorch tiles: o = FlashAttentionPytorch.apply(q, k, v, is_causal) for q, k, v
-    of shape (batch, seq, d) (any leading dims work); saves exactly L (batch, n_queries), q, k, v, O (backward)."""
+    of shapes (batch, n_queries, d), (batch, n_keys, d) (any leading dims); saves exactly L (batch, n_queries), q, k, v,
+    O (for the backward)."""
     tile_q = 32  # query tile (B_q in the paper); at least 16 per the course
     tile_k = 32  # key tile (B_k)
 
     @staticmethod
     def forward(ctx, q, k, v, is_causal=False):
-        assert q.shape == k.shape == v.shape, f"q, k, v must have one shape, got {q.shape}, {k.shape}, {v.shape}"
-        T, d = q.shape[-2], q.shape[-1]
+        assert k.shape == v.shape and q.shape[:-2] == k.shape[:-2] and q.shape[-1] == k.shape[-1], \
+            f"q (..., n_queries, d) and k, v (..., n_keys, d) do not match: {q.shape}, {k.shape}, {v.shape}"
+        T, Tk, d = q.shape[-2], k.shape[-2], q.shape[-1]
         Bq, Bk = FlashAttentionPytorch.tile_q, FlashAttentionPytorch.tile_k
         dtype = torch.promote_types(q.dtype, torch.float32)  # accumulate in fp32 (fp64 for gradcheck)
         scale = 1.0 / math.sqrt(d)
@@ -114,7 +115,7 @@ class FlashAttentionPytorch(torch.autograd.Function):
             l = torch.zeros(qi.shape[:-1], dtype=dtype, device=q.device)  # running row sum of exp(s - m)
             acc = torch.zeros(qi.shape, dtype=dtype, device=q.device)  # unnormalized output
             # causal tile skipping: key tiles that start after the last query of this tile are all masked
-            hi = min(i + bq, T) if is_causal else T
+            hi = min(i + bq, Tk) if is_causal else Tk
             for j in range(0, hi, Bk):
                 kj, vj = k[..., j:j + Bk, :].to(dtype), v[..., j:j + Bk, :].to(dtype)  # (..., bk, d)
                 s = (qi @ kj.transpose(-2, -1)) * scale  # (..., bq, bk)

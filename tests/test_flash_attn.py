@@ -75,6 +75,29 @@ def test_pytorch_forward_backward_fp32(causal, T):
     check_fn(FlashAttentionPytorch.apply, (2, T, 16), torch.float32, causal)
 
 
+@pytest.mark.parametrize('causal', [False, True])
+@pytest.mark.parametrize('tq,tk', [(16, 40), (40, 16), (3, 70)])
+def test_pytorch_queries_and_keys_of_other_lengths(causal, tq, tk):
+    """The course's Algorithm 1 takes Q (N_q, d) and K, V (N_k, d): o, L and the gradients against naive attention."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, n, 16, generator=g, dtype=torch.float64) for n in (tq, tk, tk))
+    do = torch.randn(2, tq, 16, generator=g, dtype=torch.float64)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    o = FlashAttentionPytorch.apply(q, k, v, causal)
+    L = o.grad_fn.saved_tensors[0]  # (2, tq): read before backward frees it
+    o.backward(do)
+    q2, k2, v2 = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    o_ref = naive_attention(q2, k2, v2, causal)
+    o_ref.backward(do)
+    s = q2.detach() @ k2.detach().transpose(-2, -1) / 4.0  # sqrt(16)
+    L_ref = torch.logsumexp(s.masked_fill(torch.ones(tq, tk, dtype=torch.bool).triu(1), float('-inf')) if causal
+                            else s, -1)
+    assert o.shape == (2, tq, 16) and o_ref.shape == (2, tq, 16)
+    for got, want, what in ((o, o_ref, 'o'), (L, L_ref, 'L'), (q.grad, q2.grad, 'dq'),
+                            (k.grad, k2.grad, 'dk'), (v.grad, v2.grad, 'dv')):
+        assert_close_rel(got.detach(), want.detach(), 1e-6, what)  # naive_attention's softmax runs in fp32
+
+
 def test_pytorch_bf16_and_saved_tensors():
     q, k, v, do = make_inputs((2, 40, 32), torch.bfloat16)
     o = FlashAttentionPytorch.apply(q, k, v, True)
