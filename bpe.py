@@ -61,9 +61,10 @@ PRETOKEN_RE = regex.compile(SPLIT_PATTERN)
 # Where a text may be cut (into chunks for the workers, or a stream into pieces) without changing any pre-token: a
 # lone '\n' between two printable ASCII characters. It is a whitespace run of its own, and no pre-token extends over
 # it. NOTE the footgun: after '  \n' a cut would change the run: at the end of a chunk `\s+(?!\S)` takes all of
-# '  \n', in the whole text it takes '  ' and leaves '\n'. Hence the printable character before it.
+# '  \n', in the whole text it takes '  ' and leaves '\n'. Hence the printable character before it. In a str (a stream)
+# any non-space will do, which finds cuts in CJK lines too; in bytes only ASCII tells a space from a non-space.
 CUT_PATTERN = r'(?<=[\x21-\x7e])\n(?=[\x21-\x7e])'
-CHUNK_CUT_RE, TEXT_CUT_RE = regex.compile(CUT_PATTERN.encode()), regex.compile(CUT_PATTERN)
+CHUNK_CUT_RE, TEXT_CUT_RE = regex.compile(CUT_PATTERN.encode()), regex.compile(r'(?<=\S)\n(?=\S)')
 CHUNK_BYTES = 4 << 20  # largest chunk a worker reads at once: bounds its memory (tests make it tiny)
 EOT = '<|endoftext|>'  # the document separator of every token folder
 
@@ -395,16 +396,16 @@ class Tokenizer:
 
     def encode_iterable(self, iterable, buffer_chars=1 << 20):
         """Lazily yield the ids of ''.join(iterable) (e.g. an open file), exactly as encode() would, in bounded
-        memory: once the buffer holds buffer_chars, it is encoded up to its last safe cut (CUT_PATTERN, the rule
-        that cuts files for the workers) and the rest waits for more text. Like that rule, it assumes that no
-        special token contains a newline."""
-        buffer = ''
+        memory: once the buffer holds buffer_chars, it is encoded up to its last safe cut (TEXT_CUT_RE) and the rest
+        waits for more text. Only text not yet scanned is searched (a text without cuts stays linear, not quadratic).
+        Like the file cuts, it assumes that no special token contains a newline."""
+        buffer, scanned = '', 0  # buffer[:scanned] holds no cut (its last '\n' may become one when text follows)
         for piece in iterable:
             buffer += piece
             if len(buffer) >= buffer_chars:
-                cut = max((m.end() for m in TEXT_CUT_RE.finditer(buffer)), default=0)
+                cut = max((m.end() for m in TEXT_CUT_RE.finditer(buffer, max(0, scanned - 1))), default=0)
                 yield from self.encode(buffer[:cut])
-                buffer = buffer[cut:]
+                buffer, scanned = buffer[cut:], len(buffer) - cut
         yield from self.encode(buffer)
 
     def decode(self, ids):

@@ -187,6 +187,22 @@ def test_encode_iterable_matches_encode(gpt2, a1_texts):
             assert got == expected, (text[:50], buf, max_len)
 
 
+def test_encode_iterable_streams_lines_that_end_in_non_ascii(gpt2):
+    """Lines ending in '。' (CJK text) still have safe cuts: ids come out long before the stream ends (bounded memory),
+    and they are encode()'s ids."""
+    lines = ['这是第%d个句子。\n' % i for i in range(2000)]
+    consumed = []
+
+    def stream():
+        for i, line in enumerate(lines):
+            consumed.append(i)
+            yield line
+    ids = gpt2.encode_iterable(stream(), buffer_chars=100)
+    first = next(ids)
+    assert len(consumed) < 50, f"the first id came only after {len(consumed)} of {len(lines)} lines"
+    assert [first, *ids] == gpt2.encode(''.join(lines))
+
+
 def test_encode_iterable_over_file(gpt2, data_dir):
     path = os.path.join(data_dir, 'a1', 'tinystories_sample.txt')
     with open(path, encoding='utf-8') as f:
