@@ -253,8 +253,9 @@ class CausalMultiHeadSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, -1, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs), (B, nkv, T, hs) x 2
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:  # positions rotate queries and keys, never values
-            q, k = rope(q, token_positions), rope(k, token_positions)
+        if rope is not None:  # positions rotate queries and keys, never values; per-sequence (B, T) positions
+            pos = token_positions.unsqueeze(-2) if token_positions.dim() > 1 else token_positions  # -> (B, 1, T)
+            q, k = rope(q, pos), rope(k, pos)  # (B, 1, T) broadcasts over the heads, (T,) over everything
 
         if kv_cache is not None:
             # decoding: write this step's keys/values into the cache, attend over the whole (static-size) cache;
@@ -435,8 +436,6 @@ class TransformerLM(nn.Module):
             assert T <= self.config.context_length, \
                 f"Cannot forward a sequence of length {T}: context_length is only {self.config.context_length}"
             token_positions = torch.arange(T, device=idx.device)  # (T,) broadcasts over the batch
-        if self.rope is not None and token_positions.dim() == 2:
-            token_positions = token_positions.unsqueeze(1)  # (B, 1, T): broadcast over heads
         x = self.token_embeddings(idx)  # (B, T, C)
         if self.lowp_residual and torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))

@@ -74,6 +74,19 @@ def test_rope_matches_complex_rotation():
     assert 'cos_cached' not in rope.state_dict()
 
 
+@pytest.mark.parametrize('B', [4, 3])  # 4 = num_heads: (B, T) positions lined up with the heads gave wrong outputs
+def test_attention_takes_per_sequence_positions(B):
+    """The course's adapter passes token_positions (batch, seq) to the attention module itself: row b of the output
+    is the module run on sequence b alone with its own (seq,) positions."""
+    torch.manual_seed(0)
+    cfg = M.ModelConfig(d_model=32, num_heads=4, context_length=32, attn_impl='reference')
+    attn, rope = M.CausalMultiHeadSelfAttention(cfg), M.RotaryPositionalEmbedding(10000.0, 8, max_seq_len=32)
+    x, pos = torch.randn(B, 6, 32), torch.stack([torch.randperm(32)[:6] for _ in range(B)])
+    out = attn(x, rope=rope, token_positions=pos)
+    for b in range(B):
+        torch.testing.assert_close(out[b], attn(x[b:b + 1], rope=rope, token_positions=pos[b])[0])
+
+
 def test_softmax_and_attention_match_torch():
     x = torch.randn(4, 10) * 1000  # large values: must not overflow
     torch.testing.assert_close(M.softmax(x, dim=-1), torch.softmax(x, dim=-1))
