@@ -142,8 +142,9 @@ def _count_chunk(job):
 
 def _check_special_tokens(special_tokens):
     special_tokens = list(special_tokens or [])
-    if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) < len(special_tokens):
-        raise ValueError(f"special tokens must be distinct non-empty strings, got {special_tokens!r}")
+    ok = all(isinstance(s, str) and s and '\n' not in s for s in special_tokens)  # files are cut at newlines
+    if not ok or len(set(special_tokens)) < len(special_tokens):
+        raise ValueError(f"special tokens must be distinct non-empty strings without a newline, got {special_tokens!r}")
     return special_tokens
 
 def count_pretokens(input_path, special_tokens=(), num_workers=None, progress=True):
@@ -398,7 +399,7 @@ class Tokenizer:
         """Lazily yield the ids of ''.join(iterable) (e.g. an open file), exactly as encode() would, in bounded
         memory: once the buffer holds buffer_chars, it is encoded up to its last safe cut (TEXT_CUT_RE) and the rest
         waits for more text. Only text not yet scanned is searched (a text without cuts stays linear, not quadratic).
-        Like the file cuts, it assumes that no special token contains a newline."""
+        Like the file cuts, it needs special tokens without a newline (the constructor refuses others)."""
         buffer, scanned = '', 0  # buffer[:scanned] holds no cut (its last '\n' may become one when text follows)
         for piece in iterable:
             buffer += piece

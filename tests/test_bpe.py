@@ -384,6 +384,8 @@ def test_bad_input(tmp_path, gpt2):
         bpe.train_bpe(str(p), 300, [''])
     with pytest.raises(ValueError, match='non-empty'):
         bpe.Tokenizer(gpt2.vocab, [], [''])
+    with pytest.raises(ValueError, match='without a newline'):  # a chunk cut at its newline would split it
+        bpe.train_bpe(str(p), 300, ['<|a\nb|>'])
     with pytest.raises(ValueError, match='cannot decode id 50257'):
         gpt2.decode([1, 50257])
     with pytest.raises(ValueError, match='cannot decode id -1'):
