@@ -643,8 +643,8 @@ def run_pipeline(inputs, out_dir, cfg=None, engine='local', num_workers=0, ray_a
     todo = [p for p in paths if done_marker(p, out_dir, cfg)[2] is None]
     # an interrupted run's temp files (<output>.tmp.<pid>) are garbage; so is a stale token folder if tokenize is off
     for g in ['*/*.tmp.*'] + ([] if cfg['tokenize'] else ['tokens/*.bin', 'train.bin', 'val.bin', 'meta.json']):
-        for tmp in glob.glob(os.path.join(glob.escape(out_dir), g)):
-            os.remove(tmp)
+        for stale in glob.glob(os.path.join(glob.escape(out_dir), g)):
+            os.remove(stale)
     bar = tqdm(total=len(paths), initial=len(paths) - len(todo), unit='file', desc=f'cc_filter ({engine})',
                disable=not progress)
     t0, kept = time.time(), Counter()
