@@ -8,7 +8,7 @@ and the running sum l of exp(s - m), and rescales what it accumulated by exp(m_o
 O = acc / l at the end, and only O and the logsumexp L = m + log(l) are saved. Algorithm 2 (backward) recomputes
 P = exp(S - L) tile by tile from Q, K and L instead of storing it. Top to bottom: 1) naive_attention, the
 reference; 2) FlashAttentionPytorch, Algorithm 1 in PyTorch; 3) the Triton forward; 4) the Triton backward;
-5) FlashAttentionTriton and flash_attention(q, k, v) for model.py; 6) the command. Hopper: flash_attn_hopper.py.
+5) FlashAttentionTriton and flash_attention(q, k, v) for model.py; 6) the command.
 
   python flash_attn.py                       # check both paths against naive attention on this device
   TRITON_INTERPRET=1 python flash_attn.py    # the same on CPU, the Triton kernels through Triton's interpreter

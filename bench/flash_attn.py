@@ -5,18 +5,14 @@ bench/flash_attn.py: flash_attn.py's Triton FlashAttention-2 timed against the r
     python bench/flash_attn.py --sweep=small      # a reduced sweep (d 64/128, seq 1k/16k; under a minute)
     python bench/flash_attn.py --sweep=none       # the leaderboard setting only
     python bench/flash_attn.py --mode=tune        # time candidate tile configs per head dim -> flash_attn_tune.md
-    python bench/flash_attn.py --hopper=False     # without flash_attn_hopper.py's Gluon forward (timed on Hopper)
 
 The leaderboard setting is the course's: q, k, v (16, 16384, 64) bf16, causal, the callable in torch.compile,
 fwd+bwd, `do_bench(rep=10000, warmup=1000)`, against SDPA's cuDNN and FlashAttention-2 backends, FlexAttention and
 naive attention in the same run. The sweep is the course's too: seq 128..65536, d 16..128, bf16/fp32, fwd / bwd /
 fwd+bwd, in ms and TFLOP/s, with a plot. Needs a CUDA GPU. The tuner prints the winners; copy them into
-flash_attn.py's CONFIGS by hand. On a Hopper GPU the leaderboard table also has flash_attn_hopper.py's Gluon forward
-(with flash_attn.py's backward): checked against naive attention in a child process first, so that a hang or a crash
-of the new kernel costs one 'failed' row, not the run; then timed in this process beside the others.
+flash_attn.py's CONFIGS by hand.
 """
 import os
-import subprocess
 import sys
 import time
 
@@ -37,8 +33,6 @@ leaderboard_warmup = 1000  # do_bench warmup (ms) for the leaderboard setting (t
 sweep_rep = 30  # do_bench rep (ms) per sweep point (keeps the 720-point sweep to a few minutes)
 tune_budget_s = 120.0  # wall-clock budget of --mode=tune, seconds
 tune_cases = 'all'  # 'all': every head dim and dtype | 'leaderboard': only bf16 d=64 at the leaderboard shape
-hopper = True  # on Hopper GPUs also flash_attn_hopper.py's Gluon forward (issue 34; checked first, see above)
-hopper_timeout_s = 240  # limit of that check's child process (8 small cases and one large forward): past it, a hang
 out_dir = 'results'  # where the tables and plots go
 seed = 1337  # random inputs
 # -----------------------------------------------------------------------------
@@ -89,44 +83,6 @@ def _sdpa_backend_fn(backend):
     return fn
 
 
-# flash_attn_hopper.py's kernel on this GPU, in a child process: outputs and gradients against naive attention in
-# float64 (d 64 and 128, bf16 and fp16, causal and not), then the forward at the leaderboard shape against flash_attn.py
-HOPPER_CHECK = """
-import torch, flash_attn, flash_attn_hopper as hopper
-rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()
-x = torch.zeros(1, hopper.BLOCK_M, 64, device='cuda', dtype=torch.bfloat16)
-assert hopper.supported(x, x, x), 'flash_attn_hopper.supported() is False here'
-for d in (64, 128):
-    for dtype in (torch.bfloat16, torch.float16):
-        for causal in (False, True):
-            q, k, v, do = (torch.randn(2, 4, 1024, d, device='cuda', dtype=dtype) for _ in range(4))
-            ins, ref = [t.clone().requires_grad_() for t in (q, k, v)], [t.double().requires_grad_() for t in (q, k, v)]
-            o, o_ref = hopper.FlashAttentionHopper.apply(*ins, causal), flash_attn.naive_attention(*ref, causal)
-            o.backward(do)
-            o_ref.backward(do.double())
-            errs = [rel(o.detach(), o_ref.detach())] + [rel(a.grad, b.grad) for a, b in zip(ins, ref)]
-            assert max(errs) < flash_attn.TOL[dtype], f"d={d} {dtype} causal={causal}: o, dq, dk, dv errors {errs}"
-q, k, v = (torch.randn(16, 16384, 64, device='cuda', dtype=torch.bfloat16) for _ in range(3))
-(o, L), (o_ref, L_ref) = hopper.hopper_fwd(q, k, v, True), flash_attn.flash_fwd(q, k, v, True)
-assert rel(o, o_ref) < 1e-2 and rel(L, L_ref) < 1e-4, f"leaderboard shape: o {rel(o, o_ref)}, L {rel(L, L_ref)}"
-print('ok')
-"""
-
-
-def _check_hopper():
-    """None if flash_attn_hopper.py's kernel passes HOPPER_CHECK in a child process, else why not (one line)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        r = subprocess.run([sys.executable, '-c', HOPPER_CHECK], cwd=root, capture_output=True, text=True,
-                           timeout=hopper_timeout_s)
-    except subprocess.TimeoutExpired:
-        return f"hung (no result in {hopper_timeout_s} s)"
-    if r.returncode == 0 and r.stdout.strip().endswith('ok'):
-        return None
-    last = [line for line in (r.stderr + r.stdout).splitlines() if line.strip()] or [f"exit code {r.returncode}"]
-    return last[-1][:200].replace('|', '/')  # one line that fits a Markdown table cell
-
-
 def run_leaderboard(rep, warmup):
     """The course leaderboard setting: (16, 16384, 64) bf16 causal, compiled, fwd+bwd; every reference side by side."""
     from torch.nn.attention import SDPBackend
@@ -157,15 +113,6 @@ def run_leaderboard(rep, warmup):
     ]
     alone = [('flash_attn.py Triton', lambda q, k, v: FlashAttentionTriton.apply(q, k, v, True), 3),
              ('SDPA cuDNN backend', _sdpa_backend_fn(SDPBackend.CUDNN_ATTENTION), 4)]
-    hopper_failed = None  # why flash_attn_hopper.py's kernel was not timed, if it was not
-    if hopper and torch.cuda.get_device_capability()[0] >= 9:
-        hopper_failed = _check_hopper()
-        print(f"flash_attn_hopper.py check: {hopper_failed or 'ok'}")
-        if hopper_failed is None:
-            from flash_attn_hopper import FlashAttentionHopper
-            gluon_fn = lambda q, k, v: FlashAttentionHopper.apply(q, k, v, True)  # noqa: E731
-            impls.insert(3, ('flash_attn_hopper.py Gluon fwd + Triton bwd, 3-D', lambda: gluon_fn, 3))
-            alone.append(('flash_attn_hopper.py Gluon fwd + Triton bwd', gluon_fn, 3))
     ref = None
     for name, make, ndim in impls:
         q, k, v = (q3, k3, v3) if ndim == 3 else (q4, k4, v4)
@@ -204,8 +151,6 @@ def run_leaderboard(rep, warmup):
                 ms = None
             rows.append((f"{name}, {which} only (eager)", ms, float('nan')))
             print(f"leaderboard {rows[-1][0]:50s} {_fmt_ms(ms):>9} ms")
-    if hopper_failed:  # a row that says why, in place of its timings
-        rows.append(('flash_attn_hopper.py Gluon fwd + Triton bwd', f"failed: {hopper_failed}", float('nan')))
     return rows
 
 
@@ -454,7 +399,7 @@ def main():
         die(f"--sweep={sweep!r}: use 'full', 'small' or 'none'")
     if tune_cases not in ('all', 'leaderboard'):
         die(f"--tune_cases={tune_cases!r}: use 'all' or 'leaderboard'")
-    for key in ('leaderboard_rep', 'leaderboard_warmup', 'sweep_rep', 'tune_budget_s', 'hopper_timeout_s'):
+    for key in ('leaderboard_rep', 'leaderboard_warmup', 'sweep_rep', 'tune_budget_s'):
         if globals()[key] <= 0:
             die(f"--{key}={globals()[key]}: must be positive")
     if mode == 'bench' and not leaderboard and sweep == 'none':
