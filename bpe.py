@@ -332,7 +332,10 @@ class Tokenizer:
     def from_files(cls, vocab_path, merges_path, special_tokens=None):
         """Load vocab.json + merges.txt in GPT-2's format (ours or GPT-2's own; '#version' lines skipped)."""
         with open(vocab_path, encoding='utf-8') as f:
-            vocab = {int(i): _from_printable(s) for s, i in json.load(f).items()}
+            try:  # a truncated or hand-edited file: name it, not json's line and column alone
+                vocab = {int(i): _from_printable(s) for s, i in json.load(f).items()}
+            except (ValueError, AttributeError, TypeError) as e:
+                raise ValueError(f"{vocab_path} is not a token -> id map ({e}): train the tokenizer again") from None
         with open(merges_path, encoding='utf-8') as f:
             lines = [line.rstrip('\n').split(' ') for line in f if line.strip('\n') and not line.startswith('#version')]
         if bad := [' '.join(parts) for parts in lines if len(parts) != 2]:
@@ -630,6 +633,10 @@ def main():
         print(f"wrote {out_dir}/vocab.json, merges.txt, special_tokens.json: vocab {len(vocab)}, {len(merges)} merges")
         print(f"summary: {time.time() - t0:.2f}s, longest token {len(longest)} bytes: {longest!r}")
     else:
+        try:  # a corrupt vocab.json or merges.txt: one line, before any work
+            Tokenizer.from_dir(tokenizer_dir)
+        except ValueError as e:
+            die(e)
         s = encode_file(tokenizer_dir, input, output, num_workers)
         print(f"wrote {output}: {s['n_tokens']:,} {s['dtype']} tokens of {s['n_bytes']:,} bytes in {s['time_s']:.1f}s")
 

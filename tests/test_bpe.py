@@ -435,6 +435,8 @@ def cli_folder(tmp_path):
     bpe.save_tokenizer({i: bytes([i]) for i in range(256)}, [], ['<|endoftext|>'], str(tmp_path / 'tok'))
     (tmp_path / 'half').mkdir()  # a tokenizer folder without its vocab.json
     (tmp_path / 'half' / 'merges.txt').write_text('', encoding='utf-8')
+    bpe.save_tokenizer({i: bytes([i]) for i in range(256)}, [], [], str(tmp_path / 'cut'))
+    (tmp_path / 'cut' / 'vocab.json').write_text('{"a": 0, "b', encoding='utf-8')  # truncated
     return tmp_path
 
 
@@ -454,6 +456,7 @@ BPE_BAD = [  # (arguments, a piece of the one-line message)
     (['--mode=encode', '--input=text.txt', '--tokenizer_dir=tok', '--output=text.txt'], 'would overwrite an input'),
     (['--mode=encode', '--input=text.txt', '--tokenizer_dir=tok', '--output=tok/vocab.json'], 'overwrite an input'),
     (['--mode=encode', '--input=text.txt', '--tokenizer_dir=tok'], '--output'),
+    (['--mode=encode', '--input=text.txt', '--tokenizer_dir=cut', '--output=o.bin'], 'is not a token -> id map'),
 ]
 
 
