@@ -75,6 +75,11 @@ def check_runs(runs, where='runs'):
             v = r[k]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"{where}: run #{i} has {k}={v!r}; it must be a positive finite number")
+        v = r.get('tokens')  # optional: the run's real token count (group_by_budget uses it as D)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                              or v <= 0):
+            raise ValueError(f"{where}: run #{i} has tokens={v!r}; it must be a positive finite number "
+                             f"(or leave the key out: D = C / (6 N))")
     return runs
 
 
@@ -283,6 +288,10 @@ def analyze(runs, extrapolate=(1e23, 1e24), n_boot=1000, delta=1e-3, seed=0):
     L = np.concatenate([g[1] for g in groups.values()])
     D = np.concatenate([g[2] for g in groups.values()])
     par = parametric_with_ci(N, D, L, delta, extrapolate, max(n_boot // 10, 0), rng)
+    if not (par['alpha'] > 1e-6 and par['beta'] > 1e-6 and par['A'] > 0 and par['B'] > 0):
+        raise ValueError(f"the parametric fit L(N,D) = E + A/N^alpha + B/D^beta gave alpha={par['alpha']:.3g}, "
+                         f"beta={par['beta']:.3g}, A={par['A']:.3g}, B={par['B']:.3g}: the loss does not fall with "
+                         f"both N and D, so there is no compute-optimal frontier; check the runs' final_loss")
     pred = parametric_loss(par, N, D)
     par['rmse'] = float(np.sqrt(np.mean((pred - L) ** 2)))
     par['mean_abs_rel_err'] = float(np.mean(np.abs(pred - L) / L))
@@ -304,9 +313,13 @@ def print_summary(s):
     """One line per method: the exponents with their intervals and the extrapolated N_opt."""
     for method in ('argmin', 'parabola'):
         fN, fD = s['power_laws'][method]['N_opt'], s['power_laws'][method]['D_opt']
-        pred = ', '.join(f"N_opt({c})={v:.3g}" for c, v in fN['predict'].items())
+        pred = ', '.join(f"N_opt({c})={v:.3g}, D_opt({c})={fD['predict'][c]:.3g}" for c, v in fN['predict'].items())
         print(f"{method:9s}: N_opt ~ C^{fN['exponent']:.3f}{ci_text(fN.get('exponent_ci'))}, "
               f"D_opt ~ C^{fD['exponent']:.3f}{ci_text(fD.get('exponent_ci'))}; {pred}")
+    edge = [f"{r['C']:.3g}" for r in s['optima']['argmin'] if r['at_edge']]
+    if edge:  # the curve's minimum is not bracketed: its true N_opt lies beyond the sizes that were run
+        print(f"note: at C = {', '.join(edge)} the best run is the smallest or largest size of its curve; "
+              f"add sizes beyond it")
     p = s['parametric']
     pred = ', '.join(f"N_opt({c})={v['N_opt']:.3g} loss {v['loss']:.3f}" for c, v in p['predict'].items())
     print(f"parametric: E={p['E']:.3f} A={p['A']:.4g} B={p['B']:.4g} alpha={p['alpha']:.3f} beta={p['beta']:.3f} "
@@ -351,10 +364,19 @@ def main():
     if targets:
         print(f"leaving out {len(targets)} target run(s) of {path}")
         runs = [r for r in runs if r.get('role') != 'target']
-    if len(group_by_budget(runs)) < 2:
+    groups = group_by_budget(runs)
+    if len(groups) < 2:
         die(f"{path}: every run has the same compute_budget; a scaling law needs runs at 2 or more budgets")
+    few = [f"{C:.3g}" for C, (N, _, _) in groups.items() if len(np.unique(N)) < 3]
+    if few:
+        die(f"{path}: compute_budget {', '.join(few)} has fewer than 3 model sizes: an IsoFLOP curve needs 3 or "
+            f"more (sizes around its minimum) to have a minimum; add runs there or leave that budget out")
     # 3) fit and print
-    print_summary(analyze(runs, extrapolate_to, n_bootstrap, huber_delta, seed))
+    try:
+        s = analyze(runs, extrapolate_to, n_bootstrap, huber_delta, seed)
+    except ValueError as e:
+        die(f"{path}: {e}")
+    print_summary(s)
 
 
 if __name__ == '__main__':

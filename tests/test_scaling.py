@@ -121,6 +121,7 @@ def test_analyze_command_prints_the_fits(tmp_path, data_dir):
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert 'parabola' in p.stdout and 'parametric' in p.stdout and 'N_opt(1e+23)' in p.stdout
+    assert 'D_opt(1e+23)=2.38e+11' in p.stdout  # the handout's second question: the forks' 2.38e11 tokens
     assert os.listdir(tmp_path) == []
 
 
@@ -383,10 +384,19 @@ def _write_runs(path, budgets=(1e18, 3e18)):
     ('--input=one_budget.json', '2 or more budgets'),
     ('--input=.', '.'),
     ('--n_bootstrap=many', 'n_bootstrap'),
+    ('--input=one_run.json', 'compute_budget 3e+18 has fewer than 3 model sizes'),
+    ('--input=bad_tokens.json', 'tokens=-5'),
+    ('--input=flat_in_d.json', 'no compute-optimal frontier'),
 ])
 def test_scaling_refuses_bad_config(tmp_path, args, needle):
     (tmp_path / 'bad.json').write_text('[{"parameters": 1e6,')
     _write_runs(tmp_path / 'one_budget.json', budgets=(1e18,))
+    runs = json.loads(_write_runs(tmp_path / 'one_run.json'))  # a budget with one run has no IsoFLOP minimum
+    (tmp_path / 'one_run.json').write_text(json.dumps(runs[:4]))
+    (tmp_path / 'bad_tokens.json').write_text(json.dumps([dict(runs[0], tokens=-5)] + runs[1:]))
+    flat = [dict(parameters=n, compute_budget=c, final_loss=3.0)  # the same loss everywhere: no frontier
+            for c in (1e18, 3e18, 1e19) for n in (1e6, 2e6, 4e6, 8e6)]
+    (tmp_path / 'flat_in_d.json').write_text(json.dumps(flat))
     before = sorted(os.listdir(tmp_path))
     _refused('scaling.py', args.split(), tmp_path, needle)
     assert sorted(os.listdir(tmp_path)) == before
@@ -444,3 +454,11 @@ def test_bench_scaling_refuses_a_broken_sweep_cache(tmp_path):
                                   f'--out_dir={tmp_path / "out"}'], tmp_path, '--sweep_json')
     assert (tmp_path / 'cache.json').read_text() == '[{"parameters": 1e6'
     assert {p: os.path.getmtime(os.path.join(tmp_path, p)) for p in os.listdir(tmp_path)} == before
+
+
+def test_summary_notes_a_minimum_at_the_edge_of_its_curve(capsys):
+    """A budget whose best run is its largest model: its N_opt lies beyond the sizes run, and the summary says so."""
+    runs = [dict(parameters=n, compute_budget=c, final_loss=3.0 + 0.1 * abs(math.log(n / (2e6 if c < 2e18 else 9e6))))
+            for c in (1e18, 3e18) for n in (1e6, 2e6, 4e6)]
+    scaling.print_summary(scaling.analyze(runs, n_boot=0))
+    assert 'note: at C = 3e+18 the best run is the smallest or largest size' in capsys.readouterr().out
