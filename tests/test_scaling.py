@@ -458,7 +458,8 @@ def test_bench_scaling_refuses_a_broken_sweep_cache(tmp_path):
 
 def test_summary_notes_a_minimum_at_the_edge_of_its_curve(capsys):
     """A budget whose best run is its largest model: its N_opt lies beyond the sizes run, and the summary says so."""
-    runs = [dict(parameters=n, compute_budget=c, final_loss=3.0 + 0.1 * abs(math.log(n / (2e6 if c < 2e18 else 9e6))))
-            for c in (1e18, 3e18) for n in (1e6, 2e6, 4e6)]
+    loss = lambda n, c: 1.7 + 400 / n ** 0.34 + 410 / (c / 6 / n) ** 0.28  # a Chinchilla-like L(N, D = C / 6N)
+    sizes = {1e17: (1e7, 3e7, 9e7), 1e18: (3e7, 9e7, 2.7e8), 1e19: (3e7, 6e7, 1.2e8)}  # 1e19: all below N_opt
+    runs = [dict(parameters=n, compute_budget=c, final_loss=loss(n, c)) for c, ns in sizes.items() for n in ns]
     scaling.print_summary(scaling.analyze(runs, n_boot=0))
-    assert 'note: at C = 3e+18 the best run is the smallest or largest size' in capsys.readouterr().out
+    assert 'note: at C = 1e+19 the best run is the smallest or largest size' in capsys.readouterr().out
