@@ -48,15 +48,15 @@ seed = 1337  # bootstrap seed
 
 def load_runs(path):
     """Read a JSON list of runs {parameters, compute_budget, final_loss} (extra keys are kept) and check it."""
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"runs file {path!r} not found: give --input=<JSON list of "
                                 f"{{parameters, compute_budget, final_loss}}> (the course's is "
                                 f"../shared/data/a3/isoflops_curves.json)")
     with open(path, encoding='utf-8') as f:
         try:
             runs = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a truncated file, or not text at all
+            raise ValueError(f"{path}: not valid UTF-8 JSON ({e}): give the runs file") from None
     return check_runs(runs, path)
 
 

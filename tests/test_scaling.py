@@ -97,11 +97,12 @@ def test_course_data_argmin_and_parabola_agree(data_dir):
     ('[{"parameters": 1e6, "compute_budget": 0, "final_loss": 3.0}]', 'positive finite'),
     ('[{"parameters": 1e6, "compute_budget": 1e18, "final_loss": "3.0"}]', 'positive finite'),
     ('[1, 2]', 'expected an object'),
-    ('[{"parameters": 1e6,', 'not valid JSON'),
+    ('[{"parameters": 1e6,', 'not valid UTF-8 JSON'),
+    (b'\xff\xfe[]', 'not valid UTF-8 JSON'),
 ])
 def test_bad_json_gives_clear_error(tmp_path, bad, msg):
     path = tmp_path / 'runs.json'
-    path.write_text(bad)
+    path.write_bytes(bad) if isinstance(bad, bytes) else path.write_text(bad)
     with pytest.raises(ValueError, match=msg):
         scaling.load_runs(str(path))
 
@@ -380,7 +381,7 @@ def _write_runs(path, budgets=(1e18, 3e18)):
     ('--huber_delta=0', '--huber_delta'),
     ('--extrapolate_to=(0,)', '--extrapolate_to'),
     ('--input=missing.json', 'missing.json'),
-    ('--input=bad.json', 'not valid JSON'),
+    ('--input=bad.json', 'not valid UTF-8 JSON'),
     ('--input=one_budget.json', '2 or more budgets'),
     ('--input=.', '.'),
     ('--n_bootstrap=many', 'n_bootstrap'),
