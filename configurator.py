@@ -18,7 +18,7 @@ which, when the script is the program being run (`__name__ == "__main__"`), read
 - An unknown key is an error that lists the closest existing keys.
 - `--help` prints every key, its default and the comment written next to it in the script.
 
-When the script is imported as a library (tests, scaling.py calling train.py) nothing is parsed:
+When the script is imported as a library (tests, bench scripts) nothing is parsed:
 the globals keep their defaults and the caller passes its own values to the script's functions.
 
 Why exec and not argparse: every config key is a global defined once, next to its comment, at the

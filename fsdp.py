@@ -10,13 +10,13 @@ al. 2020; Zhao et al. 2023, "PyTorch FSDP", https://arxiv.org/abs/2304.11277) sh
     every parameter is replaced by its fp32 shard, 1/N of its rows (FSDP2's Shard(0)), which the optimizer updates;
   - before a unit's forward, its shards are cast to bf16 and all-gathered into full tensors the module computes
     with; after it, they are freed. Before the unit's backward they are gathered again (autograd saved views);
-  - each bf16 gradient is reduce-scattered: each rank receives the sum over ranks of its own rows, which it averages
-    and accumulates in fp32 into its shard's .grad;
+  - each bf16 gradient, divided by N first, is reduce-scattered: each rank receives the mean over ranks of its own
+    rows and accumulates it in fp32 into its shard's .grad;
   - while unit i computes, unit i+1's all-gather is already in flight (prefetch, forward and backward).
 
 Per rank: 16P/N bytes of states plus at most two gathered units in bf16 (plus activations), for three collectives
 per parameter per step (all-gather twice, reduce-scatter; FSDP2 packs a unit's into one of each) instead of DDP's
-one all-reduce (itself a reduce-scatter plus an all-gather: FSDP moves 1.5x DDP's bytes).
+one all-reduce (a reduce-scatter plus an all-gather: FSDP moves 1.5x DDP's bytes at equal precision).
 
 Usage (train.py --fsdp=True does this):
     model = FSDP(TransformerLM(...).to(device))            # every rank; rank 0's weights win
@@ -382,7 +382,7 @@ def calculator_report(d_model, d_ff, num_blocks, device_memory_gb, tokens_per_de
         "(b) sharded over N (states fully, half of the activations): memory per device = 16P/N + A/2 + A/(2N)",
         f"    to fit {device_memory_gb:g} GB per device"
         + (f" with {tokens_per_device:,} tokens of activations" if tokens_per_device else ' (states only, A = 0)')
-        + (f": N_FSDP >= {r['n_fsdp_needed']} (16P/N = {r['per_device_bytes'](r['n_fsdp_needed']) / GB:.1f} GB)"
+        + (f": N_FSDP >= {r['n_fsdp_needed']} ({r['per_device_bytes'](r['n_fsdp_needed']) / GB:.1f} GB per device)"
            if r['n_fsdp_needed'] else ': impossible, half the activations alone exceed the device'),
         f"(c) mesh X = {X} (FSDP, M_X = {M_X}) x Y = {Y} (TP, M_Y = {M_Y}), W_ici = {W_ici:.3g} B/s, "
         f"C = {C_flops:.3g} FLOP/s:",

@@ -15,7 +15,8 @@ What this file teaches (CS336 assignment 5, second half):
 grpo.py uses only sft.py's public functions (grader, log-probs, generation, checkpoints). The demo with the course's
 ablations, the learning-rate sweep on the validation split and the plots are in bench/grpo.py.
 
-Run (one CPU or one GPU; off-policy: --loss_type=grpo_clip --epochs_per_rollout_batch=4 --train_batch_size=64):
+Run (one CPU or one GPU; off-policy: --loss_type=grpo_clip --epochs_per_rollout_batch=4 --train_batch_size=64
+--gradient_accumulation_steps=32):
     python grpo.py --init_from=out-sft/ckpt.pt --train_path=task/train.jsonl --val_path=task/val.jsonl
 then report the test split once: python sft.py --mode=eval --init_from=out-grpo/ckpt.pt --eval_paths=task/test.jsonl
 """
@@ -239,8 +240,8 @@ def grpo_microbatch_train_step(policy_log_probs, response_mask, gradient_accumul
 def grpo_lr(step, learning_rate, warmup_steps):
     """Learning rate at GRPO step `step` (0-based): linear warm-up to learning_rate over warmup_steps, then constant.
     Why warm up: Adam's first updates are full-size (m / sqrt(v) is about +-1 for every weight, whatever the
-    gradient's scale), and policy gradients from a few hundred rollouts are noisy; at lr 1e-4 the speedrun's
-    SFT policy lost half its accuracy in the first ~10 GRPO steps before RL recovered it (results/speedrun_gpu.md)."""
+    gradient's scale), and policy gradients from a few hundred rollouts are noisy: without warm-up a good SFT policy
+    can lose much of its accuracy in the first GRPO steps before RL recovers it (results/speedrun_gpu.md)."""
     if warmup_steps <= 0:
         return learning_rate
     return learning_rate * min(1.0, (step + 1) / warmup_steps)

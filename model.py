@@ -425,8 +425,8 @@ class TransformerLM(nn.Module):
         self._graphs = {}  # CUDA graphs of the decode step, see _decode_step
 
     def forward(self, idx, targets=None, kv_cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size). With targets (B, T): the mean cross-entropy loss instead,
-        in the same (compiled) graph, so that the large (B, T, V) logits are never upcast to float32 in memory.
+        """idx (B, T) token ids -> logits (B, T, vocab_size). With targets (B, T): the mean cross-entropy loss instead
+        (CUDA + fused_loss: FusedLinearCrossEntropy, which never upcasts the (B, T, V) logits; else F.cross_entropy).
         With kv_cache: the tokens continue the cached sequences (see KVCache) and the cache advances by T."""
         B, T = idx.shape
         mask = None
@@ -505,7 +505,7 @@ class TransformerLM(nn.Module):
         """One token per row: tok (B,) -> logits (B, V). On CUDA the step is captured once in a CUDA graph and
         replayed: the ~40 small kernels per layer launch as one graph (no Python, no per-kernel launch cost), which
         is what makes small-batch decoding fast. compile=True first fuses those kernels with torch.compile
-        (compiled once per batch size and cache length, ~1 min for a 124M model)."""
+        (compiled once per batch size and cache length)."""
         fn = self._decode_forward
         if compile:
             if getattr(self, '_compiled_decode', None) is None:
@@ -643,7 +643,7 @@ class TransformerLM(nn.Module):
 # -----------------------------------------------------------------------------
 # Counting parameters and FLOPs (for MFU and scaling laws)
 
-# The course's model sizes (CS336 A2, Table 1) that bench.py, ddp.py and fsdp.py measure; 'tiny' for CPU tests.
+# The course's model sizes (CS336 A2, Table 1) that bench/profile_model.py, ddp.py and bench/fsdp.py measure.
 MODEL_SIZES = {name: dict(d_model=d, d_ff=4 * d, num_layers=n, num_heads=h) for name, d, n, h in (
     ('tiny', 64, 2, 4), ('small', 768, 12, 12), ('medium', 1024, 24, 16), ('large', 1280, 36, 20),
     ('xl', 1600, 48, 25), ('2.7B', 2560, 32, 32))}

@@ -2,7 +2,7 @@
 scaling.py: scaling laws from real runs, and the compute-optimal model for a FLOP budget (Chinchilla-style).
 
 The question: "given C FLOPs, how many parameters N and how many tokens D, and what loss will I get?"
-Training cost is C = 6*N*D (2 FLOPs per multiply-add forward, twice that backward; Kaplan et al. 2020, eq. 2.1),
+Training cost is C = 6*N*D (2 FLOPs per multiply-add forward, twice that backward; Kaplan et al. 2020, sec. 2.1),
 with N = 12 * num_layers * d_model^2 non-embedding parameters (4*d^2 attention + 8*d^2 MLP per layer).
 We answer it three ways, following Hoffmann et al. 2022 ("Training Compute-Optimal Large Language Models"):
 
@@ -185,7 +185,7 @@ def power_law_with_ci(groups, method, extrapolate, n_boot, rng):
 # Method 3: the parametric loss L(N, D) = E + A/N^alpha + B/D^beta
 
 def _parametric_objective(theta, logN, logD, logL, delta):
-    """Sum of Huber(LSE(a - alpha logN, b - beta logD, e) - log L) and its gradient (Chinchilla eq. 3.3).
+    """Sum of Huber(LSE(a - alpha logN, b - beta logD, e) - log L) and its gradient (Chinchilla sec. 3.3, eq. 3).
     theta = (a, b, e, alpha, beta) with A = exp(a), B = exp(b), E = exp(e): working with logs keeps every term
     positive and the fit well scaled across decades of N and D."""
     a, b, e, alpha, beta = theta

@@ -273,8 +273,7 @@ BUILTIN_PROMPTS = {
                "The Assistant first thinks about the reasoning process in the mind and then provides the User with "
                "the answer. The reasoning process is enclosed within <think> </think> and answer is enclosed within "
                "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer "
-               "here </answer>.\nUser: {question}\nAssistant: <think>",
-    'question_only': '{question}'}
+               "here </answer>.\nUser: {question}\nAssistant: <think>", 'question_only': '{question}'}
 
 
 def load_prompt_template(name):
@@ -544,8 +543,9 @@ def main():
     inputs = [p for p in (init_from, train_path, val_path, *splits.values()) if p]
     outputs = [os.path.join(out_dir, f) for f in ['ckpt.pt', 'sft_log.jsonl', 'eval_metrics.jsonl']
                + [f'eval_{n}.jsonl' for n in splits]]
+    written = outputs[2:] if mode == 'eval' else outputs  # --mode=eval writes no checkpoint: it may read out_dir's
     for p in inputs:
-        if not os.path.isfile(p) or os.path.abspath(p) in map(os.path.abspath, outputs):
+        if not os.path.isfile(p) or os.path.abspath(p) in map(os.path.abspath, written):
             die(f"{p} is an input and would be overwritten: choose another --out_dir" if os.path.isfile(p) else
                 f"{p} not found (data/arith/prepare.py writes the task's splits, train.py and sft.py checkpoints)")
     if mode == 'sft' and os.path.exists(outputs[0]) and not overwrite:

@@ -34,12 +34,12 @@ overwrite = False  # train afresh in an out_dir that already holds a run (its ck
 resume = False  # continue out_dir/ckpt.pt: same config (bar RESUMABLE_KEYS below), same loss curve as one run
 eval_interval = 500  # evaluate every this many iterations; 0 = only at the end
 eval_interval_s = 0.0  # also evaluate the whole validation split every this many seconds of training; 0 = off
-eval_iters = -1  # batches per periodic evaluation of each split; -1 = the whole validation split (the last always is)
+eval_iters = -1  # validation batches per periodic evaluation; -1 = the whole split (the last evaluation always is)
 log_interval = 10  # print (and sync with the GPU) every this many iterations
-write_checkpoint = True  # write out_dir/ckpt.pt at every evaluation and at the end
+write_checkpoint = True  # write out_dir/ckpt.pt at every eval_interval evaluation and at the end (not eval_interval_s)
 # data
 data_dir = 'data/docs'  # folder with train.bin, val.bin, meta.json (written by data/*/prepare.py); relative to repo
-batch_size = 128  # sequences per micro-batch per process
+batch_size = 128  # sequences per micro-batch; under torchrun a step's batch_size x accumulation is shared out
 gradient_accumulation_steps = 1  # micro-batches per step over all processes: a step is always batch_size x this
 context_length = 256  # tokens per sequence
 # model
@@ -50,7 +50,7 @@ num_heads = 16  # attention heads, each of size d_model / num_heads
 d_ff = 1344  # 0 = derived: 8/3 d_model rounded to 64 for SwiGLU, 4 d_model for ffn='silu' or 'relu2'
 rope_theta = 10000.0  # RoPE base: pair i of a head rotates by position x theta^(-2i/head size)
 attn_impl = 'sdpa'  # 'reference' | 'sdpa' | 'flash' (flash_attn.py's Triton kernel)
-fused_loss = True  # CUDA: lm_head + cross-entropy + its gradient in one Triton kernel (model.FusedLinearCrossEntropy)
+fused_loss = True  # CUDA: cross-entropy and its gradient in one Triton kernel over lm_head's logits (model.py)
 lowp_residual = True  # under autocast, keep the residual stream in bf16 rather than float32 (halves the norms' traffic)
 norm = 'rmsnorm'  # ablation: 'none'
 post_norm = False  # ablation: post-norm blocks

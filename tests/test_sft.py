@@ -500,6 +500,10 @@ def test_cli_sft_trains_validates_and_refuses_to_overwrite(cli_files, tmp_path):
     r = run_sft(*args)  # the same command again: the checkpoint exists, so it is refused
     assert r.returncode == 2 and 'exists' in r.stderr and '--overwrite=True' in r.stderr
     assert run_sft(*args, '--overwrite=True').returncode == 0
+    # the docstring's next command: evaluate the checkpoint where it lies (eval writes no ckpt.pt, so it may read it)
+    r = run_sft('--mode=eval', f'--init_from={tmp_path}/s/ckpt.pt', f'--eval_paths={d}/test.jsonl',
+                f'--out_dir={tmp_path}/s', f'--prompt_template={TEMPLATE}', '--max_new_tokens=8', '--device=cpu')
+    assert r.returncode == 0 and os.path.isfile(tmp_path / 's' / 'eval_test.jsonl'), r.stderr
 
 
 BAD = [  # (arguments, a word the one-line message must contain)

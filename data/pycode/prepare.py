@@ -2,8 +2,8 @@
 data/pycode/prepare.py: Python source code as token files, offline: the .py files of the running environment.
 
 No download needed: the Python that runs this script carries its own corpus, the standard library and every
-installed package (on the GPU machine: torch, scipy, sympy, jax, ... about 395 MB of distinct files). The file rules
-are those of the repo's pycode reference (ANCHORS: nanoGPT measured on the very same token files):
+installed package (on the GPU machine: torch, scipy, sympy, jax, ...: results/data.md). The file rules are those of
+the pycode reference run against which bench/time_to_quality.py measures nanoGPT on the very same token files:
 1) files: every `.py` under the running Python's sysconfig `stdlib`, `purelib` and `platlib` paths (or under --src),
    each once by real path, sorted. --max_mb caps the corpus for a quick start, taking the files in an order that does
    not depend on where Python is installed (list_py_files);
