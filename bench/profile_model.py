@@ -69,6 +69,8 @@ attn_impls = 'naive,naive_compiled,sdpa,flash'  # attention sweep implementation
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 tf32 = False  # allow TF32 tensor cores for fp32 matmuls (faster, ~10-bit mantissa); off = true fp32 numbers
 out_dir = 'results/bench'  # tables, plots and snapshots go here
+tag = 'auto'  # appended to every file name (e.g. '_fp32_large'), so runs never overwrite each other; auto: '' on
+#              CUDA, '_cpu' on a CPU (a CPU run must not replace the GPU's tables)
 seed = 1337  # of the random token batches
 # -----------------------------------------------------------------------------
 
@@ -155,6 +157,11 @@ def random_batch(B, T, V, dev):
     return x[:, :-1], x[:, 1:]
 
 
+def file_tag():
+    """What every output file name ends with (before its extension): --tag, or by device."""
+    return ('' if str(device).startswith('cuda') else '_cpu') if tag == 'auto' else tag
+
+
 def write_table(name, title, header, rows, notes=''):
     """Write a markdown table to out_dir/name.md and print it."""
     os.makedirs(out_dir, exist_ok=True)
@@ -164,7 +171,7 @@ def write_table(name, title, header, rows, notes=''):
     lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     lines += ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows]
     text = '\n'.join(lines) + '\n'
-    path = os.path.join(out_dir, f"{name}.md")
+    path = os.path.join(out_dir, f"{name}{file_tag()}.md")
     with open(path + '.tmp', 'w') as f:
         f.write(text)
     os.replace(path + '.tmp', path)
@@ -177,7 +184,7 @@ def device_name():
 
 
 def save_plot(fig, name):
-    path = os.path.join(out_dir, f"{name}.png")
+    path = os.path.join(out_dir, f"{name}{file_tag()}.png")
     fig.savefig(path + '.tmp.png', dpi=110, bbox_inches='tight')
     os.replace(path + '.tmp.png', path)
     print(f"wrote {path}")
@@ -370,7 +377,7 @@ def _profile(size, T):
     key = 'cuda_time_total' if str(device).startswith('cuda') else 'cpu_time_total'
     table = prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60)
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, 'profile.md')
+    path = os.path.join(out_dir, f'profile{file_tag()}.md')
     with open(path + '.tmp', 'w') as f:
         f.write(f"## torch.profiler: 3 training steps of '{size}' at context {T}, reference attention, "
                 f"sorted by {key}\n\ndevice: {device_name()}\n\n```\n{table}\n```\n")
@@ -472,7 +479,7 @@ def run_memory():
                     peaks[(amp, kind)] = torch.cuda.max_memory_allocated()
                     if record:
                         os.makedirs(out_dir, exist_ok=True)
-                        p = os.path.join(out_dir, f"memory_{size}_{kind}_ctx{T}.pickle")
+                        p = os.path.join(out_dir, f"memory_{size}_{kind}_ctx{T}{file_tag()}.pickle")
                         torch.cuda.memory._dump_snapshot(p)
                         torch.cuda.memory._record_memory_history(enabled=None)
                         print(f"wrote {p} (drag it onto https://pytorch.org/memory_viz)")
@@ -661,6 +668,8 @@ def check_config():
         die(f"--device={device!r}: no CUDA GPU is visible; use --device=cpu")
     if str(device).split(':')[0] not in ('cpu', 'cuda'):
         die(f"--device={device!r}: use cpu or cuda")
+    if os.sep in tag or tag in ('.', '..'):
+        die(f"--tag={tag!r}: a file-name ending such as _fp32, without {os.sep}")
     parent = os.path.abspath(out_dir)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)

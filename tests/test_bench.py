@@ -23,7 +23,7 @@ _spec.loader.exec_module(bench)
 def tiny(tmp_path, monkeypatch):
     for k, v in dict(sizes='tiny', contexts='16', batch_size=2, vocab_size=64, warmup=1, steps=2, device='cpu',
                      memory_size='tiny', memory_contexts='16', attn_dims='16', attn_seqs='32', attn_batch=2,
-                     attn_impls='naive,sdpa', out_dir=str(tmp_path)).items():
+                     attn_impls='naive,sdpa', out_dir=str(tmp_path), tag='auto').items():
         monkeypatch.setattr(bench, k, v)
     monkeypatch.setattr(model_lib, 'scaled_dot_product_attention', model_lib.scaled_dot_product_attention)
     return tmp_path
@@ -33,7 +33,7 @@ def tiny(tmp_path, monkeypatch):
 def test_mode_writes_table(mode, tiny):
     bench.MODES[mode]()
     name = {'precision': 'autocast_dtypes'}.get(mode, mode)
-    text = open(os.path.join(tiny, f"{name}.md")).read()
+    text = open(os.path.join(tiny, f"{name}_cpu.md")).read()  # '_cpu': a CPU run never replaces the GPU's table
     assert text.startswith('## ') and ('|' in text or '```' in text)
 
 
@@ -41,7 +41,7 @@ def test_compile_mode(tiny, monkeypatch):
     compile_ = torch.compile  # the eager backend: exercises the mode without a C++ build on the CPU
     monkeypatch.setattr(torch, 'compile', lambda m, **kw: compile_(m, backend='eager'))
     bench.run_compile()
-    rows = [l for l in open(os.path.join(tiny, 'compile.md')) if l.startswith('| tiny')]
+    rows = [l for l in open(os.path.join(tiny, 'compile_cpu.md')) if l.startswith('| tiny')]
     assert len(rows) == 1 and 'OOM' not in rows[0]
 
 
@@ -95,7 +95,8 @@ def test_unknown_size_is_a_clear_error():
 
 @pytest.mark.parametrize('arg,key', [('--mode=nope', 'mode'), ('--sizes=huge', 'sizes'), ('--contexts=12x', 'contexts'),
                                      ('--steps=0', 'steps'), ('--attn_impls=foo', 'attn_impls'),
-                                     ('--memory_size=2.8B', 'memory_size'), ('--out_dir=notes.txt/bench', 'out_dir')])
+                                     ('--memory_size=2.8B', 'memory_size'), ('--out_dir=notes.txt/bench', 'out_dir'),
+                                     ('--tag=../x', 'tag')])
 def test_refuses_bad_config(tmp_path, arg, key):
     (tmp_path / 'notes.txt').write_text('a file where the tables would go')
     refused(os.path.join('bench', 'profile_model.py'), [arg], tmp_path, key)
