@@ -411,8 +411,8 @@ class LocalBackend:
                   max_iters=iters, warmup_iters=max(1, min(max(10, int(r['warmup_frac'] * iters)), iters // 4)),
                   lr_decay_iters=-1,
                   data_dir=r['data_dir'], seed=r['seed'],
-                  # one evaluation, at the end, on the same fixed validation batches for every run, no sample; the
-                  # run's folder (its checkpoint too) is a temporary one
+                  # one evaluation, at the end, on the whole validation split (train.py's last one always is), no
+                  # sample; the run's folder (its checkpoint too) is a temporary one
                   eval_interval=0, eval_iters=r['eval_iters'], log_interval=max(10, iters // 5),
                   max_new_tokens=0, max_time_s=0.0)
         if r.get('device'):
@@ -439,7 +439,7 @@ class LocalBackend:
         summary = (self._train_fn or train_with_train_py)(self.overrides(query))
         # time_s: the training loop's own clock (train.py's elapsed_s; evaluations are off that clock)
         return dict(parameters=N, final_loss=summary['val_loss'], tokens=tokens, iters=iters, epochs=epochs,
-                    time_s=summary.get('elapsed_s', summary.get('time_s')), train_loss=summary.get('train_loss'))
+                    time_s=summary.get('elapsed_s', summary.get('time_s')))
 
 
 def train_with_train_py(overrides):
