@@ -1,8 +1,8 @@
 """
 bench/cc_filter.py: how fast cc_filter.py's pipeline runs, what a whole crawl would cost, and how it scales.
 
-    python bench/cc_filter.py                 # per-stage documents/s per core on the shared WET and WARC,
-                                              # the filter funnel and the cost projection (results/cc_filter.md)
+    python bench/cc_filter.py                 # prints per-stage documents/s per core on the shared WET and WARC,
+                                              # the filter funnel and the cost projection (kept in results/cc_filter.md)
     python bench/cc_filter.py --mode=scale --input=... --bench_copies=32 --bench_workers=1,2,4,8,16
                                               # engines x worker counts on replicated input (results/ray_16cores.md)
     python bench/cc_filter.py --mode=train_quality --quality_out=out/cc_quality/quality.bin
