@@ -39,7 +39,7 @@ log_interval = 10  # print (and sync with the GPU) every this many iterations
 write_checkpoint = True  # write out_dir/ckpt.pt at every eval_interval evaluation and at the end (not eval_interval_s)
 # data
 data_dir = 'data/docs'  # folder with train.bin, val.bin, meta.json (written by data/*/prepare.py); relative to repo
-batch_size = 128  # sequences per micro-batch; under torchrun a step's batch_size x accumulation is shared out
+batch_size = 128  # sequences per micro-batch in one process; under torchrun the step's total is shared (next key)
 gradient_accumulation_steps = 1  # micro-batches per step over all processes: a step is always batch_size x this
 context_length = 256  # tokens per sequence
 # model
