@@ -3,7 +3,8 @@ bench/scaling.py: the IsoFLOP sweep that feeds scaling.py, and the tables and pl
 
     python bench/scaling.py --mode=analyze                  # the course's IsoFLOP set -> results/scaling.md, 3 plots
     python bench/scaling.py --mode=analyze --input=results/scaling_sweep_cpu_runs.json --name=scaling_sweep_cpu
-    python bench/scaling.py --preset=cpu --data_dir=data/docs          # a sweep on a CPU, minutes
+    python data/docs/prepare.py --vocab_size=257 --out_dir=data/docs_bytes        # bytes of the docs corpus
+    python bench/scaling.py --preset=cpu --data_dir=data/docs_bytes    # a sweep on a CPU, ~20 min
     python data/pycode/prepare.py --vocab_size=257 --out_dir=data/pycode_bytes   # bytes (no merges), < 1 min
     python bench/scaling.py --preset=gpu --out_dir=out/scaling         # <= 7 min on one H100
     python bench/scaling.py --backend=remote --api_url=... --api_key=...         # the course's training API
