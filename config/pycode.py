@@ -4,8 +4,8 @@
 #   python bench/time_to_quality.py --budget_s=300            (against nanoGPT on the same token files)
 #   python train.py config/pycode.py config/pycode_gpt2s.py    (the same recipe at GPT-2 small's shape)
 # The switches below are the ones modded-nanogpt's record history and the papers cited in train.py/model.py found to
-# help at this scale (A/B'd one by one per step on a CPU: results/ttq_switches_cpu.md; on the H100 not yet); the plain recipe is one flag per
-# switch away, which is how bench/time_to_quality.py --variants A/Bs them:
+# help at this scale (A/B'd one at a time per step on a CPU: results/ttq_switches_cpu.md; on the H100 not yet); the
+# plain recipe is one flag per switch away, which is how bench/time_to_quality.py --variants A/Bs them:
 #   --optimizer=torch_adamw --weight_decay=0.1 --embed_lr=-1 --head_lr=-1   (AdamW everywhere at learning_rate)
 #   --lr_schedule=cosine   --ffn=swiglu --d_ff=1344   --qk_norm=False   --zero_init_proj=False   --logit_softcap=0
 data_dir = 'data/pycode'
