@@ -432,13 +432,14 @@ def _encode_chunk(job):
     ids = np.array(_worker_tokenizer.encode(text), dtype=token_dtype(_worker_tokenizer.vocab_size))
     return ids, n_bad, job[2] - job[1]
 
-def encode_file(tokenizer_dir, input_path, output_path, num_workers=None, progress=True):
-    """Encode the text file input_path into output_path: one flat array of ids (token_dtype), no header. Special
-    tokens in the text ('<|endoftext|>' between documents) become their ids. Chunks are encoded in parallel and
-    written in order as they arrive (bounded memory). Returns {n_tokens, dtype, n_bytes, time_s}."""
+def encode_file(tokenizer, input_path, output_path, num_workers=None, progress=True):
+    """Encode the text file input_path into output_path with tokenizer (a Tokenizer, or the folder save_tokenizer
+    wrote): one flat array of ids (token_dtype), no header. Special tokens in the text ('<|endoftext|>' between
+    documents) become their ids. Chunks are encoded in parallel and written in order as they arrive (bounded memory).
+    Returns {n_tokens, dtype, n_bytes, time_s}."""
     global _worker_tokenizer
     t0 = time.time()
-    _worker_tokenizer = Tokenizer.from_dir(tokenizer_dir)
+    _worker_tokenizer = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.from_dir(tokenizer)
     n_tokens = _write_atomic(output_path, _map_file_chunks(_encode_chunk, input_path, num_workers,
                                                            f'encode {os.path.basename(input_path)}', progress))
     return {'n_tokens': n_tokens, 'dtype': token_dtype(_worker_tokenizer.vocab_size),
@@ -582,7 +583,7 @@ def build_token_folder(splits, out_dir, vocab_size, source, tokenizer_dir='', bp
             n = encode_documents(tokenizer, x, path, num_workers, progress, f'encode {split}')['n_tokens']
             meta['splits'][split] = {'docs': len(x), 'bytes': sum(len(d.encode('utf-8')) for d in x), 'tokens': n}
         else:
-            n = encode_file(tok_dir, x, path, num_workers, progress)['n_tokens']
+            n = encode_file(tokenizer, x, path, num_workers, progress)['n_tokens']
             meta['splits'][split] = {'bytes': os.path.getsize(x), 'tokens': n}
         write_meta()  # a killed run resumes after the last finished split
     # 3) the summary
@@ -634,10 +635,10 @@ def main():
         print(f"summary: {time.time() - t0:.2f}s, longest token {len(longest)} bytes: {longest!r}")
     else:
         try:  # a corrupt vocab.json or merges.txt: one line, before any work
-            Tokenizer.from_dir(tokenizer_dir)
+            tokenizer = Tokenizer.from_dir(tokenizer_dir)
         except ValueError as e:
             die(e)
-        s = encode_file(tokenizer_dir, input, output, num_workers)
+        s = encode_file(tokenizer, input, output, num_workers)
         print(f"wrote {output}: {s['n_tokens']:,} {s['dtype']} tokens of {s['n_bytes']:,} bytes in {s['time_s']:.1f}s")
 
 if __name__ == '__main__':
